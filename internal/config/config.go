@@ -1,0 +1,491 @@
+// Package config holds the hive's configuration (SPEC §9): the YAML file, its
+// embedded defaults, per-worker Settings that a spawn request may override,
+// and fast, side-effect-free validation.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Duration is a time.Duration written as a string such as "250ms" or "5m"
+// in YAML and JSON. The bare number 0 is also accepted and means zero.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+func parseDuration(s string) (Duration, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want a string such as \"250ms\", \"30s\", \"5m\")", s)
+	}
+	return Duration(v), nil
+}
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a duration string (or the number 0).
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "0" {
+		*d = 0
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("invalid duration %s (want a string such as \"30s\")", b)
+	}
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
+// MarshalYAML writes d as a duration string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// UnmarshalYAML reads a duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a duration must be a string such as \"30s\"", n.Line)
+	}
+	v, err := parseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = v
+	return nil
+}
+
+// RestartPolicy says when a failed worker is started again.
+type RestartPolicy string
+
+const (
+	RestartNever     RestartPolicy = "never"      // never restart
+	RestartOnFailure RestartPolicy = "on-failure" // restart after any failure
+	RestartAlways    RestartPolicy = "always"     // restart after a failure or an unasked clean exit
+)
+
+// Health configures the liveness probe.
+type Health struct {
+	Interval         Duration `yaml:"interval" json:"interval"`                   // between probes; default 10s; 0 disables probes
+	Timeout          Duration `yaml:"timeout" json:"timeout"`                     // per probe; default 5s
+	FailureThreshold int      `yaml:"failure_threshold" json:"failure_threshold"` // consecutive failures that stop the worker; default 3
+}
+
+// Heartbeat configures worker heartbeats (rbee protocol only).
+type Heartbeat struct {
+	Interval Duration `yaml:"interval" json:"interval"` // how often the worker sends; default 5s
+	Timeout  Duration `yaml:"timeout" json:"timeout"`   // silence after which the worker is stopped; default 15s; 0 disables
+}
+
+// Restart configures the restart policy and its back-off.
+type Restart struct {
+	Policy      RestartPolicy `yaml:"policy" json:"policy"`             // default on-failure
+	BaseDelay   Duration      `yaml:"base_delay" json:"base_delay"`     // delay of the first restart; default 1s
+	MaxDelay    Duration      `yaml:"max_delay" json:"max_delay"`       // cap on the delay; default 60s
+	Jitter      float64       `yaml:"jitter" json:"jitter"`             // ± fraction of the delay, 0..1; default 0.2
+	MaxFailures int           `yaml:"max_failures" json:"max_failures"` // failures within Window that end in crash_loop; default 5
+	Window      Duration      `yaml:"window" json:"window"`             // default 300s
+	ResetAfter  Duration      `yaml:"reset_after" json:"reset_after"`   // healthy running that forgets past failures; default 300s
+}
+
+// Limits are per-worker resource limits; 0 means no limit.
+type Limits struct {
+	MemoryMaxBytes int64   `yaml:"memory_max_bytes" json:"memory_max_bytes"` // bytes
+	CPUMax         float64 `yaml:"cpu_max" json:"cpu_max"`                   // cores, e.g. 1.5
+	PidsMax        int64   `yaml:"pids_max" json:"pids_max"`                 // processes and threads
+	Nofile         uint64  `yaml:"nofile" json:"nofile"`                     // open files (RLIMIT_NOFILE)
+}
+
+// Any reports whether any limit is set.
+func (l Limits) Any() bool {
+	return l.MemoryMaxBytes > 0 || l.CPUMax > 0 || l.PidsMax > 0 || l.Nofile > 0
+}
+
+// NeedsCgroup reports whether a limit needs a cgroup controller.
+func (l Limits) NeedsCgroup() bool { return l.MemoryMaxBytes > 0 || l.CPUMax > 0 || l.PidsMax > 0 }
+
+// Settings are the per-worker lifecycle settings (SPEC §3). The config's
+// `defaults` holds them for every worker; a spawn request's `settings`
+// overrides any subset.
+type Settings struct {
+	Profile           string    `yaml:"profile" json:"profile"`                         // default "rbee"
+	StartGrace        Duration  `yaml:"start_grace" json:"start_grace"`                 // default 100ms
+	ReadyStallTimeout Duration  `yaml:"ready_stall_timeout" json:"ready_stall_timeout"` // default 60s; 0 disables
+	ReadyTimeout      Duration  `yaml:"ready_timeout" json:"ready_timeout"`             // default 30m; 0 disables
+	Health            Health    `yaml:"health" json:"health"`
+	Heartbeat         Heartbeat `yaml:"heartbeat" json:"heartbeat"`
+	IdleTimeout       Duration  `yaml:"idle_timeout" json:"idle_timeout"` // default 5m; 0 disables
+	StopTimeout       Duration  `yaml:"stop_timeout" json:"stop_timeout"` // default 10s
+	Restart           Restart   `yaml:"restart" json:"restart"`
+	Limits            Limits    `yaml:"limits" json:"limits"`
+}
+
+// Probe is an HTTP probe of a generic worker.
+type Probe struct {
+	Path   string `yaml:"path" json:"path"`     // default /health
+	Status int    `yaml:"status" json:"status"` // expected status; default 200
+}
+
+// Protocols a profile may speak.
+const (
+	ProtocolRbee = "rbee" // ready callback + heartbeats (SPEC §5)
+	ProtocolHTTP = "http" // readiness and liveness by probes only (SPEC §6)
+)
+
+// Profile says how to run one kind of worker.
+type Profile struct {
+	// Command is the argv template. {port}, {model}, {worker_id},
+	// {model_ref}, {backend}, {device} and {hive_url} are substituted token
+	// by token; nothing goes through a shell. A bare command name is looked
+	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
+	// worker contract's flags are appended.
+	Command    []string          `yaml:"command" json:"command"`
+	Protocol   string            `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
+	Readiness  Probe             `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
+	Liveness   Probe             `yaml:"liveness" json:"liveness"`       // probed every health.interval
+	StopSignal string            `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
+	// StopTimeout, when set, replaces defaults.stop_timeout for this
+	// profile's workers (a spawn's settings still win).
+	StopTimeout Duration          `yaml:"stop_timeout" json:"stop_timeout"`
+	Env         map[string]string `yaml:"env" json:"env"`
+}
+
+// Ports is the inclusive range workers' ports come from.
+type Ports struct {
+	Min int `yaml:"min" json:"min"` // default 8081
+	Max int `yaml:"max" json:"max"` // default 9000
+}
+
+// Retention bounds how long ended workers stay visible.
+type Retention struct {
+	MaxAge     Duration `yaml:"max_age" json:"max_age"`         // default 1h
+	MaxEntries int      `yaml:"max_entries" json:"max_entries"` // default 1000
+}
+
+// Config is the whole configuration file.
+type Config struct {
+	Addr               string    `yaml:"addr" json:"addr"`                                 // default 127.0.0.1:9200
+	StateDir           string    `yaml:"state_dir" json:"state_dir"`                       // default $XDG_STATE_HOME/rbee-hive, /var/lib/rbee-hive as root
+	APIToken           string    `yaml:"api_token" json:"-"`                               // or env RBEE_API_TOKEN
+	APITokenFile       string    `yaml:"api_token_file" json:"api_token_file"`             // a file holding the token
+	MetricsPublic      bool      `yaml:"metrics_public" json:"metrics_public"`             // /metrics without a token off loopback
+	ModelRoots         []string  `yaml:"model_roots" json:"model_roots"`                   // default: <state_dir>/models
+	Ports              Ports     `yaml:"ports" json:"ports"`                               //
+	MemoryReserveBytes int64     `yaml:"memory_reserve_bytes" json:"memory_reserve_bytes"` // default 2 GiB; negative disables the preflight
+	ShutdownTimeout    Duration  `yaml:"shutdown_timeout" json:"shutdown_timeout"`         // default 30s
+	Retention          Retention `yaml:"retention" json:"retention"`
+	// AllowEnv lists env variable names that are otherwise refused in a
+	// spawn request because they change how processes load code
+	// (LD_PRELOAD and friends).
+	AllowEnv  []string           `yaml:"allow_env" json:"allow_env"`
+	LogFormat string             `yaml:"log_format" json:"log_format"` // text (default) or json
+	LogLevel  string             `yaml:"log_level" json:"log_level"`   // debug, info (default), warn, error
+	Defaults  Settings           `yaml:"defaults" json:"defaults"`
+	Profiles  map[string]Profile `yaml:"profiles" json:"profiles"`
+}
+
+// DefaultSettings returns the per-worker defaults of SPEC §3.
+func DefaultSettings() Settings {
+	return Settings{
+		Profile:           "rbee",
+		StartGrace:        Duration(100 * time.Millisecond),
+		ReadyStallTimeout: Duration(60 * time.Second),
+		ReadyTimeout:      Duration(30 * time.Minute),
+		Health:            Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), FailureThreshold: 3},
+		Heartbeat:         Heartbeat{Interval: Duration(5 * time.Second), Timeout: Duration(15 * time.Second)},
+		IdleTimeout:       Duration(5 * time.Minute),
+		StopTimeout:       Duration(10 * time.Second),
+		Restart: Restart{Policy: RestartOnFailure, BaseDelay: Duration(time.Second), MaxDelay: Duration(time.Minute),
+			Jitter: 0.2, MaxFailures: 5, Window: Duration(300 * time.Second), ResetAfter: Duration(300 * time.Second)},
+	}
+}
+
+// Default returns the embedded default configuration.
+func Default() Config {
+	return Config{
+		Addr:               "127.0.0.1:9200",
+		Ports:              Ports{Min: 8081, Max: 9000},
+		MemoryReserveBytes: 2 << 30,
+		ShutdownTimeout:    Duration(30 * time.Second),
+		Retention:          Retention{MaxAge: Duration(time.Hour), MaxEntries: 1000},
+		LogFormat:          "text",
+		LogLevel:           "info",
+		Defaults:           DefaultSettings(),
+		Profiles: map[string]Profile{
+			"rbee": {Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee},
+		},
+	}
+}
+
+// Parse reads a YAML configuration on top of the defaults. Unknown keys are
+// errors naming the key and its line.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	builtin := cfg.Profiles["rbee"]
+	cfg.Profiles = nil
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if cfg.Profiles == nil {
+		cfg.Profiles = map[string]Profile{}
+	}
+	if _, ok := cfg.Profiles["rbee"]; !ok {
+		cfg.Profiles["rbee"] = builtin
+	}
+	for name, p := range cfg.Profiles {
+		cfg.Profiles[name] = p.withDefaults(name)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Load reads and parses the file at path.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func (p Profile) withDefaults(name string) Profile {
+	if p.Protocol == "" {
+		if name == "rbee" {
+			p.Protocol = ProtocolRbee
+		} else {
+			p.Protocol = ProtocolHTTP
+		}
+	}
+	if p.Readiness.Path == "" {
+		p.Readiness.Path = "/health"
+	}
+	if p.Readiness.Status == 0 {
+		p.Readiness.Status = 200
+	}
+	if p.Liveness.Path == "" {
+		p.Liveness.Path = "/health"
+	}
+	if p.Liveness.Status == 0 {
+		p.Liveness.Status = 200
+	}
+	if p.StopSignal == "" {
+		p.StopSignal = "SIGTERM"
+	}
+	return p
+}
+
+// Signals a profile may name as its stop signal.
+var Signals = map[string]syscall.Signal{
+	"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT,
+	"SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2,
+	"SIGKILL": syscall.SIGKILL,
+}
+
+// StopSig returns the profile's stop signal.
+func (p Profile) StopSig() syscall.Signal {
+	if s, ok := Signals[strings.ToUpper(p.StopSignal)]; ok {
+		return s
+	}
+	return syscall.SIGTERM
+}
+
+// Validate checks the configuration without touching the system.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("config: "+format, a...)) }
+	if c.Addr == "" {
+		bad("addr must not be empty")
+	}
+	if c.Ports.Min < 1 || c.Ports.Max > 65535 || c.Ports.Min > c.Ports.Max {
+		bad("ports: want 1 <= min <= max <= 65535, got %d..%d", c.Ports.Min, c.Ports.Max)
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown_timeout must not be negative")
+	}
+	if c.Retention.MaxAge < 0 || c.Retention.MaxEntries < 0 {
+		bad("retention values must not be negative")
+	}
+	for _, r := range c.ModelRoots {
+		if !filepath.IsAbs(r) {
+			bad("model_roots: %q is not an absolute path", r)
+		}
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		bad("log_format: want text or json, got %q", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log_level: want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if err := c.Defaults.Validate(); err != nil {
+		bad("defaults: %v", err)
+	}
+	if _, ok := c.Profiles[c.Defaults.Profile]; !ok {
+		bad("defaults.profile: no profile named %q", c.Defaults.Profile)
+	}
+	for name, p := range c.Profiles {
+		if len(p.Command) == 0 || p.Command[0] == "" {
+			bad("profiles.%s.command must name a program", name)
+		}
+		if p.Protocol != ProtocolRbee && p.Protocol != ProtocolHTTP {
+			bad("profiles.%s.protocol: want rbee or http, got %q", name, p.Protocol)
+		}
+		if _, ok := Signals[strings.ToUpper(p.StopSignal)]; !ok {
+			bad("profiles.%s.stop_signal: unknown signal %q", name, p.StopSignal)
+		}
+		if p.StopTimeout < 0 {
+			bad("profiles.%s.stop_timeout must not be negative", name)
+		}
+		for _, pr := range []Probe{p.Readiness, p.Liveness} {
+			if !strings.HasPrefix(pr.Path, "/") {
+				bad("profiles.%s: probe path %q must start with /", name, pr.Path)
+			}
+			if pr.Status < 100 || pr.Status > 599 {
+				bad("profiles.%s: probe status %d is not an HTTP status", name, pr.Status)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Bounds on settings, so a typo cannot ask for something absurd.
+const (
+	maxDuration = Duration(24 * time.Hour)
+	maxLimitPid = 1 << 22
+)
+
+// Validate checks s: no negative or absurd durations, bounded numbers.
+func (s *Settings) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	durs := []struct {
+		name string
+		d    Duration
+	}{
+		{"start_grace", s.StartGrace}, {"ready_stall_timeout", s.ReadyStallTimeout},
+		{"ready_timeout", s.ReadyTimeout}, {"health.interval", s.Health.Interval},
+		{"health.timeout", s.Health.Timeout}, {"heartbeat.interval", s.Heartbeat.Interval},
+		{"heartbeat.timeout", s.Heartbeat.Timeout}, {"idle_timeout", s.IdleTimeout},
+		{"stop_timeout", s.StopTimeout}, {"restart.base_delay", s.Restart.BaseDelay},
+		{"restart.max_delay", s.Restart.MaxDelay}, {"restart.window", s.Restart.Window},
+		{"restart.reset_after", s.Restart.ResetAfter},
+	}
+	for _, d := range durs {
+		if d.d < 0 {
+			bad("%s must not be negative (got %s)", d.name, d.d)
+		} else if d.d > maxDuration {
+			bad("%s must be at most %s (got %s)", d.name, maxDuration, d.d)
+		}
+	}
+	if s.StartGrace > Duration(time.Minute) {
+		bad("start_grace must be at most 1m (got %s)", s.StartGrace)
+	}
+	if s.Health.FailureThreshold < 1 || s.Health.FailureThreshold > 100 {
+		bad("health.failure_threshold must be 1..100 (got %d)", s.Health.FailureThreshold)
+	}
+	if s.Health.Interval > 0 && s.Health.Timeout <= 0 {
+		bad("health.timeout must be positive when health.interval is set")
+	}
+	if s.Heartbeat.Interval <= 0 {
+		bad("heartbeat.interval must be positive")
+	}
+	if s.Heartbeat.Timeout > 0 && s.Heartbeat.Timeout < s.Heartbeat.Interval {
+		bad("heartbeat.timeout (%s) must be at least heartbeat.interval (%s)", s.Heartbeat.Timeout, s.Heartbeat.Interval)
+	}
+	switch s.Restart.Policy {
+	case RestartNever, RestartOnFailure, RestartAlways:
+	default:
+		bad("restart.policy: want never, on-failure or always, got %q", s.Restart.Policy)
+	}
+	if s.Restart.Jitter < 0 || s.Restart.Jitter > 1 || math.IsNaN(s.Restart.Jitter) {
+		bad("restart.jitter must be within 0..1 (got %v)", s.Restart.Jitter)
+	}
+	if s.Restart.MaxFailures < 1 || s.Restart.MaxFailures > 1000 {
+		bad("restart.max_failures must be 1..1000 (got %d)", s.Restart.MaxFailures)
+	}
+	if s.Restart.MaxDelay < s.Restart.BaseDelay {
+		bad("restart.max_delay (%s) must be at least restart.base_delay (%s)", s.Restart.MaxDelay, s.Restart.BaseDelay)
+	}
+	l := s.Limits
+	if l.MemoryMaxBytes < 0 || (l.MemoryMaxBytes > 0 && l.MemoryMaxBytes < 4<<20) {
+		bad("limits.memory_max_bytes must be 0 or at least 4 MiB (got %d)", l.MemoryMaxBytes)
+	}
+	if l.CPUMax < 0 || l.CPUMax > 4096 || math.IsNaN(l.CPUMax) || (l.CPUMax > 0 && l.CPUMax < 0.01) {
+		bad("limits.cpu_max must be 0 or 0.01..4096 cores (got %v)", l.CPUMax)
+	}
+	if l.PidsMax < 0 || l.PidsMax > maxLimitPid {
+		bad("limits.pids_max must be 0..%d (got %d)", maxLimitPid, l.PidsMax)
+	}
+	if l.Nofile > 1<<20 || (l.Nofile > 0 && l.Nofile < 16) {
+		bad("limits.nofile must be 0 or 16..1048576 (got %d)", l.Nofile)
+	}
+	return errors.Join(errs...)
+}
+
+// Override returns base with the JSON object raw applied on top: only the
+// keys present change. Unknown keys and wrong types are errors. The result is
+// validated.
+func Override(base Settings, raw json.RawMessage) (Settings, error) {
+	s := base
+	if len(bytes.TrimSpace(raw)) > 0 && string(bytes.TrimSpace(raw)) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&s); err != nil {
+			return base, fmt.Errorf("settings: %w", err)
+		}
+		if dec.More() {
+			return base, errors.New("settings: trailing data after the object")
+		}
+	}
+	if err := s.Validate(); err != nil {
+		return base, fmt.Errorf("settings: %w", err)
+	}
+	return s, nil
+}
+
+// DefaultStateDir returns $XDG_STATE_HOME/rbee-hive, ~/.local/state/rbee-hive,
+// or /var/lib/rbee-hive for root.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/rbee-hive"
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); x != "" {
+		return filepath.Join(x, "rbee-hive")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "rbee-hive")
+	}
+	return filepath.Join(os.TempDir(), "rbee-hive")
+}

@@ -1,0 +1,74 @@
+// Package refworker is the reference worker, llm-worker-rbee: a real HTTP
+// worker that follows the worker contract of SPEC §5. cmd/llm-worker-rbee is
+// a thin main around Main; everything lives here so tests (and test binaries
+// that re-execute themselves as a worker) can reach it.
+//
+// # Command line and environment
+//
+//	llm-worker-rbee --worker-id ID --model PATH --model-ref REF --backend B
+//	    --device N --port P --hive-url URL
+//
+// --hive-url is the hive's base URL (http://127.0.0.1:9200); the worker
+// appends /v1/workers/ready and /v1/heartbeat itself. An empty --hive-url runs
+// the worker standalone: no ready callback and no heartbeats. --port 0 binds
+// an ephemeral port, which is then reported in the logs and the ready callback.
+//
+// Contract environment:
+//
+//	RBEE_WORKER_TOKEN            sent as "Authorization: Bearer <token>" on ready and heartbeat calls
+//	RBEE_HEARTBEAT_INTERVAL_MS   heartbeat interval once ready (default 5000)
+//	RBEE_WORKER_SLOTS            concurrent inference requests (default 4)
+//	RBEE_DRAIN_TIMEOUT_MS        how long a shutdown waits for in-flight requests (default 5000)
+//	RBEE_FAKE_LOAD_MS            spread the model read over this many ms (default 0: as fast as the disk)
+//	RBEE_FAKE_TOKEN_DELAY_MS     default delay before each streamed token (default 0)
+//
+// # Life of a worker
+//
+//  1. Bind 127.0.0.1:P (exit 2 if that fails), so /health and /v1/ready answer
+//     while loading.
+//  2. Read the model file in chunks (never held in memory; a CRC-32C is kept),
+//     sending loading heartbeats {state:"loading", progress:{done,total}} at
+//     the start, at most every 250 ms, and at the end. A missing or unreadable
+//     model exits 1.
+//  3. POST /v1/workers/ready, retrying with back-off (50 ms doubling to 2 s)
+//     while the hive is unreachable or answers 5xx, for up to 2 minutes; a 4xx
+//     answer (or giving up) exits 1.
+//  4. Heartbeat every interval, and at once on every idle ⇄ busy change.
+//  5. On POST /v1/shutdown, SIGTERM or SIGINT: refuse new work (503 DRAINING),
+//     wait up to the drain timeout for in-flight requests, exit 0.
+//
+// HTTP endpoints: GET /health, GET /v1/ready, GET /v1/loading/progress (SSE),
+// POST /v1/inference (SSE), POST /v1/shutdown. While draining, /v1/ready
+// answers {"ready":false,"state":"draining"}.
+//
+// # Misbehaviours for tests
+//
+// All switched by environment only; unset means off.
+//
+//	RBEE_FAKE_EXIT_CODE=N              print "fake: exiting with code N" on stderr and exit N before binding
+//	RBEE_FAKE_NEVER_READY=1            load, then stay loading silently: no ready callback, no heartbeats at all
+//	RBEE_FAKE_READY_DELAY_MS=N         wait N ms after loading before the ready callback (no progress meanwhile)
+//	RBEE_FAKE_CRASH_AFTER_REQUESTS=N   exit 3 after N completed inference requests
+//	RBEE_FAKE_CRASH_AFTER_MS=N         exit 3 N ms after the ready callback succeeded
+//	RBEE_FAKE_CRASH_SIGNAL=ABRT|SEGV|KILL  with a CRASH_AFTER_*: die by that signal instead of exit 3
+//	RBEE_FAKE_HANG_HEALTH=1            GET /health never answers
+//	RBEE_FAKE_HANG_HEALTH_AFTER_MS=N   GET /health answers for N ms after ready, then never again
+//	RBEE_FAKE_NO_HEARTBEAT=1           no heartbeats after ready (loading heartbeats are still sent)
+//	RBEE_FAKE_IGNORE_SHUTDOWN=1        ignore SIGTERM and SIGINT; POST /v1/shutdown answers 202 and does nothing
+//	RBEE_FAKE_FORK_CHILD=1|setsid      at start, start a sleeping child that holds stdout/stderr and
+//	                                   ignores SIGTERM; "setsid" puts it in its own session (out of the
+//	                                   process group). Prints "fake: child pid N" on stdout.
+//	RBEE_FAKE_ALLOC_MB=N               after loading, before ready: map and touch N MiB in 8 MiB steps
+//	RBEE_FAKE_FORK_MANY=N              after ready, try to start N sleeping children; prints
+//	                                   "fake: fork_many started=K failed=M" on stdout
+//	RBEE_FAKE_BUSY_LOOP=1              after ready, spin one goroutine in a tight CPU loop
+//
+// The sleeping children are this same executable re-executed with
+// RBEE_REFWORKER_CHILD (ChildModeEnv) set; Main checks that variable first,
+// so a test binary that re-executes itself as a worker gets them too.
+//
+// # Footprint
+//
+// Unless GOMAXPROCS or GOGC are set in the environment, Main caps GOMAXPROCS
+// at 2 and sets GOGC to 50, so a thousand idle workers fit on a small box.
+package refworker

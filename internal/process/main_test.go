@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the helper programs the tests start, in the
@@ -61,6 +60,24 @@ var helpers = map[string]func(args []string) int{
 		reap(pid)
 		return 0
 	},
+	// orphan PIDFILE SECONDS: start /bin/sleep SECONDS as a child, write
+	// its PID to PIDFILE and exit 0 at once, leaving it an orphan.
+	"orphan": func(args []string) int {
+		pidfile, secs := args[0], args[1]
+		pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", secs}, &syscall.ProcAttr{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "orphan:", err)
+			return 2
+		}
+		tmp := pidfile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			return 2
+		}
+		if err := os.Rename(tmp, pidfile); err != nil {
+			return 2
+		}
+		return 0
+	},
 }
 
 var (
@@ -81,8 +98,8 @@ func TestMain(m *testing.M) {
 	// Orphaned descendants of the processes the tests start are reparented
 	// to the test binary (PID 1 here does not reap them), so cleanups can
 	// reap them and the final check can demand that none is left.
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "PR_SET_CHILD_SUBREAPER:", err)
+	if err := BecomeSubreaper(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
 	flag.Parse()

@@ -16,6 +16,11 @@
 // process that merely reuses the PID. SignalGroup uses kill(-pgid); see its
 // doc for the (narrow) guarantee it gives.
 //
+// Orphans: a process whose parent dies is re-parented to PID 1, which on
+// some hosts never reaps. BecomeSubreaper makes this process their new
+// parent instead, and a Reaper (StartReaper) reaps every exited child that
+// no Proc owns, without ever taking a Proc's exit status.
+//
 // Programs that Start with Spec.JoinProcs or Spec.Nofile set are launched
 // through a shim: the current executable re-executed with a private first
 // argument. Every binary that starts such processes (cmd/rbee-hive, and the
@@ -280,8 +285,9 @@ func (p *Proc) GroupAlive() bool {
 
 // Close stops watching the process and releases the pidfd. It is idempotent
 // and returns when the watching goroutine has ended. Close does not signal
-// the process. Call it after Done: a child that exits after Close is never
-// reaped by this process (it stays a zombie until the hive exits).
+// the process. Call it after Done: the exit status of a child that exits
+// after Close is lost — a running Reaper reaps it; without one it stays a
+// zombie until the hive exits.
 func (p *Proc) Close() error {
 	p.closeOnce.Do(func() {
 		p.closedMu.Lock()
@@ -320,8 +326,15 @@ func newProc(pid, pgid int, startTime uint64, bootID string, child bool, pidfd i
 // watch is the one goroutine per Proc that observes the exit. It parks in the
 // network poller until the pidfd is readable, records the exit and closes
 // done; or returns without closing done when Close closes the pidfd first.
+//
+// For a child, the watcher is what keeps a Reaper away from it: when watch
+// returns, the child has been reaped here or (Close) given up, and it is
+// untracked so that a Reaper reaps it once it exits.
 func (p *Proc) watch() {
 	defer close(p.stopped)
+	if p.Child {
+		defer untrackChild(p.PID)
+	}
 	var ex Exit
 	err := p.rc.Read(func(fd uintptr) bool {
 		var ok bool
@@ -488,6 +501,9 @@ func Start(spec Spec) (*Proc, error) {
 		sys.CgroupFD = spec.CgroupFD
 	}
 	var pid int
+	// The child is tracked (so a Reaper leaves it to us) from before the
+	// fork until its owner has reaped it: see "Ordering" in reaper.go.
+	beginStart()
 	err = withFDs(files, nil, func(fds []uintptr) error {
 		var serr error
 		pid, _, serr = syscall.StartProcess(argv0, argv, &syscall.ProcAttr{
@@ -499,6 +515,10 @@ func Start(spec Spec) (*Proc, error) {
 		return serr
 	})
 	if err != nil {
+		pid = 0 // no child (Go's fork code reaped a failed one itself)
+	}
+	endStart(pid)
+	if err != nil {
 		if spec.CgroupFD > 0 {
 			return nil, fmt.Errorf("process: start %s (into cgroup fd %d): %w", spec.Path, spec.CgroupFD, err)
 		}
@@ -508,11 +528,13 @@ func Start(spec Spec) (*Proc, error) {
 		// Kernel without CLONE_PIDFD (< 5.2): we refuse to run blind.
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		reap(pid)
+		untrackChild(pid)
 		return nil, fmt.Errorf("process: start %s: kernel gave no pidfd: %w", spec.Path, syscall.ENOSYS)
 	}
 	abort := func(cause error) (*Proc, error) {
 		_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
 		reap(pid)
+		untrackChild(pid)
 		syscall.Close(pidfd)
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, cause)
 	}
@@ -530,6 +552,7 @@ func Start(spec Spec) (*Proc, error) {
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL) // pidfd is gone; the PID is still ours (unreaped)
 		reap(pid)
+		untrackChild(pid)
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
 	return p, nil

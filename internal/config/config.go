@@ -160,11 +160,11 @@ type Profile struct {
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
-	Command    []string          `yaml:"command" json:"command"`
-	Protocol   string            `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
-	Readiness  Probe             `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
-	Liveness   Probe             `yaml:"liveness" json:"liveness"`       // probed every health.interval
-	StopSignal string            `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
+	Command    []string `yaml:"command" json:"command"`
+	Protocol   string   `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
+	Readiness  Probe    `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
+	Liveness   Probe    `yaml:"liveness" json:"liveness"`       // probed every health.interval
+	StopSignal string   `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
 	// StopTimeout, when set, replaces defaults.stop_timeout for this
 	// profile's workers (a spawn's settings still win).
 	StopTimeout Duration          `yaml:"stop_timeout" json:"stop_timeout"`
@@ -233,7 +233,7 @@ func Default() Config {
 		LogLevel:           "info",
 		Defaults:           DefaultSettings(),
 		Profiles: map[string]Profile{
-			"rbee": {Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee},
+			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
 	}
 }

@@ -21,7 +21,9 @@ const (
 	// Busy: ready, serving at least one request. Next: idle, stopping, failed.
 	Busy State = "busy"
 	// Stopping: a stop is under way. Next: terminated, failed (when the stop
-	// was caused by a failure such as a ready timeout or failed health checks).
+	// was caused by a failure such as a ready timeout or failed health
+	// checks), spawning (a restart asked through the API: stop, then start
+	// again with the same id; not drawn in SPEC §2, which is silent on it).
 	Stopping State = "stopping"
 	// Terminated: ended because someone asked. Terminal.
 	Terminated State = "terminated"
@@ -68,7 +70,7 @@ var transitions = map[State][]State{
 	Loading:  {Idle, Stopping, Failed},
 	Idle:     {Busy, Stopping, Failed},
 	Busy:     {Idle, Stopping, Failed},
-	Stopping: {Terminated, Failed},
+	Stopping: {Terminated, Failed, Spawning},
 	Failed:   {Backoff},
 	Backoff:  {Spawning, Terminated, Failed},
 }

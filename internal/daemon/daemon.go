@@ -1,0 +1,223 @@
+// Package daemon runs `rbee-hive daemon`: it loads the configuration,
+// enforces the binding rules, detects cgroups, serves the API, and turns
+// SIGINT/SIGTERM into the hive's bounded, parallel shutdown.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/api"
+	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/hive"
+)
+
+// Options are the daemon's command-line settings; each overrides the config.
+type Options struct {
+	ConfigPath  string
+	Addr        string
+	StateDir    string
+	LogFormat   string
+	LogLevel    string
+	KeepWorkers bool // --keep-workers-on-exit
+	Stderr      io.Writer
+	// Signals delivers shutdown signals; nil means SIGINT and SIGTERM of
+	// this process.
+	Signals <-chan os.Signal
+}
+
+// ErrTokenRequired: a non-loopback bind without an operator token.
+var ErrTokenRequired = errors.New("API token required for non-loopback bind")
+
+// LoadConfig reads the config file (or the embedded defaults) and applies
+// the command line and environment.
+func LoadConfig(o Options) (config.Config, error) {
+	cfg := config.Default()
+	if o.ConfigPath != "" {
+		c, err := config.Load(o.ConfigPath)
+		if err != nil {
+			return cfg, err
+		}
+		cfg = c
+	}
+	if o.Addr != "" {
+		cfg.Addr = o.Addr
+	}
+	if o.StateDir != "" {
+		cfg.StateDir = o.StateDir
+	}
+	if o.LogFormat != "" {
+		cfg.LogFormat = o.LogFormat
+	}
+	if o.LogLevel != "" {
+		cfg.LogLevel = o.LogLevel
+	}
+	if t := os.Getenv("RBEE_API_TOKEN"); t != "" {
+		cfg.APIToken = t
+	}
+	if cfg.APIToken == "" && cfg.APITokenFile != "" {
+		b, err := os.ReadFile(cfg.APITokenFile)
+		if err != nil {
+			return cfg, fmt.Errorf("api_token_file: %w", err)
+		}
+		cfg.APIToken = strings.TrimSpace(string(b))
+		if cfg.APIToken == "" {
+			return cfg, fmt.Errorf("api_token_file %s is empty", cfg.APITokenFile)
+		}
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = config.DefaultStateDir()
+	}
+	return cfg, cfg.Validate()
+}
+
+// NewLogger returns the daemon's slog logger.
+func NewLogger(w io.Writer, format, level string) *slog.Logger {
+	var lv slog.Level
+	switch level {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// IsLoopback reports whether addr (host:port) binds only loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Run runs the daemon until a shutdown signal (or ctx) ends it. A clean
+// shutdown returns nil.
+func Run(ctx context.Context, o Options) error {
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	cfg, err := LoadConfig(o)
+	if err != nil {
+		return err
+	}
+	log := NewLogger(o.Stderr, cfg.LogFormat, cfg.LogLevel)
+	loopback := IsLoopback(cfg.Addr)
+	if cfg.APIToken == "" && !loopback {
+		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token", ErrTokenRequired, cfg.Addr)
+	}
+	if cfg.APIToken == "" {
+		log.Warn("Dev mode: no API token, operator API open to local users on loopback", "addr", cfg.Addr)
+	} else {
+		log.Info("Operator auth enabled", "token_fingerprint", api.Fingerprint(cfg.APIToken))
+	}
+
+	if err := hive.PrepareStateDir(cfg.StateDir); err != nil {
+		return err
+	}
+	instance := hive.InstanceID(cfg.StateDir)
+	cg, err := cgroup.New(cgroup.Options{Scope: "rbee-hive/" + instance, Logger: log})
+	if err != nil {
+		log.Warn("cgroups unavailable", "error", err)
+		cg = nil
+	} else {
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	hiveURL := "http://" + callbackAddr(ln.Addr().(*net.TCPAddr))
+	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: hiveURL, Cgroups: cg})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{
+		Handler: api.New(api.Options{
+			Hive: h, Logger: log, Token: cfg.APIToken,
+			MetricsPublic: cfg.MetricsPublic || loopback,
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("rbee-hive listening", "addr", ln.Addr().String(), "version", hive.Version,
+		"state_dir", cfg.StateDir, "pid", os.Getpid())
+
+	sigs := o.Signals
+	if sigs == nil {
+		ch := make(chan os.Signal, 2)
+		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(ch)
+		sigs = ch
+	}
+	var runErr error
+	select {
+	case s := <-sigs:
+		log.Info("Received signal, shutting down", "signal", s.String())
+	case <-ctx.Done():
+		log.Info("Context ended, shutting down")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+		log.Error("API server failed", "error", err)
+	}
+
+	start := time.Now()
+	budget, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
+	defer cancel()
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Warn("Second signal: killing remaining workers now", "signal", s.String())
+			cancel()
+		case <-budget.Done():
+		}
+	}()
+	if o.KeepWorkers {
+		h.Detach(budget)
+	} else {
+		h.Shutdown(budget)
+	}
+	shutCtx, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel2()
+	_ = srv.Shutdown(shutCtx)
+	log.Info("rbee-hive stopped", "shutdown_seconds", time.Since(start).Seconds())
+	return runErr
+}
+
+// callbackAddr is the address workers use to reach the hive: loopback when
+// the hive listens on every address.
+func callbackAddr(a *net.TCPAddr) string {
+	if a.IP == nil || a.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(a.Port))
+	}
+	return a.String()
+}

@@ -1,0 +1,599 @@
+// Package hive is the daemon's core: it wires configuration, ports, logs,
+// cgroups, models and the per-worker supervisors together, keeps the
+// registry of workers (live and recently ended), fans out events, and runs
+// the hive's own shutdown. The HTTP API is a thin layer over it.
+package hive
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/logs"
+	"github.com/rbee/rbee-hive/internal/models"
+	"github.com/rbee/rbee-hive/internal/ports"
+	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/supervisor"
+	"github.com/rbee/rbee-hive/internal/validate"
+)
+
+// Version is the hive's version, set at build time with -ldflags.
+var Version = "0.1.0-dev"
+
+// Sentinel errors the API maps to responses.
+var (
+	ErrWorkerNotFound = errors.New("worker not found")
+	ErrUnknownProfile = errors.New("unknown profile")
+	ErrShuttingDown   = errors.New("hive is shutting down")
+)
+
+// Options are what the daemon passes besides the config.
+type Options struct {
+	Logger *slog.Logger
+	// HiveURL is the base URL workers call back on.
+	HiveURL string
+	// Cgroups is the cgroup manager; nil means none.
+	Cgroups *cgroup.Manager
+	// Metrics receives lifecycle measurements; may be nil.
+	Metrics supervisor.Metrics
+}
+
+// Hive is safe for concurrent use.
+type Hive struct {
+	cfg      config.Config
+	log      *slog.Logger
+	stateDir string
+	logDir   string
+	hiveURL  string
+	marker   string
+	started  time.Time
+
+	ports    *ports.Allocator
+	logs     *logs.Watcher
+	cgroups  *cgroup.Manager
+	catalog  *models.Catalog
+	resolver *models.Resolver
+	client   *http.Client
+	events   *Hub
+	metrics  supervisor.Metrics
+	baseEnv  []string
+
+	mu           sync.RWMutex
+	workers      map[string]*supervisor.Worker
+	shuttingDown bool
+
+	stopPrune chan struct{}
+	pruneDone chan struct{}
+}
+
+// New prepares the state directory and the shared services. It starts no
+// worker.
+func New(cfg config.Config, opts Options) (*Hive, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = config.DefaultStateDir()
+	}
+	if err := PrepareStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	logDir := filepath.Join(cfg.StateDir, "logs")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
+	roots := cfg.ModelRoots
+	if len(roots) == 0 {
+		def := filepath.Join(cfg.StateDir, "models")
+		if err := os.MkdirAll(def, 0o700); err != nil {
+			return nil, fmt.Errorf("hive: %w", err)
+		}
+		roots = []string{def}
+	}
+	cat, err := models.OpenCatalog(filepath.Join(cfg.StateDir, "models.json"))
+	if err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
+	res, err := models.NewResolver(roots, cat)
+	if err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
+	lw, err := logs.NewWatcher(logs.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
+	h := &Hive{
+		cfg: cfg, log: log, stateDir: cfg.StateDir, logDir: logDir, hiveURL: opts.HiveURL,
+		marker:  InstanceID(cfg.StateDir),
+		started: time.Now(),
+		ports:   ports.New(cfg.Ports.Min, cfg.Ports.Max, log),
+		logs:    lw, cgroups: opts.Cgroups, catalog: cat, resolver: res,
+		client: &http.Client{Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			MaxIdleConns:        2048,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     30 * time.Second,
+		}},
+		events:    NewHub(),
+		metrics:   opts.Metrics,
+		baseEnv:   workerBaseEnv(os.Environ()),
+		workers:   map[string]*supervisor.Worker{},
+		stopPrune: make(chan struct{}),
+		pruneDone: make(chan struct{}),
+	}
+	go h.pruneLoop()
+	return h, nil
+}
+
+// InstanceID names this hive (by its state directory): the scope of its
+// cgroups and the marker in its workers' environment.
+func InstanceID(stateDir string) string {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		abs = stateDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return hex.EncodeToString(sum[:8])
+}
+
+// PrepareStateDir creates dir (0700) and refuses one that other users can
+// write.
+func PrepareStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state dir %s is writable by other users (mode %o); refusing to start (chmod 700 it)", dir, fi.Mode().Perm())
+	}
+	if fi.Mode().Perm() != 0o700 {
+		_ = os.Chmod(dir, 0o700)
+	}
+	return nil
+}
+
+// workerBaseEnv is the hive's environment minus what must not reach workers:
+// the operator token and the hive's own service-manager variables.
+func workerBaseEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(k, "RBEE_"), k == "NOTIFY_SOCKET", strings.HasPrefix(k, "WATCHDOG_"),
+			strings.HasPrefix(k, "LISTEN_"), k == "INVOCATION_ID":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// Config returns the hive's configuration.
+func (h *Hive) Config() config.Config { return h.cfg }
+
+// Events returns the event hub.
+func (h *Hive) Events() *Hub { return h.events }
+
+// Catalog returns the model catalog.
+func (h *Hive) Catalog() *models.Catalog { return h.catalog }
+
+// StateDir returns the state directory.
+func (h *Hive) StateDir() string { return h.stateDir }
+
+// Changed implements supervisor.Observer.
+func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event) {
+	if ev != nil {
+		h.events.Publish(*ev)
+	}
+}
+
+func (h *Hive) deps() supervisor.Deps {
+	return supervisor.Deps{
+		Logger: h.log, Ports: h.ports, Logs: h.logs, Cgroups: h.cgroups, LogDir: h.logDir,
+		Client: h.client, Observer: h, Metrics: h.metrics,
+	}
+}
+
+// Spawn validates req, resolves the model, checks limits and memory, and
+// starts a worker. It blocks for the start grace. On a start-grace failure
+// the worker stays listed as failed/spawn_failed and the error is a
+// *supervisor.SpawnError.
+func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.Worker, error) {
+	if req.Backend == "" {
+		req.Backend = "cpu"
+	}
+	if req.ModelRef == "" {
+		return nil, &validate.Error{Code: "INVALID_MODEL_REF", Message: "model_ref is required"}
+	}
+	if _, _, err := models.ParseRef(req.ModelRef); err != nil {
+		return nil, err
+	}
+	if e := validate.Backend(req.Backend); e != nil {
+		return nil, e
+	}
+	if e := validate.Device(req.Device); e != nil {
+		return nil, e
+	}
+	if e := validate.Env(req.Env, h.cfg.AllowEnv); e != nil {
+		return nil, e
+	}
+	if e := validate.Labels(req.Labels); e != nil {
+		return nil, e
+	}
+	// The profile decides the base settings (its stop_timeout), so find it
+	// first: the request's profile, else the settings' profile, else the
+	// default.
+	probe, err := config.Override(h.cfg.Defaults, req.Settings)
+	if err != nil {
+		return nil, &validate.Error{Code: "INVALID_SETTINGS", Message: err.Error()}
+	}
+	name := probe.Profile
+	if req.Profile != "" {
+		name = req.Profile
+	}
+	prof, ok := h.cfg.Profiles[name]
+	if !ok {
+		return nil, &validate.Error{Code: "INVALID_PROFILE", Message: fmt.Sprintf("no profile named %q", clip(name))}
+	}
+	base := h.cfg.Defaults
+	if prof.StopTimeout > 0 {
+		base.StopTimeout = prof.StopTimeout
+	}
+	settings, err := config.Override(base, req.Settings)
+	if err != nil {
+		return nil, &validate.Error{Code: "INVALID_SETTINGS", Message: err.Error()}
+	}
+	settings.Profile = name
+
+	path, size, err := h.resolver.Resolve(req.ModelRef, req.ModelPath)
+	if err != nil {
+		return nil, err
+	}
+	if settings.Limits.NeedsCgroup() {
+		if h.cgroups == nil {
+			return nil, &cgroup.UnsupportedError{Problems: []string{"cgroups are not available to this hive"}}
+		}
+		if err := h.cgroups.Supports(settings.Limits); err != nil {
+			return nil, err
+		}
+	}
+	if h.cfg.MemoryReserveBytes >= 0 {
+		avail, err := models.MemAvailable()
+		if err != nil {
+			return nil, fmt.Errorf("memory preflight: %w", err)
+		}
+		if err := models.Preflight(size, avail, h.cfg.MemoryReserveBytes); err != nil {
+			return nil, err
+		}
+	}
+	cmd, err := resolveCommand(prof.Command)
+	if err != nil {
+		return nil, &supervisor.SpawnError{Err: err}
+	}
+
+	h.mu.RLock()
+	closing := h.shuttingDown
+	h.mu.RUnlock()
+	if closing {
+		return nil, ErrShuttingDown
+	}
+	id := "worker-" + uuid.NewString()
+	port, err := h.ports.Acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	env := append([]string(nil), h.baseEnv...)
+	for k, v := range prof.Env {
+		env = append(env, k+"="+v)
+	}
+	for k, v := range req.Env {
+		env = append(env, k+"="+v)
+	}
+	spec := supervisor.Spec{
+		ID: id, ModelRef: req.ModelRef, ModelPath: path, ModelSize: size, Backend: req.Backend,
+		Device: req.Device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
+		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker,
+	}
+	w, err := supervisor.Start(h.deps(), spec, port, h.register)
+	if err != nil && w == nil {
+		h.ports.Release(port, id)
+	}
+	return w, err
+}
+
+func (h *Hive) register(w *supervisor.Worker) {
+	h.mu.Lock()
+	h.workers[w.ID()] = w
+	h.mu.Unlock()
+}
+
+// resolveCommand makes argv[0] absolute: a bare name is looked up beside the
+// rbee-hive binary, then on PATH.
+func resolveCommand(cmd []string) ([]string, error) {
+	if len(cmd) == 0 {
+		return nil, errors.New("profile has no command")
+	}
+	out := append([]string(nil), cmd...)
+	name := out[0]
+	switch {
+	case filepath.IsAbs(name):
+	case strings.Contains(name, "/"):
+		abs, err := filepath.Abs(name)
+		if err != nil {
+			return nil, err
+		}
+		out[0] = abs
+	default:
+		if exe, err := os.Executable(); err == nil {
+			beside := filepath.Join(filepath.Dir(exe), name)
+			if fi, err := os.Stat(beside); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+				out[0] = beside
+				return out, nil
+			}
+		}
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return nil, fmt.Errorf("worker command %q: not found beside rbee-hive or on PATH", name)
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		out[0] = abs
+	}
+	return out, nil
+}
+
+// Worker returns the worker with id, live or retained.
+func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
+	h.mu.RLock()
+	w, ok := h.workers[id]
+	h.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrWorkerNotFound, clip(id))
+	}
+	return w, nil
+}
+
+// List returns snapshots of the workers, sorted by start time then id; ended
+// ones only when all is set.
+func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
+	h.mu.RLock()
+	out := make([]*apiv1.WorkerInfo, 0, len(h.workers))
+	for _, w := range h.workers {
+		info := w.Info()
+		if info == nil || (!all && info.State.Ended()) {
+			continue
+		}
+		out = append(out, info)
+	}
+	h.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.StartedAt != nil && b.StartedAt != nil && !a.StartedAt.Equal(*b.StartedAt) {
+			return a.StartedAt.Before(*b.StartedAt)
+		}
+		return a.ID < b.ID
+	})
+	return out
+}
+
+// AuthorizeWorker reports whether token is the current token of worker id.
+func (h *Hive) AuthorizeWorker(id, token string) bool {
+	w, err := h.Worker(id)
+	if err != nil {
+		return false
+	}
+	want := w.TokenHash()
+	if want == "" || token == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	got := hex.EncodeToString(sum[:])
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// Status summarises the hive.
+func (h *Hive) Status() apiv1.Status {
+	st := apiv1.Status{
+		Version: Version, APIVersion: apiv1.Version, StartedAt: h.started,
+		UptimeSeconds: time.Since(h.started).Seconds(), StateDir: h.stateDir,
+		CgroupMode: string(cgroup.ModeNone), Workers: map[string]int{},
+	}
+	if h.cgroups != nil {
+		st.CgroupMode = string(h.cgroups.Mode())
+		st.Cgroups = h.cgroups.Describe()
+	}
+	for _, s := range state.All {
+		st.Workers[string(s)] = 0
+	}
+	for _, info := range h.List(true) {
+		st.Workers[string(info.State)]++
+		if info.Stats != nil {
+			st.Totals.RSSBytes += info.Stats.RSSBytes
+			st.Totals.CPUSeconds += info.Stats.CPUSeconds
+			st.Totals.Threads += info.Stats.Threads
+			st.Totals.OpenFDs += info.Stats.OpenFDs
+		}
+	}
+	return st
+}
+
+// Shutdown stops every live worker in parallel within ctx (the shutdown
+// budget); what is still alive when ctx ends is killed. It then releases the
+// hive's services. It logs the progress lines of SPEC §3.
+func (h *Hive) Shutdown(ctx context.Context) {
+	h.mu.Lock()
+	h.shuttingDown = true
+	var live []*supervisor.Worker
+	for _, w := range h.workers {
+		if info := w.Info(); info != nil && !info.State.Ended() {
+			live = append(live, w)
+		}
+	}
+	h.mu.Unlock()
+	n := len(live)
+	h.log.Info(fmt.Sprintf("Shutting down %d workers...", n), "workers", n)
+	start := time.Now()
+	for _, w := range live {
+		go func() { _ = w.Stop(context.Background(), state.HiveShutdown) }()
+	}
+	stopped := 0
+	lastLog := time.Time{}
+	remaining := append([]*supervisor.Worker(nil), live...)
+	for len(remaining) > 0 {
+		next := remaining[:0]
+		for _, w := range remaining {
+			select {
+			case <-w.Done():
+				stopped++
+			default:
+				next = append(next, w)
+			}
+		}
+		remaining = next
+		if len(remaining) == 0 {
+			break
+		}
+		if time.Since(lastLog) > 500*time.Millisecond {
+			h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n))
+			lastLog = time.Now()
+		}
+		select {
+		case <-remaining[0].Done():
+		case <-ctx.Done():
+			h.log.Warn(fmt.Sprintf("Shutdown budget spent, killing %d workers", len(remaining)))
+			for _, w := range remaining {
+				go func() { _ = w.Kill(context.Background(), state.HiveShutdown) }()
+			}
+			for _, w := range remaining {
+				select {
+				case <-w.Done():
+				case <-time.After(10 * time.Second):
+					h.log.Error("Worker did not end after kill", "worker_id", w.ID())
+				}
+			}
+			stopped += len(remaining)
+			remaining = nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n), "after", time.Since(start).String())
+	h.log.Info("All workers stopped, exiting")
+	h.close()
+}
+
+// Detach lets every live worker keep running (for --keep-workers-on-exit)
+// and releases the hive's services.
+func (h *Hive) Detach(ctx context.Context) {
+	h.mu.Lock()
+	h.shuttingDown = true
+	ws := make([]*supervisor.Worker, 0, len(h.workers))
+	for _, w := range h.workers {
+		ws = append(ws, w)
+	}
+	h.mu.Unlock()
+	h.log.Info(fmt.Sprintf("Leaving %d workers running for the next hive", len(ws)))
+	var wg sync.WaitGroup
+	for _, w := range ws {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.Detach(ctx) }()
+	}
+	wg.Wait()
+	h.close()
+}
+
+func (h *Hive) close() {
+	close(h.stopPrune)
+	<-h.pruneDone
+	h.logs.Close()
+	h.client.CloseIdleConnections()
+}
+
+// pruneLoop drops ended workers past the retention window.
+func (h *Hive) pruneLoop() {
+	defer close(h.pruneDone)
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stopPrune:
+			return
+		case <-t.C:
+			h.prune(time.Now())
+		}
+	}
+}
+
+func (h *Hive) prune(now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	type ended struct {
+		id string
+		at time.Time
+	}
+	var gone []ended
+	for id, w := range h.workers {
+		info := w.Info()
+		if info == nil || !info.State.Ended() || info.EndedAt == nil {
+			continue
+		}
+		if now.Sub(*info.EndedAt) > h.cfg.Retention.MaxAge.D() {
+			delete(h.workers, id)
+			continue
+		}
+		gone = append(gone, ended{id, *info.EndedAt})
+	}
+	if extra := len(gone) - h.cfg.Retention.MaxEntries; extra > 0 {
+		sort.Slice(gone, func(i, j int) bool { return gone[i].at.Before(gone[j].at) })
+		for _, e := range gone[:extra] {
+			delete(h.workers, e.id)
+		}
+	}
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// AddModel adds a catalog entry after checking that path lies inside a model
+// root.
+func (h *Hive) AddModel(ref, path string) (models.Entry, error) {
+	if _, _, err := models.ParseRef(ref); err != nil {
+		return models.Entry{}, err
+	}
+	resolved, _, err := h.resolver.CheckPath(path)
+	if err != nil {
+		return models.Entry{}, err
+	}
+	return h.catalog.Add(ref, resolved)
+}

@@ -1,0 +1,108 @@
+// Package ports hands out worker ports: the lowest port in the hive's range
+// that no live worker holds and that can really be bound right now.
+package ports
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+)
+
+// ErrExhausted is returned when every port in the range is held or busy.
+var ErrExhausted = errors.New("no available ports")
+
+// Allocator is safe for concurrent use. Its zero value is not usable; use New.
+type Allocator struct {
+	min, max int
+	log      *slog.Logger
+
+	mu   sync.Mutex
+	held map[int]string // port → worker id
+	next int            // a hint: ports below it were all held at the last look
+}
+
+// New returns an allocator for the inclusive range [min, max].
+func New(min, max int, log *slog.Logger) *Allocator {
+	return &Allocator{min: min, max: max, log: log, held: map[int]string{}, next: min}
+}
+
+// Acquire reserves the lowest free port for worker id. A port is free when
+// no worker holds it and 127.0.0.1:port can be bound now. It does not block
+// beyond the bind checks.
+func (a *Allocator) Acquire(id string) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	start := a.min
+	if a.next > start {
+		start = a.next
+	}
+	for p := start; p <= a.max; p++ {
+		if _, ok := a.held[p]; ok {
+			continue
+		}
+		if !bindable(p) {
+			next := "none left in range"
+			if p < a.max {
+				next = "trying " + strconv.Itoa(p+1)
+			}
+			a.log.Info(fmt.Sprintf("Port %d in use, %s", p, next), "port", p, "worker_id", id)
+			continue
+		}
+		a.held[p] = id
+		if p == start {
+			a.next = p + 1
+		}
+		return p, nil
+	}
+	return 0, fmt.Errorf("%w in %d-%d", ErrExhausted, a.min, a.max)
+}
+
+// Reserve marks port as held by id without a bind check (for a worker that
+// is already running and listening, e.g. one re-adopted after a restart).
+func (a *Allocator) Reserve(port int, id string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if other, ok := a.held[port]; ok && other != id {
+		return fmt.Errorf("port %d already held by %s", port, other)
+	}
+	a.held[port] = id
+	return nil
+}
+
+// Holds reports whether id holds port.
+func (a *Allocator) Holds(port int, id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.held[port] == id
+}
+
+// Release frees port if id holds it.
+func (a *Allocator) Release(port int, id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.held[port] == id {
+		delete(a.held, port)
+		if port < a.next {
+			a.next = port
+		}
+	}
+}
+
+// InUse returns how many ports are held.
+func (a *Allocator) InUse() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.held)
+}
+
+func bindable(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}

@@ -1,0 +1,42 @@
+package supervisor
+
+import (
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/policy"
+)
+
+// Record is what the state store keeps of a worker so that a later hive can
+// verify and re-adopt its process, or restart it: the public info, the
+// process identity, and the spec without secrets.
+type Record struct {
+	Info      apiv1.WorkerInfo `json:"info"`
+	StartTime uint64           `json:"start_time"` // clock ticks since boot (/proc/PID/stat field 22)
+	BootID    string           `json:"boot_id"`
+	PGID      int              `json:"pgid"`
+	Cgroup    bool             `json:"cgroup"`     // the worker has its own cgroup (named by its id)
+	TokenHash string           `json:"token_hash"` // sha256 of the worker token, hex
+	LogPath   string           `json:"log_path"`
+	History   policy.History   `json:"history"`
+	Spec      Spec             `json:"spec"`
+}
+
+func (o *owner) record(info *apiv1.WorkerInfo) *Record {
+	r := &Record{Info: *info, TokenHash: o.tokenHash, History: o.hist, Spec: o.w.spec, Cgroup: o.cg != nil}
+	r.Spec.Token = ""
+	if o.proc != nil {
+		r.StartTime, r.BootID, r.PGID = o.proc.StartTime, o.proc.BootID, o.proc.PGID
+	}
+	if o.wlog != nil {
+		r.LogPath = o.wlog.Path()
+	}
+	return r
+}
+
+// TokenHash returns the sha256 (hex) of the current incarnation's worker
+// token, or "" before the first start.
+func (w *Worker) TokenHash() string {
+	if r := w.rec.Load(); r != nil {
+		return r.TokenHash
+	}
+	return ""
+}

@@ -1,0 +1,774 @@
+package supervisor
+
+import (
+	"context"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/argv"
+	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/logs"
+	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/state"
+)
+
+// owner is the state of one worker that only its owner goroutine touches.
+type owner struct {
+	w   *Worker
+	d   Deps
+	log *slog.Logger
+	s   config.Settings
+
+	cur       apiv1.WorkerInfo // the working copy; published as snapshots
+	proc      *process.Proc
+	procDone  bool
+	cg        *cgroup.Group
+	wlog      *logs.Log
+	tokenHash string
+	hist      policy.History
+	spawnedAt time.Time
+
+	stopReason       state.Reason // why the current stop was asked
+	stopDetail       string
+	stopAsked        time.Time
+	forced           bool
+	restartAfterStop bool
+
+	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
+	readyProbeDelay                                                           time.Duration
+
+	firstStart chan error // until the first start grace ends: where Start waits
+	probeRes   chan probeResult
+	probing    bool
+	wg         sync.WaitGroup // probe and shutdown-request goroutines
+	finished   bool
+}
+
+type probeKind int
+
+const (
+	probeReadiness probeKind = iota
+	probeLiveness
+)
+
+type probeResult struct {
+	kind probeKind
+	pid  int
+	err  error
+}
+
+// Start creates a worker and starts its process. port must already be held
+// in d.Ports for spec.ID. register, when not nil, is called with the new
+// worker before its process starts (so that its ready callback, which may
+// come at once, finds it). Start blocks for the start grace
+// (settings.start_grace): a process that fails to start or dies within it
+// makes Start return a *SpawnError; the worker is then recorded
+// failed/spawn_failed (and stays visible) and is not restarted.
+func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error) {
+	w := newWorker(d, spec)
+	o := newOwner(w)
+	now := w.now()
+	o.cur = apiv1.WorkerInfo{
+		ID: spec.ID, Port: port, URL: workerURL(port), ModelRef: spec.ModelRef, ModelPath: spec.ModelPath,
+		Backend: spec.Backend, Device: spec.Device, Profile: spec.ProfileName, Limits: spec.Settings.Limits,
+		Labels: spec.Labels, StartedAt: &now,
+	}
+	if o.cur.Labels == nil {
+		o.cur.Labels = map[string]string{}
+	}
+	lg, err := d.Logs.Open(filepath.Join(d.LogDir, spec.ID+".log"))
+	if err != nil {
+		d.Ports.Release(port, spec.ID)
+		return nil, &SpawnError{Err: fmt.Errorf("open worker log: %w", err)}
+	}
+	o.wlog, w.wlog = lg, lg
+	o.firstStart = make(chan error, 1)
+	o.transition(state.Spawning, state.None)
+	if register != nil {
+		register(w)
+	}
+	go o.loop(func() { o.startIncarnation() })
+	err = <-o.firstStart
+	return w, err
+}
+
+func newWorker(d Deps, spec Spec) *Worker {
+	return &Worker{
+		spec: spec, d: d,
+		log:  d.Logger.With("worker_id", spec.ID),
+		reqs: make(chan request),
+		done: make(chan struct{}),
+	}
+}
+
+func newOwner(w *Worker) *owner {
+	return &owner{w: w, d: w.d, log: w.log, s: w.spec.Settings, probeRes: make(chan probeResult, 1)}
+}
+
+func workerURL(port int) string { return "http://127.0.0.1:" + strconv.Itoa(port) }
+
+func (o *owner) now() time.Time { return o.w.now() }
+
+// loop is the owner goroutine. first runs before the loop starts.
+func (o *owner) loop(first func()) {
+	defer close(o.w.done)
+	defer o.wg.Wait()
+	first()
+	for !o.finished {
+		var procDone <-chan struct{}
+		if o.proc != nil && !o.procDone {
+			procDone = o.proc.Done()
+		}
+		var output <-chan struct{}
+		if o.cur.State == state.Loading && o.wlog != nil {
+			output = o.wlog.Changed()
+		}
+		select {
+		case r := <-o.w.reqs:
+			r.reply <- o.handle(r)
+		case <-procDone:
+			o.onExit()
+		case <-output:
+			o.progress()
+		case pr := <-o.probeRes:
+			o.onProbe(pr)
+		case <-o.grace.C():
+			o.grace.fired()
+			o.endGrace(nil)
+		case <-o.stall.C():
+			o.stall.fired()
+			if o.cur.State == state.Loading || o.cur.State == state.Spawning {
+				o.beginStop(state.ReadyTimeout, fmt.Sprintf("no loading progress for %s", o.s.ReadyStallTimeout), true)
+			}
+		case <-o.readyCap.C():
+			o.readyCap.fired()
+			if o.cur.State == state.Loading || o.cur.State == state.Spawning {
+				o.beginStop(state.ReadyTimeout, fmt.Sprintf("not ready after %s", o.s.ReadyTimeout), true)
+			}
+		case <-o.hbStale.C():
+			o.hbStale.fired()
+			if o.cur.State.Ready() {
+				o.beginStop(state.HeartbeatTimeout, fmt.Sprintf("no heartbeat for %s", o.s.Heartbeat.Timeout), true)
+			}
+		case <-o.idle.C():
+			o.idle.fired()
+			if o.cur.State == state.Idle {
+				o.beginStop(state.IdleTimeout, fmt.Sprintf("idle for %s", o.s.IdleTimeout), false)
+			}
+		case <-o.health.C():
+			o.health.fired()
+			o.healthTick()
+		case <-o.readyProbe.C():
+			o.readyProbe.fired()
+			o.startProbe(probeReadiness)
+		case <-o.stopT.C():
+			o.stopT.fired()
+			if o.cur.State == state.Stopping && !o.forced {
+				o.log.Warn("Worker did not respond, force-killing", "pid", o.cur.PID, "reason", o.stopReason,
+					"signal", "SIGKILL", "waited", o.s.StopTimeout.String())
+				o.forceKill()
+			}
+		case <-o.backoff.C():
+			o.backoff.fired()
+			if o.cur.State == state.Backoff {
+				o.restartNow(state.Restarting)
+			}
+		}
+	}
+}
+
+// endGrace reports the first start's result to Start, once.
+func (o *owner) endGrace(err error) {
+	if o.firstStart == nil {
+		return
+	}
+	o.grace.stop()
+	o.firstStart <- err
+	o.firstStart = nil
+}
+
+// startIncarnation starts the process from the spawning state: cgroup, log,
+// argv, env, process. On success the worker is loading.
+func (o *owner) startIncarnation() {
+	spec := o.w.spec
+	if err := o.startProcess(); err != nil {
+		o.log.Error("Worker failed to start", "error", err)
+		o.cur.Detail = err.Error()
+		if o.firstStart != nil {
+			o.finish(state.SpawnFailed, err.Error(), false)
+			o.endGrace(&SpawnError{Err: err, LastLine: o.cur.LastLines})
+			return
+		}
+		o.finish(state.SpawnFailed, err.Error(), true)
+		return
+	}
+	if m := o.d.Metrics; m != nil {
+		m.Spawned()
+	}
+	o.log.Info("Worker started", "pid", o.cur.PID, "port", o.cur.Port, "model_ref", spec.ModelRef,
+		"profile", spec.ProfileName, "restart_count", o.cur.RestartCount)
+	o.transition(state.Loading, state.None)
+	o.stall.arm(o.s.ReadyStallTimeout.D())
+	o.readyCap.arm(o.s.ReadyTimeout.D())
+	if spec.Profile.Protocol == config.ProtocolHTTP {
+		o.readyProbeDelay = 25 * time.Millisecond
+		o.readyProbe.arm(o.readyProbeDelay)
+	}
+	if o.firstStart != nil {
+		if o.s.StartGrace <= 0 {
+			o.endGrace(nil)
+		} else {
+			o.grace.arm(o.s.StartGrace.D())
+		}
+	}
+}
+
+func (o *owner) startProcess() error {
+	spec := o.w.spec
+	port := o.cur.Port
+	// A restart keeps its port when it is still ours and free; else a new one.
+	if !o.d.Ports.Holds(port, spec.ID) || !portFree(port) {
+		o.d.Ports.Release(port, spec.ID)
+		p, err := o.d.Ports.Acquire(spec.ID)
+		if err != nil {
+			return err
+		}
+		port = p
+		o.cur.Port, o.cur.URL = p, workerURL(p)
+	}
+	token, err := newToken()
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(token))
+	o.tokenHash = hex.EncodeToString(sum[:])
+	// The new token must be checkable before the process can call back.
+	snap := o.cur
+	o.w.rec.Store(o.record(&snap))
+
+	vars := map[string]string{
+		"port": strconv.Itoa(port), "model": spec.ModelPath, "model_ref": spec.ModelRef,
+		"worker_id": spec.ID, "backend": spec.Backend, "device": strconv.Itoa(spec.Device), "hive_url": spec.HiveURL,
+	}
+	args := argv.Expand(spec.Argv, vars)
+	if spec.Profile.Protocol == config.ProtocolRbee {
+		args = append(args, "--worker-id", spec.ID, "--model", spec.ModelPath, "--model-ref", spec.ModelRef,
+			"--backend", spec.Backend, "--device", strconv.Itoa(spec.Device), "--port", strconv.Itoa(port),
+			"--hive-url", spec.HiveURL)
+	}
+	env := append([]string(nil), spec.Env...)
+	env = append(env,
+		"RBEE_WORKER_TOKEN="+token,
+		"RBEE_WORKER_ID="+spec.ID,
+		"RBEE_HEARTBEAT_INTERVAL_MS="+strconv.FormatInt(o.s.Heartbeat.Interval.D().Milliseconds(), 10),
+		"RBEE_HIVE_MARKER="+spec.Marker,
+	)
+
+	var cgFD = -1
+	var join []string
+	if o.d.Cgroups != nil && o.d.Cgroups.Mode() != cgroup.ModeNone {
+		g, err := o.d.Cgroups.Create(spec.ID, o.s.Limits)
+		if err != nil {
+			return fmt.Errorf("create cgroup: %w", err)
+		}
+		o.cg = g
+		fd, err := g.FD()
+		if err != nil {
+			o.removeCgroup()
+			return fmt.Errorf("open cgroup: %w", err)
+		}
+		cgFD = fd
+		defer syscall.Close(fd)
+		join = g.JoinProcs()
+	}
+	out, err := o.wlog.ChildFile()
+	if err != nil {
+		o.removeCgroup()
+		return fmt.Errorf("open worker log: %w", err)
+	}
+	defer out.Close()
+	p, err := process.Start(process.Spec{
+		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
+		CgroupFD: cgFD, JoinProcs: join, Nofile: o.s.Limits.Nofile,
+	})
+	if err != nil {
+		o.removeCgroup()
+		return err
+	}
+	o.proc, o.procDone = p, false
+	now := o.now()
+	o.spawnedAt = now
+	o.cur.PID = p.PID
+	o.cur.StartedAt = &now
+	o.cur.ReadyAt, o.cur.Exit, o.cur.Reason, o.cur.Detail = nil, nil, state.None, ""
+	o.cur.LastLines, o.cur.EndedAt, o.cur.Progress = nil, nil, nil
+	o.cur.FailedHealthChecks = 0
+	return nil
+}
+
+func portFree(port int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := crand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// handle serves one request in the owner goroutine.
+func (o *owner) handle(r request) error {
+	st := o.cur.State
+	switch r.kind {
+	case reqStop:
+		switch {
+		case st == state.Stopping || st.Ended():
+			return nil // idempotent
+		case st == state.Backoff:
+			o.endFromBackoff(r.reason)
+		default:
+			o.beginStop(r.reason, "", false)
+		}
+		return nil
+	case reqKill:
+		switch {
+		case st.Ended():
+		case st == state.Stopping:
+			if !o.forced {
+				o.log.Warn("Kill asked during stop, force-killing", "pid", o.cur.PID, "signal", "SIGKILL")
+				o.forceKill()
+			}
+		case st == state.Backoff:
+			o.endFromBackoff(r.reason)
+		default:
+			o.beginStop(r.reason, "", true)
+		}
+		return nil
+	case reqRestart:
+		switch st {
+		case state.Backoff:
+			o.restartNow(state.Restarting)
+		case state.Loading, state.Idle, state.Busy, state.Spawning:
+			o.restartAfterStop = true
+			o.beginStop(state.Restarting, "restart asked", false)
+		default:
+			return fmt.Errorf("%w: worker is %s", ErrInvalidState, st)
+		}
+		return nil
+	case reqReady:
+		if st != state.Loading && st != state.Spawning {
+			return fmt.Errorf("%w: worker is %s, not loading", ErrInvalidState, st)
+		}
+		o.markReady()
+		return nil
+	case reqHeartbeat:
+		return o.onHeartbeat(r.hb)
+	case reqDetach:
+		o.detach()
+		return nil
+	}
+	return fmt.Errorf("unknown request %d", r.kind)
+}
+
+func (o *owner) markReady() {
+	now := o.now()
+	o.stall.stop()
+	o.readyCap.stop()
+	o.readyProbe.stop()
+	o.cur.ReadyAt = &now
+	o.cur.LastActivity = &now
+	o.hist.RunningSince = now
+	if m := o.d.Metrics; m != nil {
+		m.ReadyLatency(now.Sub(o.spawnedAt))
+	}
+	o.transition(state.Idle, state.None)
+	o.log.Info("Worker ready", "pid", o.cur.PID, "port", o.cur.Port, "after", now.Sub(o.spawnedAt).String())
+	o.idle.arm(o.s.IdleTimeout.D())
+	if o.w.spec.Profile.Protocol == config.ProtocolRbee && o.s.Heartbeat.Timeout > 0 {
+		o.hbStale.arm(o.s.Heartbeat.Timeout.D())
+	}
+	if iv := o.s.Health.Interval.D(); iv > 0 {
+		// Spread the first probe over one interval so that many workers
+		// made ready together are not probed in the same millisecond.
+		o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+	}
+}
+
+func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
+	st := o.cur.State
+	if st.Ended() || st == state.Backoff {
+		return fmt.Errorf("%w: worker is %s", ErrInvalidState, st)
+	}
+	now := o.now()
+	o.cur.LastHeartbeat = &now
+	if hb.SlotsTotal != nil {
+		o.cur.SlotsTotal = *hb.SlotsTotal
+	}
+	if hb.SlotsAvailable != nil {
+		o.cur.SlotsAvailable = *hb.SlotsAvailable
+	}
+	switch st {
+	case state.Spawning, state.Loading:
+		if p := hb.Progress; p != nil {
+			old := o.cur.Progress
+			if old == nil || p.Done != old.Done || p.Total != old.Total {
+				o.cur.Progress = &apiv1.Progress{Done: p.Done, Total: p.Total}
+				o.stall.arm(o.s.ReadyStallTimeout.D())
+			}
+		}
+	case state.Idle:
+		if hb.State == "busy" {
+			o.idle.stop()
+			o.transition(state.Busy, state.None)
+		}
+	case state.Busy:
+		if hb.State == "idle" {
+			o.cur.LastActivity = &now
+			o.idle.arm(o.s.IdleTimeout.D())
+			o.transition(state.Idle, state.None)
+		}
+	}
+	if o.cur.State.Ready() && o.s.Heartbeat.Timeout > 0 {
+		o.hbStale.arm(o.s.Heartbeat.Timeout.D())
+	}
+	o.publish(nil)
+	return nil
+}
+
+// progress is new output while loading: it resets the stall clock.
+func (o *owner) progress() {
+	if o.cur.State == state.Loading {
+		o.stall.arm(o.s.ReadyStallTimeout.D())
+	}
+}
+
+// stopLifecycleTimers disarms every timer that could start another action.
+func (o *owner) stopLifecycleTimers() {
+	for _, t := range []*timer{&o.stall, &o.readyCap, &o.hbStale, &o.idle, &o.health, &o.readyProbe, &o.backoff} {
+		t.stop()
+	}
+}
+
+// beginStop enters stopping: graceful request (or SIGKILL when force), then
+// the stop timer.
+func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
+	o.stopLifecycleTimers()
+	o.stopReason, o.stopDetail, o.stopAsked, o.forced = reason, detail, o.now(), false
+	o.cur.Detail = detail
+	o.transition(state.Stopping, reason)
+	pid := o.cur.PID
+	o.log.Info("Shutting down "+o.w.spec.ID, "pid", pid, "reason", reason, "force", force)
+	if o.proc == nil || o.procDone {
+		return // the exit is already being handled
+	}
+	if force {
+		o.log.Warn("Force-killing worker", "pid", pid, "reason", reason, "signal", "SIGKILL")
+		o.forceKill()
+		return
+	}
+	prof := o.w.spec.Profile
+	if prof.Protocol == config.ProtocolRbee {
+		o.wg.Add(1)
+		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
+	} else {
+		sig := prof.StopSig()
+		o.log.Info("Sending stop signal", "pid", pid, "signal", sigName(sig), "reason", reason)
+		o.signalTree(sig)
+	}
+	o.log.Info(fmt.Sprintf("Waiting for graceful shutdown (%s timeout)...", o.s.StopTimeout), "pid", pid, "reason", reason)
+	if o.s.StopTimeout <= 0 {
+		o.forceKill()
+		return
+	}
+	o.stopT.arm(o.s.StopTimeout.D())
+}
+
+// requestShutdown asks an rbee worker to drain and exit; when the request
+// cannot be delivered it falls back to the stop signal. Runs in its own
+// goroutine; it only touches p through its concurrency-safe methods.
+func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal) {
+	defer o.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/shutdown", nil)
+	resp, err := o.d.Client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 300 {
+			o.log.Info("Graceful shutdown requested", "pid", p.PID, "via", "POST /v1/shutdown")
+			return
+		}
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	o.log.Info("Shutdown request failed, sending stop signal", "pid", p.PID, "error", err, "signal", sigName(sig))
+	if err := p.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
+		_ = p.Signal(sig)
+	}
+}
+
+// signalTree sends sig to the worker's process group.
+func (o *owner) signalTree(sig syscall.Signal) {
+	if o.proc == nil {
+		return
+	}
+	if err := o.proc.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
+		o.log.Warn("Signal to process group failed", "pid", o.cur.PID, "signal", sigName(sig), "error", err)
+		_ = o.proc.Signal(sig)
+	}
+}
+
+// forceKill SIGKILLs the whole tree: the process group and the cgroup.
+func (o *owner) forceKill() {
+	if o.forced {
+		return
+	}
+	o.forced = true
+	o.stopT.stop()
+	if m := o.d.Metrics; m != nil {
+		m.ForceKill()
+	}
+	o.signalTree(syscall.SIGKILL)
+	if o.cg != nil {
+		if err := o.cg.Kill(); err != nil {
+			o.log.Warn("cgroup kill failed", "pid", o.cur.PID, "error", err)
+		}
+	}
+}
+
+// onExit handles the death of the worker's main process.
+func (o *owner) onExit() {
+	o.procDone = true
+	ex := o.proc.Exit()
+	facts := &apiv1.Exit{Code: ex.Code, Signal: int(ex.Signal), Known: ex.Known, At: ex.At}
+	if o.cg != nil {
+		if oom, err := o.cg.OOMKilled(); err == nil && oom {
+			facts.OOMKilled = true
+		}
+	}
+	o.cur.Exit = facts
+	o.log.Info("Worker process exited", "pid", o.cur.PID, "exit", ex.String(), "oom_killed", facts.OOMKilled,
+		"state", o.cur.State)
+
+	if o.cur.State == state.Stopping {
+		o.cleanupTree()
+		if m := o.d.Metrics; m != nil {
+			m.StopLatency(o.now().Sub(o.stopAsked))
+		}
+		o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
+			"after", o.now().Sub(o.stopAsked).String(), "forced", o.forced)
+		o.endGrace(nil)
+		if o.restartAfterStop {
+			o.restartAfterStop = false
+			o.restartNow(state.Restarting)
+			return
+		}
+		o.finish(o.stopReason, o.stopDetail, true)
+		return
+	}
+
+	reason := state.Crashed
+	switch {
+	case facts.OOMKilled:
+		reason = state.OOMKilled
+	case ex.Known && ex.Code != nil && *ex.Code == 0:
+		reason = state.Exited
+	}
+	detail := "process " + ex.String()
+	if o.firstStart != nil {
+		o.wlog.Sync()
+		o.cur.LastLines = o.wlog.Tail(10)
+		o.finish(state.SpawnFailed, detail+" within the start grace", false)
+		o.endGrace(&SpawnError{Exit: facts, LastLine: o.cur.LastLines})
+		return
+	}
+	o.finish(reason, detail, true)
+}
+
+// finish ends the current incarnation for reason: it records the end state
+// (first, so a crash is announced at once), makes sure the whole tree is
+// gone, and then either goes to backoff (restart policy) or ends the worker.
+func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
+	o.stopLifecycleTimers()
+	o.stopT.stop()
+	now := o.now()
+	end := reason.End()
+	var dec policy.Decision
+	if end == state.Failed && mayRestart {
+		dec = policy.Decide(o.s.Restart, o.hist, reason, now, rand.Float64())
+		o.hist = dec.Next
+		if dec.CrashLoop {
+			detail = dec.Reason
+			reason = state.CrashLoop
+		}
+	}
+	if o.wlog != nil {
+		o.wlog.Sync()
+		o.cur.LastLines = o.wlog.Tail(20)
+	}
+	o.cur.Detail = detail
+	o.cur.EndedAt = &now
+	o.cur.Reason = reason
+	o.transition(end, reason)
+	if m := o.d.Metrics; m != nil {
+		m.Ended(reason)
+	}
+	o.log.Info("Worker ended", "pid", o.cur.PID, "state", end, "reason", reason, "detail", detail)
+	o.cleanupTree()
+	if dec.Restart {
+		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
+		o.transition(state.Backoff, reason)
+		o.backoff.arm(max(dec.Delay, time.Nanosecond))
+		return
+	}
+	o.release()
+}
+
+// endFromBackoff ends a worker waiting to restart: a stop cancels the
+// pending restart at once.
+func (o *owner) endFromBackoff(reason state.Reason) {
+	o.backoff.stop()
+	now := o.now()
+	o.cur.EndedAt = &now
+	o.cur.Reason = reason
+	o.cur.Detail = "stopped during backoff; restart cancelled"
+	o.transition(reason.End(), reason)
+	if m := o.d.Metrics; m != nil {
+		m.Ended(reason)
+	}
+	o.release()
+}
+
+// restartNow starts the next incarnation with the same id.
+func (o *owner) restartNow(reason state.Reason) {
+	now := o.now()
+	o.cur.RestartCount++
+	o.cur.LastRestart = &now
+	if m := o.d.Metrics; m != nil {
+		m.Restarted()
+	}
+	o.transition(state.Spawning, reason)
+	o.startIncarnation()
+}
+
+// cleanupTree makes sure no process of the worker's tree is left: SIGKILL to
+// the group and the cgroup, wait (bounded) until the cgroup is empty, and
+// remove the cgroup. It closes the process handle.
+func (o *owner) cleanupTree() {
+	if o.proc != nil {
+		if o.proc.GroupAlive() {
+			_ = o.proc.SignalGroup(syscall.SIGKILL)
+		}
+	}
+	if o.cg != nil {
+		_ = o.cg.Kill()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := o.cg.WaitEmpty(ctx); err != nil {
+			o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+		}
+		cancel()
+		o.removeCgroup()
+	} else if o.proc != nil {
+		deadline := time.Now().Add(5 * time.Second)
+		for o.proc.GroupAlive() && time.Now().Before(deadline) {
+			_ = o.proc.SignalGroup(syscall.SIGKILL)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if o.proc != nil {
+		o.proc.Close()
+		o.proc = nil
+	}
+}
+
+func (o *owner) removeCgroup() {
+	if o.cg == nil {
+		return
+	}
+	if err := o.cg.Remove(); err != nil {
+		o.log.Warn("Removing worker cgroup failed", "error", err)
+	}
+	o.cg = nil
+}
+
+// release lets go of what the worker holds once it has ended for good.
+func (o *owner) release() {
+	o.d.Ports.Release(o.cur.Port, o.w.spec.ID)
+	if o.wlog != nil {
+		o.wlog.Close()
+	}
+	o.finished = true
+}
+
+// detach lets go of a live worker without touching its process.
+func (o *owner) detach() {
+	o.stopLifecycleTimers()
+	o.stopT.stop()
+	o.log.Info("Leaving worker running", "pid", o.cur.PID, "state", o.cur.State)
+	if o.proc != nil {
+		o.proc.Close()
+		o.proc = nil
+	}
+	if o.wlog != nil {
+		o.wlog.Close()
+	}
+	o.finished = true
+}
+
+// transition moves to state to, publishing an event. Every caller has
+// checked the move; a refused one is a bug, logged loudly, and still applied
+// so that the worker cannot get stuck.
+func (o *owner) transition(to state.State, reason state.Reason) {
+	from := o.cur.State
+	if from != "" {
+		if err := state.Check(from, to); err != nil {
+			o.log.Error("BUG: refused transition applied", "error", err)
+		}
+	}
+	o.cur.State = to
+	if to == state.Stopping || to.Ended() || to == state.Backoff {
+		o.cur.Reason = reason
+	}
+	ev := &apiv1.Event{WorkerID: o.w.spec.ID, From: from, To: to, Reason: reason, PID: o.cur.PID, At: o.now()}
+	o.publish(ev)
+}
+
+// publish stores a new snapshot and tells the observer.
+func (o *owner) publish(ev *apiv1.Event) {
+	snap := o.cur
+	o.w.info.Store(&snap)
+	o.w.rec.Store(o.record(&snap))
+	if obs := o.d.Observer; obs != nil {
+		obs.Changed(o.w, &snap, ev)
+	}
+}
+
+func sigName(s syscall.Signal) string {
+	for name, v := range config.Signals {
+		if v == s {
+			return name
+		}
+	}
+	return "signal " + strconv.Itoa(int(s))
+}

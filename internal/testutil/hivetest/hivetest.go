@@ -1,0 +1,392 @@
+// Package hivetest runs a real rbee-hive daemon (built once per test
+// process, with the reference worker beside it) for integration tests, and
+// checks afterwards that no process it started survives.
+package hivetest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/client"
+	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
+)
+
+// Options shape one test hive.
+type Options struct {
+	// Config is extra YAML appended to the generated config (which sets
+	// addr, state_dir, ports and memory_reserve_bytes). It must not repeat
+	// those keys.
+	Config string
+	// Settings is YAML for the `defaults:` block, indented by the caller
+	// as a block body (e.g. "  idle_timeout: 1s\n").
+	Settings string
+	// StateDir reuses a state directory (restart tests); empty: a new one.
+	StateDir string
+	// Ports is the worker port range width; 0 means 60.
+	Ports int
+	// PortMin fixes the range start; 0 picks a free range at random.
+	PortMin int
+	// Args are extra daemon flags.
+	Args []string
+	// Env is extra environment for the daemon.
+	Env []string
+	// NoWait does not wait for /health (for start-failure tests).
+	NoWait bool
+}
+
+// Hive is a running daemon.
+type Hive struct {
+	t        testing.TB
+	Bin      string // rbee-hive binary (the reference worker sits beside it)
+	Dir      string // state dir
+	Models   string // model root
+	Model    string // a small model file inside Models
+	Ref      string // "file:" + Model
+	Addr     string
+	URL      string
+	Client   *client.Client
+	Marker   string
+	PortMin  int
+	PortMax  int
+	Config   string // path of the config file
+	cmd      *exec.Cmd
+	stderr   *syncBuffer
+	exited   chan struct{}
+	exitErr  error
+	stopOnce sync.Once
+}
+
+// Binaries builds rbee-hive, llm-worker-rbee and the generic test worker
+// into one directory and returns the hive's path.
+func Binaries(t testing.TB) string {
+	hiveBin := buildbin.Build(t, "cmd/rbee-hive")
+	buildbin.Build(t, "cmd/llm-worker-rbee")
+	buildbin.Build(t, "internal/testutil/genericworker")
+	return hiveBin
+}
+
+// GenericWorker returns the path of the generic HTTP test worker.
+func GenericWorker(t testing.TB) string { return buildbin.Build(t, "internal/testutil/genericworker") }
+
+var portMu sync.Mutex
+
+// FreeRange finds n consecutive ports that can be bound now, at random in
+// 20000–59999 so that parallel test hives rarely meet.
+func FreeRange(t testing.TB, n int) int {
+	portMu.Lock()
+	defer portMu.Unlock()
+	for i := 0; i < 200; i++ {
+		base := 20000 + rand.IntN(40000-n)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatalf("no free range of %d ports", n)
+	return 0
+}
+
+// Start runs a daemon and registers its shutdown (and the leftover check)
+// with t.Cleanup.
+func Start(t testing.TB, o Options) *Hive {
+	t.Helper()
+	bin := Binaries(t)
+	dir := o.StateDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	models := filepath.Join(dir, "models")
+	if err := os.MkdirAll(models, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(models, "tiny.gguf")
+	if _, err := os.Stat(model); err != nil {
+		if err := os.WriteFile(model, bytes.Repeat([]byte("rbee model weights "), 1<<14), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	width := o.Ports
+	if width == 0 {
+		width = 60
+	}
+	pmin := o.PortMin
+	if pmin == 0 {
+		pmin = FreeRange(t, width+1)
+	}
+	h := &Hive{
+		t: t, Bin: bin, Dir: dir, Models: models, Model: model, Ref: "file:" + model,
+		PortMin: pmin + 1, PortMax: pmin + width, Addr: "127.0.0.1:" + strconv.Itoa(pmin),
+		Marker: hive.InstanceID(dir),
+	}
+	h.URL = "http://" + h.Addr
+	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: -1\n",
+		h.Addr, dir, h.PortMin, h.PortMax)
+	if o.Settings != "" {
+		cfg += "defaults:\n" + o.Settings
+	}
+	cfg += o.Config
+	h.Config = filepath.Join(dir, "hive.yaml")
+	if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.Client = client.New(h.URL, "")
+	h.start(o)
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func (h *Hive) start(o Options) {
+	h.t.Helper()
+	args := append([]string{"daemon", "--config", h.Config}, o.Args...)
+	h.cmd = exec.Command(h.Bin, args...)
+	h.cmd.Env = append(os.Environ(), o.Env...)
+	h.stderr = &syncBuffer{}
+	h.cmd.Stdout = h.stderr
+	h.cmd.Stderr = h.stderr
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := process.StartCmd(h.cmd); err != nil {
+		h.t.Fatal(err)
+	}
+	h.exited = make(chan struct{})
+	go func() {
+		h.exitErr = process.WaitCmd(h.cmd)
+		close(h.exited)
+	}()
+	if o.NoWait {
+		return
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(h.URL + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-h.exited:
+			h.t.Fatalf("daemon exited at start: %v\n%s", h.exitErr, h.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("daemon not healthy after 20s\n%s", h.stderr.String())
+		}
+	}
+}
+
+// Restart starts a new daemon on the same state dir and config (after a
+// Kill9 or Stop).
+func (h *Hive) Restart(o Options) {
+	h.t.Helper()
+	select {
+	case <-h.exited:
+	default:
+		h.t.Fatal("Restart while the daemon still runs")
+	}
+	h.stopOnce = sync.Once{}
+	h.start(o)
+}
+
+// PID is the daemon's pid.
+func (h *Hive) PID() int { return h.cmd.Process.Pid }
+
+// Log returns what the daemon has written so far.
+func (h *Hive) Log() string { return h.stderr.String() }
+
+// Exited is closed when the daemon has exited.
+func (h *Hive) Exited() <-chan struct{} { return h.exited }
+
+// ExitErr is the daemon's exit error (after Exited).
+func (h *Hive) ExitErr() error { return h.exitErr }
+
+// Signal sends sig to the daemon.
+func (h *Hive) Signal(sig syscall.Signal) { _ = h.cmd.Process.Signal(sig) }
+
+// Kill9 SIGKILLs the daemon (not its workers) and waits for it.
+func (h *Hive) Kill9() {
+	h.Signal(syscall.SIGKILL)
+	<-h.exited
+}
+
+// Stop sends SIGTERM and waits (bounded) for a clean exit; it returns the
+// exit error.
+func (h *Hive) Stop(timeout time.Duration) error {
+	h.t.Helper()
+	h.Signal(syscall.SIGTERM)
+	select {
+	case <-h.exited:
+		return h.exitErr
+	case <-time.After(timeout):
+		h.Signal(syscall.SIGKILL)
+		<-h.exited
+		return fmt.Errorf("daemon did not exit within %s", timeout)
+	}
+}
+
+// Close stops the daemon if it runs and fails the test if any process of
+// this hive (a worker, a grandchild) survives.
+func (h *Hive) Close() {
+	h.stopOnce.Do(func() {
+		select {
+		case <-h.exited:
+		default:
+			if err := h.Stop(60 * time.Second); err != nil {
+				h.t.Errorf("daemon shutdown: %v\n%s", err, tail(h.Log(), 40))
+			}
+		}
+		h.AssertNoLeftovers()
+	})
+}
+
+// Leftovers returns live (non-zombie) processes carrying this hive's marker.
+func (h *Hive) Leftovers() []int { return process.FindByEnv("RBEE_HIVE_MARKER", h.Marker) }
+
+// AssertNoLeftovers fails the test (and kills them) if processes of this
+// hive are alive.
+func (h *Hive) AssertNoLeftovers() {
+	h.t.Helper()
+	var left []int
+	Eventually(h.t, 5*time.Second, func() bool { left = h.Leftovers(); return len(left) == 0 })
+	if len(left) > 0 {
+		for _, pid := range left {
+			cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			h.t.Errorf("process %d of this hive survived: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// Spawn spawns a worker on the test model with req's other fields.
+func (h *Hive) Spawn(req apiv1.SpawnRequest) (*apiv1.SpawnResponse, error) {
+	if req.ModelRef == "" {
+		req.ModelRef = h.Ref
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return h.Client.Spawn(ctx, &req)
+}
+
+// MustSpawn is Spawn that fails the test on error.
+func (h *Hive) MustSpawn(req apiv1.SpawnRequest) *apiv1.SpawnResponse {
+	h.t.Helper()
+	r, err := h.Spawn(req)
+	if err != nil {
+		h.t.Fatalf("spawn: %v", err)
+	}
+	return r
+}
+
+// Get returns the worker's info, failing the test on error.
+func (h *Hive) Get(id string) *apiv1.WorkerInfo {
+	h.t.Helper()
+	info, err := h.Client.Get(context.Background(), id)
+	if err != nil {
+		h.t.Fatalf("get %s: %v", id, err)
+	}
+	return info
+}
+
+// WaitState waits until the worker is in one of states and returns it.
+func (h *Hive) WaitState(id string, timeout time.Duration, states ...string) *apiv1.WorkerInfo {
+	h.t.Helper()
+	var last *apiv1.WorkerInfo
+	ok := Eventually(h.t, timeout, func() bool {
+		info, err := h.Client.Get(context.Background(), id)
+		if err != nil {
+			return false
+		}
+		last = info
+		for _, s := range states {
+			if string(info.State) == s {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		st := "unknown"
+		if last != nil {
+			st = fmt.Sprintf("%s/%s (%s)", last.State, last.Reason, last.Detail)
+		}
+		h.t.Fatalf("worker %s not in %v after %s; it is %s\nhive log:\n%s", id, states, timeout, st, tail(h.Log(), 30))
+	}
+	return last
+}
+
+// Eventually polls cond every 10 ms until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Alive reports whether pid is a live, non-zombie process.
+func Alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

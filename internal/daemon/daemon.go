@@ -21,6 +21,9 @@ import (
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/metrics"
+	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/sdnotify"
 )
 
 // Options are the daemon's command-line settings; each overrides the config.
@@ -137,6 +140,16 @@ func Run(ctx context.Context, o Options) error {
 	if err := hive.PrepareStateDir(cfg.StateDir); err != nil {
 		return err
 	}
+	// Grandchildren orphaned by a dying worker are re-parented to the hive
+	// and reaped here, so none is left as a zombie.
+	if err := process.BecomeSubreaper(); err != nil {
+		log.Warn("Cannot become child subreaper; orphaned grandchildren go to PID 1", "error", err)
+	}
+	reaper, err := process.StartReaper(log)
+	if err != nil {
+		return err
+	}
+	defer reaper.Close()
 	instance := hive.InstanceID(cfg.StateDir)
 	cg, err := cgroup.New(cgroup.Options{Scope: "rbee-hive/" + instance, Logger: log})
 	if err != nil {
@@ -150,15 +163,22 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
 	hiveURL := "http://" + callbackAddr(ln.Addr().(*net.TCPAddr))
-	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: hiveURL, Cgroups: cg})
+	notifier, err := sdnotify.FromEnv(nil)
+	if err != nil {
+		log.Warn("Not notifying the service manager", "error", err)
+	}
+	mx := metrics.New(metrics.Options{Version: hive.Version, StateDir: cfg.StateDir})
+	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: hiveURL, Cgroups: cg, Metrics: mx})
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	mx.WatchWorkers(h)
 	srv := &http.Server{
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
 			MetricsPublic: cfg.MetricsPublic || loopback,
+			Metrics:       mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -171,6 +191,19 @@ func Run(ctx context.Context, o Options) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("rbee-hive listening", "addr", ln.Addr().String(), "version", hive.Version,
 		"state_dir", cfg.StateDir, "pid", os.Getpid())
+	if err := notifier.Notify(sdnotify.Ready, "STATUS=serving on "+ln.Addr().String()); err != nil {
+		log.Warn("sd_notify READY failed", "error", err)
+	}
+	wdCtx, wdStop := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		notifier.RunWatchdog(wdCtx, func(err error) { log.Warn("sd_notify WATCHDOG failed", "error", err) })
+	}()
+	defer func() { wdStop(); <-wdDone }()
+	if wd := notifier.WatchdogTimeout(); wd > 0 {
+		log.Info("systemd watchdog enabled", "timeout", wd.String(), "ping_every", (wd / 2).String())
+	}
 
 	sigs := o.Signals
 	if sigs == nil {
@@ -190,6 +223,9 @@ func Run(ctx context.Context, o Options) error {
 		log.Error("API server failed", "error", err)
 	}
 
+	if err := notifier.Notify(sdnotify.Stopping, "STATUS=stopping workers"); err != nil {
+		log.Warn("sd_notify STOPPING failed", "error", err)
+	}
 	start := time.Now()
 	budget, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
 	defer cancel()
@@ -209,7 +245,11 @@ func Run(ctx context.Context, o Options) error {
 	shutCtx, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel2()
 	_ = srv.Shutdown(shutCtx)
-	log.Info("rbee-hive stopped", "shutdown_seconds", time.Since(start).Seconds())
+	took := time.Since(start)
+	if err := mx.ShutdownDone(took); err != nil {
+		log.Warn("Recording the shutdown duration failed", "error", err)
+	}
+	log.Info("rbee-hive stopped", "shutdown_seconds", took.Seconds())
 	return runErr
 }
 

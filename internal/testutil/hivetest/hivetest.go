@@ -48,6 +48,14 @@ type Options struct {
 	Env []string
 	// NoWait does not wait for /health (for start-failure tests).
 	NoWait bool
+	// MemoryReserve sets memory_reserve_bytes; nil keeps the generated -1
+	// (memory preflight off).
+	MemoryReserve *int64
+	// Credential runs the daemon as another user (e.g. nobody, uid 65534,
+	// to test a hive without cgroup access). The state dir is then a new
+	// directory owned by that user (StateDir must be empty), with the config
+	// and the test model owned by it too. Nil: as the test's own user.
+	Credential *syscall.Credential
 }
 
 // Hive is a running daemon.
@@ -116,6 +124,16 @@ func Start(t testing.TB, o Options) *Hive {
 	t.Helper()
 	bin := Binaries(t)
 	dir := o.StateDir
+	if dir == "" && o.Credential != nil {
+		// t.TempDir's parent is 0700 and owned by us: the other user could
+		// not reach it.
+		d, err := os.MkdirTemp("", "rbee-hive-cred-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dir = d
+	}
 	if dir == "" {
 		dir = t.TempDir()
 	}
@@ -146,8 +164,12 @@ func Start(t testing.TB, o Options) *Hive {
 		Marker: hive.InstanceID(dir),
 	}
 	h.URL = "http://" + h.Addr
-	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: -1\n",
-		h.Addr, dir, h.PortMin, h.PortMax)
+	reserve := int64(-1)
+	if o.MemoryReserve != nil {
+		reserve = *o.MemoryReserve
+	}
+	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: %d\n",
+		h.Addr, dir, h.PortMin, h.PortMax, reserve)
 	if o.Settings != "" {
 		cfg += "defaults:\n" + o.Settings
 	}
@@ -155,6 +177,13 @@ func Start(t testing.TB, o Options) *Hive {
 	h.Config = filepath.Join(dir, "hive.yaml")
 	if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if c := o.Credential; c != nil {
+		for _, p := range []string{dir, models, model, h.Config} {
+			if err := os.Chown(p, int(c.Uid), int(c.Gid)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	h.Client = client.New(h.URL, "")
 	h.start(o)
@@ -170,7 +199,7 @@ func (h *Hive) start(o Options) {
 	h.stderr = &syncBuffer{}
 	h.cmd.Stdout = h.stderr
 	h.cmd.Stderr = h.stderr
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: o.Credential}
 	if err := process.StartCmd(h.cmd); err != nil {
 		h.t.Fatal(err)
 	}
@@ -258,12 +287,50 @@ func (h *Hive) Close() {
 		select {
 		case <-h.exited:
 		default:
+			h.AssertNoZombies()
 			if err := h.Stop(60 * time.Second); err != nil {
 				h.t.Errorf("daemon shutdown: %v\n%s", err, tail(h.Log(), 40))
 			}
 		}
 		h.AssertNoLeftovers()
 	})
+}
+
+// AssertNoZombies fails the test if the running daemon has unreaped
+// children (a worker or an orphaned grandchild it should have reaped).
+func (h *Hive) AssertNoZombies() {
+	h.t.Helper()
+	var z []int
+	ok := Eventually(h.t, 3*time.Second, func() bool { z = zombiesOf(h.PID()); return len(z) == 0 })
+	if !ok {
+		h.t.Errorf("daemon %d left zombie children: %v", h.PID(), z)
+	}
+}
+
+// zombiesOf lists zombie processes whose parent is ppid.
+func zombiesOf(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // Leftovers returns live (non-zombie) processes carrying this hive's marker.

@@ -48,6 +48,7 @@ type owner struct {
 	stopAsked        time.Time
 	forced           bool
 	restartAfterStop bool
+	backoffUntil     time.Time // when the pending restart is due (state backoff); recorded for adoption
 
 	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
 	readyProbeDelay                                                           time.Duration
@@ -97,13 +98,15 @@ func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error)
 		return nil, &SpawnError{Err: fmt.Errorf("open worker log: %w", err)}
 	}
 	o.wlog, w.wlog = lg, lg
-	o.firstStart = make(chan error, 1)
+	first := make(chan error, 1)
+	o.firstStart = first
 	o.transition(state.Spawning, state.None)
 	if register != nil {
 		register(w)
 	}
 	go o.loop(func() { o.startIncarnation() })
-	err = <-o.firstStart
+	// Read the local: the owner clears o.firstStart once it has answered.
+	err = <-first
 	return w, err
 }
 
@@ -638,6 +641,7 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 	o.cleanupTree()
 	if dec.Restart {
 		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
+		o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
 		o.transition(state.Backoff, reason)
 		o.backoff.arm(max(dec.Delay, time.Nanosecond))
 		return

@@ -412,3 +412,22 @@ func TestStopRaces(t *testing.T) {
 		}
 	})
 }
+
+// Regression: a stop asked while an API restart was stopping the worker was
+// swallowed, and the worker started again.
+func TestStopDuringRestartEndsTheWorker(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+		Settings: settings(`{"stop_timeout":"700ms"}`)})
+	h.WaitState(r.WorkerID, wait, "idle")
+	if _, err := h.Client.Restart(context.Background(), r.WorkerID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Client.Stop(context.Background(), r.WorkerID); err != nil {
+		t.Fatal(err)
+	}
+	info := h.WaitState(r.WorkerID, wait, "terminated", "idle")
+	if info.State != "terminated" || info.Reason != "stopped" || info.RestartCount != 0 {
+		t.Fatalf("got %s/%s restarts %d", info.State, info.Reason, info.RestartCount)
+	}
+}

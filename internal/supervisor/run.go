@@ -347,6 +347,12 @@ func (o *owner) handle(r request) error {
 	switch r.kind {
 	case reqStop:
 		switch {
+		case st == state.Stopping && o.restartAfterStop:
+			// A person's stop wins over a restart in progress: the
+			// worker ends instead of starting again.
+			o.restartAfterStop = false
+			o.stopReason = r.reason
+			return nil
 		case st == state.Stopping || st.Ended():
 			return nil // idempotent
 		case st == state.Backoff:
@@ -359,6 +365,10 @@ func (o *owner) handle(r request) error {
 		switch {
 		case st.Ended():
 		case st == state.Stopping:
+			if o.restartAfterStop {
+				o.restartAfterStop = false
+				o.stopReason = r.reason
+			}
 			if !o.forced {
 				o.log.Warn("Kill asked during stop, force-killing", "pid", o.cur.PID, "signal", "SIGKILL")
 				o.forceKill()

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -34,7 +35,10 @@ type Options struct {
 	LogFormat   string
 	LogLevel    string
 	KeepWorkers bool // --keep-workers-on-exit
-	Stderr      io.Writer
+	// PprofAddr, when set (--pprof), serves net/http/pprof on that
+	// loopback address, for profiling; empty serves nothing.
+	PprofAddr string
+	Stderr    io.Writer
 	// Signals delivers shutdown signals; nil means SIGINT and SIGTERM of
 	// this process.
 	Signals <-chan os.Signal
@@ -66,23 +70,69 @@ func LoadConfig(o Options) (config.Config, error) {
 	if o.LogLevel != "" {
 		cfg.LogLevel = o.LogLevel
 	}
+	if cfg.APIToken != "" && cfg.APITokenFile != "" {
+		return cfg, errors.New("config: api_token and api_token_file are both set; use one")
+	}
 	if t := os.Getenv("RBEE_API_TOKEN"); t != "" {
 		cfg.APIToken = t
 	}
 	if cfg.APIToken == "" && cfg.APITokenFile != "" {
-		b, err := os.ReadFile(cfg.APITokenFile)
+		b, err := readTokenFile(cfg.APITokenFile)
 		if err != nil {
-			return cfg, fmt.Errorf("api_token_file: %w", err)
+			return cfg, err
 		}
-		cfg.APIToken = strings.TrimSpace(string(b))
-		if cfg.APIToken == "" {
+		cfg.APIToken = string(b)
+		if strings.TrimSpace(cfg.APIToken) == "" {
 			return cfg, fmt.Errorf("api_token_file %s is empty", cfg.APITokenFile)
 		}
+	}
+	cfg.APIToken = strings.TrimSpace(cfg.APIToken)
+	if err := checkToken(cfg.APIToken); err != nil {
+		return cfg, err
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = config.DefaultStateDir()
 	}
 	return cfg, cfg.Validate()
+}
+
+// readTokenFile reads the operator token file, refusing one that other
+// users could replace (group- or world-writable) or read (world-readable).
+func readTokenFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("api_token_file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("api_token_file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("api_token_file %s is not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o027 != 0 {
+		return nil, fmt.Errorf("api_token_file %s has mode %o: other users can read or change it (chmod 600 it)", path, fi.Mode().Perm())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, api.MaxAuthHeaderBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("api_token_file: %w", err)
+	}
+	return b, nil
+}
+
+// checkToken refuses an operator token that no client could send: spaces
+// or control characters inside it, or longer than the API accepts.
+func checkToken(tok string) error {
+	if len(tok) > api.MaxAuthHeaderBytes-len("Bearer ") {
+		return fmt.Errorf("API token is %d bytes long; at most %d are accepted", len(tok), api.MaxAuthHeaderBytes-len("Bearer "))
+	}
+	for i := 0; i < len(tok); i++ {
+		if c := tok[i]; c < 0x21 || c == 0x7f {
+			return errors.New("API token contains spaces or control characters")
+		}
+	}
+	return nil
 }
 
 // NewLogger returns the daemon's slog logger.
@@ -129,12 +179,15 @@ func Run(ctx context.Context, o Options) error {
 	log := NewLogger(o.Stderr, cfg.LogFormat, cfg.LogLevel)
 	loopback := IsLoopback(cfg.Addr)
 	if cfg.APIToken == "" && !loopback {
-		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token", ErrTokenRequired, cfg.Addr)
+		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cfg.Addr)
 	}
 	if cfg.APIToken == "" {
 		log.Warn("Dev mode: no API token, operator API open to local users on loopback", "addr", cfg.Addr)
 	} else {
 		log.Info("Operator auth enabled", "token_fingerprint", api.Fingerprint(cfg.APIToken))
+		if len(cfg.APIToken) < 16 {
+			log.Warn("The API token is short; use at least 32 random characters (openssl rand -hex 32)")
+		}
 	}
 
 	if err := hive.PrepareStateDir(cfg.StateDir); err != nil {
@@ -162,6 +215,15 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
+	// A name such as "localhost" passed the check above; what counts is the
+	// address it resolved to.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		if cfg.APIToken == "" {
+			ln.Close()
+			return fmt.Errorf("%w (addr %s is %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cfg.Addr, ln.Addr())
+		}
+		loopback = false
+	}
 	hiveURL := "http://" + callbackAddr(ln.Addr().(*net.TCPAddr))
 	notifier, err := sdnotify.FromEnv(nil)
 	if err != nil {
@@ -172,6 +234,11 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	// Re-adopt the workers an earlier hive left (SIGKILL, crash, or
+	// --keep-workers-on-exit) and kill its orphans, before serving.
+	if _, err := h.Recover(ctx); err != nil {
+		log.Error("Recovering workers failed", "error", err)
 	}
 	mx.WatchWorkers(h)
 	srv := &http.Server{
@@ -187,8 +254,23 @@ func Run(ctx context.Context, o Options) error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// Long-lived streams (/v1/events, logs --follow) end when the server
+	// shuts down; otherwise each open one would hold srv.Shutdown for its
+	// whole 2 s grace.
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	srv.BaseContext = func(net.Listener) context.Context { return streams }
+	srv.RegisterOnShutdown(endStreams)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if o.PprofAddr != "" {
+		stop, err := servePprof(o.PprofAddr, log)
+		if err != nil {
+			log.Error("pprof not served", "addr", o.PprofAddr, "error", err)
+		} else {
+			defer stop()
+		}
+	}
 	log.Info("rbee-hive listening", "addr", ln.Addr().String(), "version", hive.Version,
 		"state_dir", cfg.StateDir, "pid", os.Getpid())
 	if err := notifier.Notify(sdnotify.Ready, "STATUS=serving on "+ln.Addr().String()); err != nil {
@@ -260,4 +342,26 @@ func callbackAddr(a *net.TCPAddr) string {
 		return net.JoinHostPort("127.0.0.1", fmt.Sprint(a.Port))
 	}
 	return a.String()
+}
+
+// servePprof serves net/http/pprof on addr, which must be a loopback
+// address. The returned func stops it.
+func servePprof(addr string, log *slog.Logger) (func(), error) {
+	if !IsLoopback(addr) {
+		return nil, fmt.Errorf("--pprof %s: only a loopback address is allowed", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }

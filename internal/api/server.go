@@ -24,6 +24,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/validate"
 )
@@ -109,10 +110,14 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	_, pattern := s.mux.Handler(r)
 	// A method that no pattern takes lands on "/"; tell it apart from an
 	// unknown path so that callers get 405 rather than 404.
-	s.mux.ServeHTTP(sw, r)
+	_, pattern := s.mux.Handler(r)
+	if err := s.checkBrowser(r); err != nil {
+		writeError(sw, s.log, err)
+	} else {
+		s.mux.ServeHTTP(sw, r)
+	}
 	if s.o.Observe != nil {
 		if pattern == "" {
 			pattern = "unmatched"
@@ -175,6 +180,44 @@ func (s *Server) checkOperator(r *http.Request) error {
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
 	return nil
+}
+
+// checkBrowser refuses what a web browser sends on behalf of a page, so
+// that a page the operator visits cannot drive the hive (cross-site request
+// forgery) nor read it through DNS rebinding:
+//
+//  1. any request with an Origin header: browsers send it on cross-origin
+//     requests and on every POST/DELETE, and no client of the hive (the CLI,
+//     the Go client, workers) does; the hive serves no pages of its own;
+//  2. in dev mode (no operator token) a Host that is not a loopback name or
+//     address: a rebound DNS name reaches 127.0.0.1 with the attacker's
+//     host name.
+//
+// Both are 403 FORBIDDEN.
+func (s *Server) checkBrowser(r *http.Request) error {
+	if r.Header.Get("Origin") != "" {
+		return errorf(http.StatusForbidden, apiv1.CodeForbidden, "requests from web pages (with an Origin header) are refused")
+	}
+	if s.o.Token == "" && !loopbackHost(r.Host) {
+		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
+			"dev mode (no API token) answers only requests addressed to a loopback host, not %q", clip(r.Host))
+	}
+	return nil
+}
+
+// loopbackHost reports whether a Host header names localhost or a loopback
+// address (with or without a port).
+func loopbackHost(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if strings.EqualFold(h, "localhost") || strings.EqualFold(h, "localhost.") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // worker marks routes that workers call; the per-worker token is checked
@@ -252,7 +295,9 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: %s", clip(err.Error()))
 	}
-	if dec.More() {
+	// Only the end of the input may follow (dec.More would let a stray
+	// "}" or "]" through).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: trailing data after the object")
 	}
 	return nil
@@ -338,7 +383,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, ref.w.Info())
+	writeJSON(w, http.StatusOK, s.h.WithStats(ref.w.Info()))
 	return nil
 }
 
@@ -598,6 +643,9 @@ func (s *Server) modelAdd(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) modelRemove(w http.ResponseWriter, r *http.Request) error {
 	ref := r.URL.Query().Get("ref")
+	if _, _, err := models.ParseRef(ref); err != nil {
+		return err
+	}
 	if err := s.h.Catalog().Remove(ref); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -31,6 +32,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/ports"
 	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/stats"
+	"github.com/rbee/rbee-hive/internal/store"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
 )
@@ -74,7 +77,9 @@ type Hive struct {
 	client   *http.Client
 	events   *Hub
 	metrics  supervisor.Metrics
+	stats    *stats.Sampler
 	baseEnv  []string
+	store    *store.Store // durable registry (recover.go)
 
 	mu           sync.RWMutex
 	workers      map[string]*supervisor.Worker
@@ -101,6 +106,9 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return nil, fmt.Errorf("hive: %w", err)
 	}
+	if err := os.Chmod(logDir, 0o700); err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
 	roots := cfg.ModelRoots
 	if len(roots) == 0 {
 		def := filepath.Join(cfg.StateDir, "models")
@@ -114,6 +122,10 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		return nil, fmt.Errorf("hive: %w", err)
 	}
 	res, err := models.NewResolver(roots, cat)
+	if err != nil {
+		return nil, fmt.Errorf("hive: %w", err)
+	}
+	st, err := store.Open(cfg.StateDir, log)
 	if err != nil {
 		return nil, fmt.Errorf("hive: %w", err)
 	}
@@ -136,7 +148,9 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		}},
 		events:    NewHub(),
 		metrics:   opts.Metrics,
+		stats:     stats.New(stats.Options{Cgroups: opts.Cgroups}),
 		baseEnv:   workerBaseEnv(os.Environ()),
+		store:     st,
 		workers:   map[string]*supervisor.Worker{},
 		stopPrune: make(chan struct{}),
 		pruneDone: make(chan struct{}),
@@ -156,8 +170,9 @@ func InstanceID(stateDir string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// PrepareStateDir creates dir (0700) and refuses one that other users can
-// write.
+// PrepareStateDir creates dir (0700), refuses one that other users can
+// write (group/other write bits, or another owner), and tightens a
+// readable one to 0700.
 func PrepareStateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
@@ -172,8 +187,15 @@ func PrepareStateDir(dir string) error {
 	if fi.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("state dir %s is writable by other users (mode %o); refusing to start (chmod 700 it)", dir, fi.Mode().Perm())
 	}
+	// A directory another user owns is one that user can write (and fill
+	// with symlinks the hive would follow).
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state dir %s is owned by uid %d, not by this user (uid %d); refusing to start", dir, st.Uid, os.Geteuid())
+	}
 	if fi.Mode().Perm() != 0o700 {
-		_ = os.Chmod(dir, 0o700)
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
 	}
 	return nil
 }
@@ -207,9 +229,19 @@ func (h *Hive) Catalog() *models.Catalog { return h.catalog }
 func (h *Hive) StateDir() string { return h.stateDir }
 
 // Changed implements supervisor.Observer.
-func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event) {
+func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool) {
+	if durable {
+		h.persist(w, ev) // durable before anyone hears of it (recover.go)
+	}
 	if ev != nil {
 		h.events.Publish(*ev)
+		// Crash detection: from the reaper seeing an exit nobody asked for
+		// to the failure being recorded (this call).
+		crash := ev.Reason == state.Crashed || ev.Reason == state.Exited || ev.Reason == state.OOMKilled
+		if cd, ok := h.metrics.(interface{ CrashDetected(time.Duration) }); ok && crash &&
+			ev.To == state.Failed && info.Exit != nil && !info.Exit.At.IsZero() && !ev.At.Before(info.Exit.At) {
+			cd.CrashDetected(ev.At.Sub(info.Exit.At))
+		}
 	}
 }
 
@@ -381,8 +413,16 @@ func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
 	return w, nil
 }
 
+// WithStats returns info with its resource stats filled (a copy; info is
+// not modified) when the worker has a process. The numbers are at most a
+// couple of seconds old (stats.DefaultMaxAge).
+func (h *Hive) WithStats(info *apiv1.WorkerInfo) *apiv1.WorkerInfo {
+	return h.stats.Get(info)
+}
+
 // List returns snapshots of the workers, sorted by start time then id; ended
-// ones only when all is set.
+// ones only when all is set. Live workers carry their resource stats (cached
+// per worker for a couple of seconds).
 func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 	h.mu.RLock()
 	out := make([]*apiv1.WorkerInfo, 0, len(h.workers))
@@ -401,7 +441,7 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 		}
 		return a.ID < b.ID
 	})
-	return out
+	return h.stats.Fill(out)
 }
 
 // AuthorizeWorker reports whether token is the current token of worker id.
@@ -424,6 +464,7 @@ func (h *Hive) Status() apiv1.Status {
 	st := apiv1.Status{
 		Version: Version, APIVersion: apiv1.Version, StartedAt: h.started,
 		UptimeSeconds: time.Since(h.started).Seconds(), StateDir: h.stateDir,
+		Addr: h.cfg.Addr, DevMode: h.cfg.APIToken == "",
 		CgroupMode: string(cgroup.ModeNone), Workers: map[string]int{},
 	}
 	if h.cgroups != nil {
@@ -506,6 +547,13 @@ func (h *Hive) Shutdown(ctx context.Context) {
 	}
 	h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n), "after", time.Since(start).String())
 	h.log.Info("All workers stopped, exiting")
+	// Every worker's cgroup is gone with it; the hive's (now empty) scope
+	// goes too, so a clean exit leaves nothing under the cgroup roots.
+	if h.cgroups != nil {
+		if err := h.cgroups.RemoveScope(); err != nil {
+			h.log.Warn("Removing the hive's cgroup scope failed", "scope", h.cgroups.Scope(), "error", err)
+		}
+	}
 	h.close()
 }
 
@@ -566,6 +614,7 @@ func (h *Hive) prune(now time.Time) {
 		}
 		if now.Sub(*info.EndedAt) > h.cfg.Retention.MaxAge.D() {
 			delete(h.workers, id)
+			h.forget(id)
 			continue
 		}
 		gone = append(gone, ended{id, *info.EndedAt})
@@ -574,6 +623,7 @@ func (h *Hive) prune(now time.Time) {
 		sort.Slice(gone, func(i, j int) bool { return gone[i].at.Before(gone[j].at) })
 		for _, e := range gone[:extra] {
 			delete(h.workers, e.id)
+			h.forget(e.id)
 		}
 	}
 }

@@ -1,8 +1,11 @@
 package supervisor
 
 import (
+	"time"
+
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/state"
 )
 
 // Record is what the state store keeps of a worker so that a later hive can
@@ -18,6 +21,13 @@ type Record struct {
 	LogPath   string           `json:"log_path"`
 	History   policy.History   `json:"history"`
 	Spec      Spec             `json:"spec"`
+
+	// Recovery timers (adopt.go). StopAsked is when the current stop was
+	// asked and Forced whether it has escalated to SIGKILL (state
+	// stopping only); BackoffUntil is when a worker in backoff restarts.
+	StopAsked    time.Time `json:"stop_asked,omitzero"`
+	Forced       bool      `json:"forced,omitempty"`
+	BackoffUntil time.Time `json:"backoff_until,omitzero"`
 }
 
 func (o *owner) record(info *apiv1.WorkerInfo) *Record {
@@ -28,6 +38,12 @@ func (o *owner) record(info *apiv1.WorkerInfo) *Record {
 	}
 	if o.wlog != nil {
 		r.LogPath = o.wlog.Path()
+	}
+	switch info.State {
+	case state.Stopping:
+		r.StopAsked, r.Forced = o.stopAsked, o.forced
+	case state.Backoff:
+		r.BackoffUntil = o.backoffUntil
 	}
 	return r
 }

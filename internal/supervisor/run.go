@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -286,18 +287,26 @@ func (o *owner) startProcess() error {
 	var join []string
 	if o.d.Cgroups != nil && o.d.Cgroups.Mode() != cgroup.ModeNone {
 		g, err := o.d.Cgroups.Create(spec.ID, o.s.Limits)
-		if err != nil {
+		switch {
+		case err != nil && !o.s.Limits.NeedsCgroup() && errors.Is(err, fs.ErrPermission):
+			// A hive without cgroup access (not root, no delegated
+			// subtree) still runs workers that ask for no cgroup limit;
+			// their tree is then their process group only.
+			o.log.Warn("No cgroup for this worker: no access to the cgroup hierarchy; its tree is its process group only",
+				"error", err)
+		case err != nil:
 			return fmt.Errorf("create cgroup: %w", err)
+		default:
+			o.cg = g
+			fd, err := g.FD()
+			if err != nil {
+				o.removeCgroup()
+				return fmt.Errorf("open cgroup: %w", err)
+			}
+			cgFD = fd
+			defer syscall.Close(fd)
+			join = g.JoinProcs()
 		}
-		o.cg = g
-		fd, err := g.FD()
-		if err != nil {
-			o.removeCgroup()
-			return fmt.Errorf("open cgroup: %w", err)
-		}
-		cgFD = fd
-		defer syscall.Close(fd)
-		join = g.JoinProcs()
 	}
 	out, err := o.wlog.ChildFile()
 	if err != nil {
@@ -352,6 +361,8 @@ func (o *owner) handle(r request) error {
 			// worker ends instead of starting again.
 			o.restartAfterStop = false
 			o.stopReason = r.reason
+			o.cur.Reason = r.reason
+			o.publishDurable()
 			return nil
 		case st == state.Stopping || st.Ended():
 			return nil // idempotent
@@ -368,6 +379,8 @@ func (o *owner) handle(r request) error {
 			if o.restartAfterStop {
 				o.restartAfterStop = false
 				o.stopReason = r.reason
+				o.cur.Reason = r.reason
+				o.publishDurable()
 			}
 			if !o.forced {
 				o.log.Warn("Kill asked during stop, force-killing", "pid", o.cur.PID, "signal", "SIGKILL")
@@ -581,8 +594,8 @@ func (o *owner) onExit() {
 		}
 	}
 	o.cur.Exit = facts
-	o.log.Info("Worker process exited", "pid", o.cur.PID, "exit", ex.String(), "oom_killed", facts.OOMKilled,
-		"state", o.cur.State)
+	o.log.Info("Worker process exited", "pid", o.cur.PID, "exit", ex.String(), "signal", int(ex.Signal),
+		"oom_killed", facts.OOMKilled, "state", o.cur.State)
 
 	if o.cur.State == state.Stopping {
 		o.cleanupTree()
@@ -612,6 +625,9 @@ func (o *owner) onExit() {
 	if o.firstStart != nil {
 		o.wlog.Sync()
 		o.cur.LastLines = o.wlog.Tail(10)
+		if facts.OOMKilled {
+			detail += " (OOM-killed)"
+		}
 		o.finish(state.SpawnFailed, detail+" within the start grace", false)
 		o.endGrace(&SpawnError{Exit: facts, LastLine: o.cur.LastLines})
 		return
@@ -625,6 +641,12 @@ func (o *owner) onExit() {
 func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 	o.stopLifecycleTimers()
 	o.stopT.stop()
+	if o.wlog != nil {
+		o.wlog.Sync()
+		o.cur.LastLines = o.wlog.Tail(20)
+	}
+	// now is the end's time: ended_at, the event's time (within
+	// microseconds) and the start of a restart delay.
 	now := o.now()
 	end := reason.End()
 	var dec policy.Decision
@@ -636,13 +658,15 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 			reason = state.CrashLoop
 		}
 	}
-	if o.wlog != nil {
-		o.wlog.Sync()
-		o.cur.LastLines = o.wlog.Tail(20)
-	}
 	o.cur.Detail = detail
 	o.cur.EndedAt = &now
 	o.cur.Reason = reason
+	if o.proc == nil && !dec.Restart {
+		// The tree is already gone (a stop cleaned it up): free the port
+		// before announcing the end, so a spawn that follows the event
+		// can have it.
+		o.d.Ports.Release(o.cur.Port, o.w.spec.ID)
+	}
 	o.transition(end, reason)
 	if m := o.d.Metrics; m != nil {
 		m.Ended(reason)
@@ -653,7 +677,9 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
 		o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
 		o.transition(state.Backoff, reason)
-		o.backoff.arm(max(dec.Delay, time.Nanosecond))
+		// The delay counts from the failure: the tree cleanup above (a
+		// cgroup that takes a while to empty) is part of the wait.
+		o.backoff.arm(max(o.backoffUntil.Sub(o.now()), time.Nanosecond))
 		return
 	}
 	o.release()
@@ -667,6 +693,7 @@ func (o *owner) endFromBackoff(reason state.Reason) {
 	o.cur.EndedAt = &now
 	o.cur.Reason = reason
 	o.cur.Detail = "stopped during backoff; restart cancelled"
+	o.d.Ports.Release(o.cur.Port, o.w.spec.ID) // no process: free it before the event
 	o.transition(reason.End(), reason)
 	if m := o.d.Metrics; m != nil {
 		m.Ended(reason)
@@ -768,13 +795,19 @@ func (o *owner) transition(to state.State, reason state.Reason) {
 	o.publish(ev)
 }
 
-// publish stores a new snapshot and tells the observer.
-func (o *owner) publish(ev *apiv1.Event) {
+// publish stores a new snapshot and tells the observer; state changes (ev
+// != nil) are durable.
+func (o *owner) publish(ev *apiv1.Event) { o.publishAs(ev, ev != nil) }
+
+// publishDurable publishes a detail change that must reach the state store.
+func (o *owner) publishDurable() { o.publishAs(nil, true) }
+
+func (o *owner) publishAs(ev *apiv1.Event, durable bool) {
 	snap := o.cur
 	o.w.info.Store(&snap)
 	o.w.rec.Store(o.record(&snap))
 	if obs := o.d.Observer; obs != nil {
-		obs.Changed(o.w, &snap, ev)
+		obs.Changed(o.w, &snap, ev, durable)
 	}
 }
 

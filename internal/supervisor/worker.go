@@ -98,9 +98,12 @@ type Spec struct {
 
 // Observer learns of every change of a worker. Changed is called from the
 // worker's owner goroutine, synchronously, before the change is acknowledged
-// to anyone; it must be fast and must not call back into the worker.
+// to anyone; it must be fast and must not call back into the worker. ev is
+// the state change, or nil for a change of details; durable is true when the
+// change must reach the state store (every state change, and the few detail
+// changes a restarted hive needs, such as a stop asked during a restart).
 type Observer interface {
-	Changed(w *Worker, info *apiv1.WorkerInfo, ev *apiv1.Event)
+	Changed(w *Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool)
 }
 
 // Deps are the hive's shared services a worker uses.

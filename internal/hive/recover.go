@@ -1,0 +1,342 @@
+package hive
+
+// Durable state and recovery (SPEC §7): the registry is written to the
+// store on every state change (persist, from Changed), and a hive that
+// starts on a state directory an earlier hive used re-adopts that hive's
+// workers and kills what it cannot account for (Recover).
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/supervisor"
+)
+
+// MarkerEnv is the environment variable every worker of a hive carries, with
+// the hive's InstanceID as its value.
+const MarkerEnv = "RBEE_HIVE_MARKER"
+
+// Recovery says what Recover found and did.
+type Recovery struct {
+	Adopted  int // live workers whose process was verified and re-adopted
+	Died     int // live workers whose process was gone (or not the same): recorded failed, restart policy applied
+	Backoff  int // workers waiting to restart, re-armed
+	Retained int // ended workers kept visible for the retention window
+	Expired  int // ended workers past the retention window, forgotten
+	Corrupt  int // state files moved aside
+	// OrphanPIDs are processes carrying this hive's marker that no adopted
+	// worker accounts for; each was SIGKILLed.
+	OrphanPIDs []int
+	// OrphanCgroups are worker cgroups under the hive's scope that no
+	// worker accounts for; each was killed and removed.
+	OrphanCgroups []string
+	Took          time.Duration
+}
+
+// persist writes the worker's record on every state change, before the
+// change is acknowledged (Changed runs synchronously in the worker's owner).
+// Changes without an event (heartbeat details, health-check counts) are not
+// written: a later hive re-learns them from the next heartbeat or probe.
+// Idle ⇄ busy flips are written without fsync (a machine crash may lose
+// them; heartbeats re-establish them).
+func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
+	if h.store == nil {
+		return
+	}
+	rec := w.Record()
+	if rec == nil {
+		return
+	}
+	flip := ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle))
+	if err := h.store.Put(rec, !flip); err != nil {
+		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
+			"worker_id", w.ID(), "state", rec.Info.State, "error", err)
+	}
+}
+
+// forget deletes a pruned worker's record.
+func (h *Hive) forget(id string) {
+	if h.store == nil {
+		return
+	}
+	if err := h.store.Delete(id); err != nil {
+		h.log.Warn("Deleting worker state failed", "worker_id", id, "error", err)
+	}
+}
+
+// Recover re-adopts the workers recorded in the state directory by an
+// earlier hive, then kills every process and cgroup of this hive that no
+// worker accounts for. Call it once, after New and before the API serves
+// (workers' callbacks wait in the listen backlog meanwhile). It blocks for
+// the verification (a few /proc reads per worker) and for killing orphans
+// (bounded by ctx and a few seconds each). Recovering never fails the hive:
+// a corrupt state file is moved aside and logged, and the hive starts.
+//
+// The steps, in this order so that nothing recovered is mistaken for an
+// orphan and no orphan survives:
+//
+//  1. Load the records (corrupt files are moved aside).
+//  2. supervisor.Adopt each: verify the live ones (PID + start time + boot
+//     id, cgroup), keep the ended ones visible, drop those past retention.
+//     Nothing runs yet.
+//  3. Kill orphan cgroups: worker cgroups under the hive's scope that are
+//     neither an adopted worker's nor a dead worker's left to clean up.
+//  4. Kill orphan processes: processes carrying this hive's marker that are
+//     not an adopted process, nor in its process group, cgroup or subtree.
+//     Each is verified (pidfd, start time, marker) before the SIGKILL.
+//  5. Register and start the adopted workers: supervision resumes, dead
+//     ones are recorded failed and restarted per policy.
+func (h *Hive) Recover(ctx context.Context) (Recovery, error) {
+	start := time.Now()
+	var r Recovery
+	if h.store == nil {
+		return r, errors.New("hive: recover: no store")
+	}
+	recs, bad, err := h.store.Load()
+	r.Corrupt = len(bad)
+	if err != nil {
+		// The directory is unreadable: start empty, but still clean up.
+		h.log.Error("Reading the worker state failed; starting without it", "error", err)
+	}
+	d := h.deps()
+	var adopted []*supervisor.Adoption
+	for _, rec := range recs {
+		id := rec.Info.ID
+		if rec.Info.State.Ended() && rec.Info.EndedAt != nil && time.Since(*rec.Info.EndedAt) > h.cfg.Retention.MaxAge.D() {
+			r.Expired++
+			h.forget(id)
+			continue
+		}
+		rec.Spec.HiveURL, rec.Spec.Marker = h.hiveURL, h.marker
+		a, err := supervisor.Adopt(d, rec)
+		if err != nil {
+			h.log.Error("Cannot re-create worker; its process (if any) is treated as an orphan", "worker_id", id, "error", err)
+			continue
+		}
+		adopted = append(adopted, a)
+		switch {
+		case a.Alive():
+			r.Adopted++
+		case rec.Info.State == state.Backoff:
+			r.Backoff++
+		case rec.Info.State.Ended():
+			r.Retained++
+		default:
+			r.Died++
+			if strings.Contains(a.Why(), "another process") {
+				h.log.Warn("Recorded PID now belongs to another process; not touching it", "worker_id", id,
+					"pid", rec.Info.PID, "why", a.Why())
+			}
+		}
+	}
+
+	r.OrphanCgroups = h.killOrphanCgroups(ctx, adopted)
+	r.OrphanPIDs = h.killOrphanProcs(ctx, adopted)
+
+	h.mu.Lock()
+	for _, a := range adopted {
+		h.workers[a.Worker().ID()] = a.Worker()
+	}
+	h.mu.Unlock()
+	for _, a := range adopted {
+		a.Start()
+	}
+	r.Took = time.Since(start)
+	if len(recs) > 0 || r.Corrupt > 0 || len(r.OrphanPIDs) > 0 || len(r.OrphanCgroups) > 0 {
+		h.log.Info(fmt.Sprintf("Recovered %d workers", len(adopted)), "adopted", r.Adopted, "died_while_down", r.Died,
+			"backoff", r.Backoff, "retained", r.Retained, "expired", r.Expired, "corrupt_files", r.Corrupt,
+			"orphan_pids", len(r.OrphanPIDs), "orphan_cgroups", len(r.OrphanCgroups), "took", r.Took.String())
+	}
+	return r, nil
+}
+
+// killOrphanCgroups kills and removes every worker cgroup under the hive's
+// scope that no adoption manages.
+func (h *Hive) killOrphanCgroups(ctx context.Context, adopted []*supervisor.Adoption) []string {
+	if h.cgroups == nil {
+		return nil
+	}
+	ids, err := h.cgroups.List()
+	if err != nil {
+		h.log.Warn("Listing worker cgroups failed; orphan cgroups not checked", "error", err)
+		return nil
+	}
+	known := map[string]bool{}
+	for _, a := range adopted {
+		if id := a.CgroupID(); id != "" {
+			known[id] = true
+		}
+	}
+	var killed []string
+	for _, id := range ids {
+		if known[id] {
+			continue
+		}
+		g, err := h.cgroups.Open(id)
+		if err != nil {
+			continue
+		}
+		pids, _ := g.Pids()
+		h.log.Warn("Killing orphan worker cgroup", "cgroup", id, "pids", pids, "reason", "orphan")
+		if err := g.Kill(); err != nil {
+			h.log.Warn("Killing orphan cgroup failed", "cgroup", id, "error", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := g.WaitEmpty(wctx); err != nil {
+			h.log.Error("Orphan cgroup not empty after kill", "cgroup", id, "error", err)
+		}
+		cancel()
+		if err := g.Remove(); err != nil {
+			h.log.Warn("Removing orphan cgroup failed", "cgroup", id, "error", err)
+		}
+		killed = append(killed, id)
+	}
+	return killed
+}
+
+// killOrphanProcs SIGKILLs every live process carrying this hive's marker
+// that no adopted worker accounts for, in rounds until none is left (an
+// orphan may fork while dying). It returns the PIDs killed.
+func (h *Hive) killOrphanProcs(ctx context.Context, adopted []*supervisor.Adoption) []int {
+	pids := map[int]bool{}
+	pgids := map[int]bool{}
+	inCgroup := map[int]bool{}
+	for _, a := range adopted {
+		if !a.Alive() {
+			continue
+		}
+		pid, pgid := a.PID()
+		pids[pid] = true
+		if pgid == pid {
+			pgids[pgid] = true // it leads its group: the group is its tree
+		}
+		for _, p := range a.CgroupPids() {
+			inCgroup[p] = true
+		}
+	}
+	owned := func(pid int) bool {
+		if pids[pid] || inCgroup[pid] {
+			return true
+		}
+		ppid, pgid, ok := parentAndGroup(pid)
+		if !ok {
+			return true // gone: nothing to kill
+		}
+		if pgids[pgid] {
+			return true
+		}
+		for range 64 { // a descendant of an adopted worker
+			if ppid <= 1 {
+				return false
+			}
+			if pids[ppid] {
+				return true
+			}
+			if ppid, _, ok = parentAndGroup(ppid); !ok {
+				return false
+			}
+		}
+		return false
+	}
+	boot, err := process.BootID()
+	if err != nil {
+		h.log.Error("Cannot read the boot id; orphan processes not checked", "error", err)
+		return nil
+	}
+	self := os.Getpid()
+	var killed []int
+	for round := 0; round < 5 && ctx.Err() == nil; round++ {
+		var procs []*process.Proc
+		for _, pid := range process.FindByEnv(MarkerEnv, h.marker) {
+			if pid == self || owned(pid) {
+				continue
+			}
+			st, err := process.ReadStartTime(pid)
+			if err != nil {
+				continue
+			}
+			// Pin the process, then make sure the pinned one is the
+			// marker carrier we found (not a recycled PID).
+			p, err := process.Adopt(pid, st, boot)
+			if err != nil {
+				continue
+			}
+			if !hasEnv(pid, MarkerEnv+"="+h.marker) {
+				p.Close()
+				continue
+			}
+			h.log.Warn("Killing orphan worker process", "pid", pid, "reason", "orphan", "cmdline", cmdline(pid))
+			if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, process.ErrGone) {
+				h.log.Warn("Killing orphan failed", "pid", pid, "error", err)
+			}
+			procs = append(procs, p)
+			killed = append(killed, pid)
+		}
+		if len(procs) == 0 {
+			break
+		}
+		deadline := time.NewTimer(5 * time.Second)
+		for _, p := range procs {
+			select {
+			case <-p.Done():
+			case <-deadline.C:
+			case <-ctx.Done():
+			}
+			p.Close()
+		}
+		deadline.Stop()
+	}
+	return killed
+}
+
+// parentAndGroup reads the parent PID and process group of pid from
+// /proc/pid/stat; ok is false when the process is gone.
+func parentAndGroup(pid int) (ppid, pgid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 {
+		return 0, 0, false
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	pgid, err2 := strconv.Atoi(f[2])
+	return ppid, pgid, err1 == nil && err2 == nil
+}
+
+func hasEnv(pid int, entry string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	for e := range bytes.SplitSeq(b, []byte{0}) {
+		if string(e) == entry {
+			return true
+		}
+	}
+	return false
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	s := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}

@@ -1,0 +1,237 @@
+// Package store is the hive's durable registry: one JSON file per worker,
+// <state_dir>/workers/<id>.json, holding its supervisor.Record, so that a
+// hive that restarts (or was SIGKILLed) can re-adopt or restart every worker
+// the previous one had.
+//
+// Why one file per worker: each write is O(1) in the number of workers (a
+// 1000-worker hive does not rewrite a 1000-entry document on every change),
+// and each worker's owner goroutine writes its own file without a global
+// lock. Why not an embedded database: the data is tiny, writes are rare
+// (state changes), and a directory of JSON files can be read and repaired
+// with a text editor by an operator.
+//
+// Atomicity: Put writes a temporary file in the same directory, fsyncs it,
+// renames it over the target and fsyncs the directory, so after a crash at
+// any instant the file is either the old record or the new one, never a mix.
+// A Put with sync=false skips both fsyncs: the rename is still atomic (a
+// crash of the hive leaves the old or the new file), only a crash of the
+// whole machine may lose the update — used for changes a later heartbeat
+// re-establishes anyway (idle ⇄ busy).
+//
+// Privacy: the directory is 0700 and the files 0600 (records carry the
+// worker's environment and its token's hash).
+package store
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/supervisor"
+)
+
+// ErrInvalidID: a record's worker id cannot name a file (empty, too long, or
+// characters outside [A-Za-z0-9_-]).
+var ErrInvalidID = errors.New("store: invalid worker id")
+
+var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,256}$`)
+
+const (
+	suffix     = ".json"
+	tmpMarker  = ".tmp-"
+	corruptSfx = ".corrupt-"
+)
+
+// Store is the directory of worker records. Its methods are safe for
+// concurrent use as long as no two goroutines Put or Delete the same id at
+// once (the worker's owner is the only writer of its record; Delete is for
+// workers that have ended). The zero value is not usable; use Open.
+type Store struct {
+	dir string
+	log *slog.Logger
+	now func() time.Time
+}
+
+// Open creates (0700) and returns the store under stateDir/workers. log may
+// be nil. It does not read any record (see Load).
+func Open(stateDir string, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := filepath.Join(stateDir, "workers")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return &Store{dir: dir, log: log, now: time.Now}, nil
+}
+
+// Dir returns the directory holding the records.
+func (s *Store) Dir() string { return s.dir }
+
+// Path returns the file of worker id's record.
+func (s *Store) Path(id string) string { return filepath.Join(s.dir, id+suffix) }
+
+// Put writes rec atomically as the record of rec.Info.ID (see the package
+// doc; sync=false skips the fsyncs). It blocks for the write (and the
+// fsyncs): typically well under a millisecond on a local disk.
+func (s *Store) Put(rec *supervisor.Record, sync bool) error {
+	id := rec.Info.ID
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("store: put %s: %w", id, err)
+	}
+	if err := writeAtomic(s.dir, id+suffix, b, sync); err != nil {
+		return fmt.Errorf("store: put %s: %w", id, err)
+	}
+	return nil
+}
+
+// writeAtomic replaces dir/name with data: temp file, (fsync), rename,
+// (fsync dir).
+func writeAtomic(dir, name string, data []byte, sync bool) error {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, "."+name+tmpMarker+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if sync {
+		return syncDir(dir)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Delete removes worker id's record. A missing record is not an error.
+func (s *Store) Delete(id string) error {
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	err := os.Remove(s.Path(id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: delete %s: %w", id, err)
+	}
+	return nil
+}
+
+// Corrupt describes a record file that could not be read; it was renamed to
+// MovedTo (kept for the operator, never deleted).
+type Corrupt struct {
+	Path    string
+	MovedTo string
+	Err     error
+}
+
+// Load reads every record, sorted by worker id. A file that cannot be read
+// or parsed, or whose record names another id than its file, is renamed
+// aside to <name>.corrupt-<unix time>, logged at ERROR, and reported in the
+// second result; it does not fail the load. Temporary files left by a crash
+// in the middle of a Put are removed. Load returns an error only when the
+// directory itself cannot be read.
+func (s *Store) Load() ([]*supervisor.Record, []Corrupt, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: load: %w", err)
+	}
+	var recs []*supervisor.Record
+	var bad []Corrupt
+	for _, e := range ents {
+		name := e.Name()
+		path := filepath.Join(s.dir, name)
+		switch {
+		case strings.HasPrefix(name, ".") && strings.Contains(name, tmpMarker):
+			_ = os.Remove(path)
+			continue
+		case !strings.HasSuffix(name, suffix) || strings.Contains(name, corruptSfx):
+			continue
+		}
+		rec, err := readRecord(path, strings.TrimSuffix(name, suffix))
+		if err == nil {
+			recs = append(recs, rec)
+			continue
+		}
+		moved := path + corruptSfx + strconv.FormatInt(s.now().Unix(), 10)
+		if rerr := os.Rename(path, moved); rerr != nil {
+			s.log.Error("State file is corrupt and cannot be moved aside", "file", path, "error", err, "rename_error", rerr)
+			moved = ""
+		} else {
+			s.log.Error("State file is corrupt; moved aside, starting without it", "file", path, "moved_to", moved, "error", err)
+		}
+		bad = append(bad, Corrupt{Path: path, MovedTo: moved, Err: err})
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Info.ID < recs[j].Info.ID })
+	return recs, bad, nil
+}
+
+func readRecord(path, id string) (*supervisor.Record, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rec supervisor.Record
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	if err := dec.Decode(&rec); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("parse: trailing data after the record")
+	}
+	if rec.Info.ID != id {
+		return nil, fmt.Errorf("record names worker %q, file names %q", rec.Info.ID, id)
+	}
+	if _, err := state.Parse(string(rec.Info.State)); err != nil {
+		return nil, fmt.Errorf("record state: %w", err)
+	}
+	return &rec, nil
+}

@@ -428,10 +428,18 @@ func (m *Manager) Create(id string, l config.Limits) (*Group, error) {
 		return nil, fmt.Errorf("cgroup create %q: %w", id, err)
 	}
 	for _, d := range g.Paths() {
-		if err := m.mkdirAll(filepath.Dir(d)); err != nil {
-			return fail(err)
+		err := m.mkdirAll(filepath.Dir(d))
+		if err == nil {
+			err = m.fs.Mkdir(d)
 		}
-		if err := m.fs.Mkdir(d); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			// Another hive's RemoveScope removed the shared parent
+			// ("rbee-hive") between our mkdirAll and Mkdir: once more.
+			if err = m.mkdirAll(filepath.Dir(d)); err == nil {
+				err = m.fs.Mkdir(d)
+			}
+		}
+		if err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				err = fmt.Errorf("%s: %w", d, ErrExists)
 			}
@@ -642,6 +650,9 @@ func (m *Manager) RemoveScope() error {
 			}
 			if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EBUSY) || errors.Is(err, fs.ErrExist) {
 				break
+			}
+			if i < len(parts) && errors.Is(err, fs.ErrPermission) {
+				break // a shared parent this process may not remove: not ours
 			}
 			errs = append(errs, err)
 			break

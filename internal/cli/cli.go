@@ -22,6 +22,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/client"
+	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/daemon"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -152,6 +153,7 @@ func runDaemon(args []string, env Env) error {
 	fs.StringVar(&o.LogFormat, "log-format", "", "text or json")
 	fs.StringVar(&o.LogLevel, "log-level", "", "debug, info, warn, error")
 	fs.BoolVar(&o.KeepWorkers, "keep-workers-on-exit", false, "leave workers running on exit for the next hive to adopt")
+	fs.StringVar(&o.PprofAddr, "pprof", "", "serve net/http/pprof on this loopback address (debugging)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -430,6 +432,27 @@ func tm(t *time.Time) string {
 	return t.Format(time.RFC3339Nano)
 }
 
+// limitsText renders the worker's resource limits, "none" when unset.
+func limitsText(l config.Limits) string {
+	var ps []string
+	if l.MemoryMaxBytes > 0 {
+		ps = append(ps, fmt.Sprintf("memory %.1f MiB", float64(l.MemoryMaxBytes)/(1<<20)))
+	}
+	if l.CPUMax > 0 {
+		ps = append(ps, "cpu "+strconv.FormatFloat(l.CPUMax, 'g', -1, 64)+" cores")
+	}
+	if l.PidsMax > 0 {
+		ps = append(ps, "pids "+strconv.FormatInt(l.PidsMax, 10))
+	}
+	if l.Nofile > 0 {
+		ps = append(ps, "nofile "+strconv.FormatUint(l.Nofile, 10))
+	}
+	if len(ps) == 0 {
+		return "none"
+	}
+	return strings.Join(ps, ", ")
+}
+
 func printWorker(tw *tabwriter.Writer, w *apiv1.WorkerInfo) {
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	row("id", w.ID)
@@ -447,6 +470,7 @@ func printWorker(tw *tabwriter.Writer, w *apiv1.WorkerInfo) {
 	row("last activity", tm(w.LastActivity))
 	row("last heartbeat", tm(w.LastHeartbeat))
 	row("restarts", strconv.Itoa(w.RestartCount)+" (last "+tm(w.LastRestart)+")")
+	row("limits", limitsText(w.Limits))
 	row("slots", fmt.Sprintf("%d/%d available", w.SlotsAvailable, w.SlotsTotal))
 	row("memory", memory(w.Stats))
 	if w.Exit != nil {

@@ -44,6 +44,10 @@ type config struct {
 	drainTimeout      time.Duration
 	loadDelay         time.Duration // RBEE_FAKE_LOAD_MS
 	tokenDelay        time.Duration // RBEE_FAKE_TOKEN_DELAY_MS
+	// readyStamp (RBEE_BENCH_READY_STAMP) is a file that gets "PID NS" after
+	// the hive accepted the ready callback, NS being the wall-clock time in
+	// Unix nanoseconds just before the accepted POST was sent.
+	readyStamp string
 
 	fake fakes
 }
@@ -56,6 +60,7 @@ type fakes struct {
 	readyDelay         time.Duration
 	crashAfterRequests int           // 0: off
 	crashAfter         time.Duration // 0: off
+	exitAfter          time.Duration // 0: off; a clean exit 0 nobody asked for
 	crashSignal        syscall.Signal
 	hangHealth         bool
 	hangHealthAfter    time.Duration
@@ -108,6 +113,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	c.drainTimeout = e.ms("RBEE_DRAIN_TIMEOUT_MS", 5000)
 	c.loadDelay = e.ms("RBEE_FAKE_LOAD_MS", 0)
 	c.tokenDelay = e.ms("RBEE_FAKE_TOKEN_DELAY_MS", 0)
+	c.readyStamp = getenv("RBEE_BENCH_READY_STAMP")
 	if c.heartbeatInterval <= 0 {
 		e.fail("RBEE_HEARTBEAT_INTERVAL_MS", "must be positive")
 	}
@@ -123,6 +129,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	f.readyDelay = e.ms("RBEE_FAKE_READY_DELAY_MS", 0)
 	f.crashAfterRequests = e.int("RBEE_FAKE_CRASH_AFTER_REQUESTS", 0)
 	f.crashAfter = e.ms("RBEE_FAKE_CRASH_AFTER_MS", 0)
+	f.exitAfter = e.ms("RBEE_FAKE_EXIT_AFTER_MS", 0)
 	switch s := strings.TrimPrefix(strings.ToUpper(getenv("RBEE_FAKE_CRASH_SIGNAL")), "SIG"); s {
 	case "":
 	case "ABRT":

@@ -21,6 +21,9 @@
 //	RBEE_DRAIN_TIMEOUT_MS        how long a shutdown waits for in-flight requests (default 5000)
 //	RBEE_FAKE_LOAD_MS            spread the model read over this many ms (default 0: as fast as the disk)
 //	RBEE_FAKE_TOKEN_DELAY_MS     default delay before each streamed token (default 0)
+//	RBEE_BENCH_READY_STAMP       for benchmarks: a file that gets "PID NS" once the ready
+//	                             callback is accepted, NS being the wall-clock Unix ns just
+//	                             before the accepted POST was sent
 //
 // # Life of a worker
 //
@@ -50,6 +53,7 @@
 //	RBEE_FAKE_READY_DELAY_MS=N         wait N ms after loading before the ready callback (no progress meanwhile)
 //	RBEE_FAKE_CRASH_AFTER_REQUESTS=N   exit 3 after N completed inference requests
 //	RBEE_FAKE_CRASH_AFTER_MS=N         exit 3 N ms after the ready callback succeeded
+//	RBEE_FAKE_EXIT_AFTER_MS=N          exit 0 N ms after the ready callback succeeded (a clean exit nobody asked for)
 //	RBEE_FAKE_CRASH_SIGNAL=ABRT|SEGV|KILL  with a CRASH_AFTER_*: die by that signal instead of exit 3
 //	RBEE_FAKE_HANG_HEALTH=1            GET /health never answers
 //	RBEE_FAKE_HANG_HEALTH_AFTER_MS=N   GET /health answers for N ms after ready, then never again

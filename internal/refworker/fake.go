@@ -168,6 +168,16 @@ func (w *worker) startPostReadyFakes() {
 			}
 		})
 	}
+	if f.exitAfter > 0 {
+		w.goBG(func() {
+			if sleepUntil(w.ctx, time.Now().Add(f.exitAfter)) == nil {
+				select {
+				case w.fatal <- exitRequest{code: ExitOK, why: fmt.Sprintf("%v after ready, unasked", f.exitAfter)}:
+				default:
+				}
+			}
+		})
+	}
 	if f.busyLoop {
 		w.log.Info("fake: spinning a busy loop")
 		w.goBG(func() {

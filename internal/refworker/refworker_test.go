@@ -425,6 +425,18 @@ func TestFakeCrashAfterRequests(t *testing.T) {
 	}
 }
 
+func TestFakeExitAfterMSExitsZeroUnasked(t *testing.T) {
+	t.Parallel()
+	hive := newFakeHive(t)
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_EXIT_AFTER_MS=100"}})
+	if code, _ := w.waitExit(10 * time.Second); code != refworker.ExitOK {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if len(hive.readyCalls()) != 1 {
+		t.Fatal("exited before the ready callback")
+	}
+}
+
 func TestFakeCrashAfterMS(t *testing.T) {
 	t.Parallel()
 	t.Run("exit", func(t *testing.T) {

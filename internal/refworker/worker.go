@@ -360,6 +360,8 @@ func (w *worker) crash(srv *http.Server, ex exitRequest) int {
 		w.log.Error(fmt.Sprintf("fake: crashing with signal %v %s", ex.signal, ex.why))
 		dieBySignal(ex.signal)
 		w.log.Error("fake: still alive after the signal, exiting instead")
+	} else if ex.code == ExitOK {
+		w.log.Warn(fmt.Sprintf("fake: exiting with code 0 %s", ex.why))
 	} else {
 		w.log.Error(fmt.Sprintf("fake: crashing with exit code %d %s", ex.code, ex.why))
 	}

@@ -95,12 +95,14 @@ func GenericWorker(t testing.TB) string { return buildbin.Build(t, "internal/tes
 var portMu sync.Mutex
 
 // FreeRange finds n consecutive ports that can be bound now, at random in
-// 20000–59999 so that parallel test hives rarely meet.
+// 10000–31999: below Linux's ephemeral range (32768–60999), so that no
+// outgoing connection's local port takes a test hive's port while it
+// restarts, and spread so that parallel test hives rarely meet.
 func FreeRange(t testing.TB, n int) int {
 	portMu.Lock()
 	defer portMu.Unlock()
 	for i := 0; i < 200; i++ {
-		base := 20000 + rand.IntN(40000-n)
+		base := 10000 + rand.IntN(22000-n)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))

@@ -13,31 +13,13 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
-
-// cgroupHierarchies are the directories a hybrid (or v1, or v2) host keeps
-// worker cgroups under; the ones that do not exist are skipped.
-var cgroupHierarchies = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids",
-	"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"}
-
-// scopeDirs returns the hive's cgroup scope directory in every hierarchy
-// that has one.
-func scopeDirs(marker string) []string {
-	var out []string
-	for _, h := range cgroupHierarchies {
-		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err == nil {
-			out = append(out, filepath.Join(h, "rbee-hive", marker))
-		}
-	}
-	return out
-}
 
 // workerCgroupDirs lists the worker directories left under the hive's scope.
 func workerCgroupDirs(marker string) []string {
 	var left []string
-	for _, d := range scopeDirs(marker) {
+	for _, d := range hivetest.ScopeDirs(marker) {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
 			if e.IsDir() {
@@ -48,37 +30,11 @@ func workerCgroupDirs(marker string) []string {
 	return left
 }
 
-// startLimitsHive starts a hive and registers, to run after the hive's own
-// cleanup (its shutdown), the check that no cgroup directory of it is left:
-// no worker directory and no scope directory.
+// startLimitsHive starts a hive; hivetest's cleanup checks that no cgroup
+// directory of it is left once it has exited.
 func startLimitsHive(t *testing.T, o hivetest.Options) *hivetest.Hive {
 	t.Helper()
-	if o.StateDir == "" && o.Credential == nil {
-		o.StateDir = t.TempDir()
-	}
-	if o.StateDir != "" {
-		marker := hive.InstanceID(o.StateDir)
-		t.Cleanup(func() { assertNoCgroupLeft(t, marker) })
-	}
-	h := hivetest.Start(t, o)
-	return h
-}
-
-func assertNoCgroupLeft(t *testing.T, marker string) {
-	t.Helper()
-	var left []string
-	hivetest.Eventually(t, 5*time.Second, func() bool {
-		left = nil
-		for _, d := range scopeDirs(marker) {
-			if _, err := os.Stat(d); err == nil {
-				left = append(left, d)
-			}
-		}
-		return len(left) == 0
-	})
-	if len(left) > 0 {
-		t.Errorf("cgroup directories left after the hive exited: %v (workers: %v)", left, workerCgroupDirs(marker))
-	}
+	return hivetest.Start(t, o)
 }
 
 // assertNoWorkerCgroups waits (bounded) until the hive's scope holds no

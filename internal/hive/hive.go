@@ -492,10 +492,12 @@ func (h *Hive) Status() apiv1.Status {
 func (h *Hive) Shutdown(ctx context.Context) {
 	h.mu.Lock()
 	h.shuttingDown = true
-	var live []*supervisor.Worker
+	var live, ending []*supervisor.Worker
 	for _, w := range h.workers {
 		if info := w.Info(); info != nil && !info.State.Ended() {
 			live = append(live, w)
+		} else {
+			ending = append(ending, w) // its owner may still be cleaning up its tree
 		}
 	}
 	h.mu.Unlock()
@@ -547,6 +549,15 @@ func (h *Hive) Shutdown(ctx context.Context) {
 	}
 	h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n), "after", time.Since(start).String())
 	h.log.Info("All workers stopped, exiting")
+	// Workers that had just ended may still be removing their trees and
+	// cgroups; let them finish (bounded) before the scope goes.
+	for _, w := range ending {
+		select {
+		case <-w.Done():
+		case <-time.After(10 * time.Second):
+			h.log.Error("Ended worker's owner did not finish", "worker_id", w.ID())
+		}
+	}
 	// Every worker's cgroup is gone with it; the hive's (now empty) scope
 	// goes too, so a clean exit leaves nothing under the cgroup roots.
 	if h.cgroups != nil {

@@ -295,7 +295,46 @@ func (h *Hive) Close() {
 			}
 		}
 		h.AssertNoLeftovers()
+		if h.exitErr == nil {
+			h.AssertNoCgroupsLeft()
+		}
 	})
+}
+
+// cgroupHierarchies are where a hybrid, v1 or v2 host keeps worker cgroups;
+// the ones that do not exist are skipped.
+var cgroupHierarchies = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids",
+	"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup"}
+
+// ScopeDirs returns the hive's cgroup scope directory in every hierarchy
+// that has cgroups.
+func ScopeDirs(marker string) []string {
+	var out []string
+	for _, d := range cgroupHierarchies {
+		if _, err := os.Stat(filepath.Join(d, "cgroup.procs")); err == nil {
+			out = append(out, filepath.Join(d, "rbee-hive", marker))
+		}
+	}
+	return out
+}
+
+// AssertNoCgroupsLeft fails the test if the (cleanly exited) daemon left
+// any cgroup directory of its scope behind.
+func (h *Hive) AssertNoCgroupsLeft() {
+	h.t.Helper()
+	var left []string
+	Eventually(h.t, 5*time.Second, func() bool {
+		left = nil
+		for _, d := range ScopeDirs(h.Marker) {
+			if _, err := os.Stat(d); err == nil {
+				left = append(left, d)
+			}
+		}
+		return len(left) == 0
+	})
+	if len(left) > 0 {
+		h.t.Errorf("cgroup directories left after the hive exited: %v", left)
+	}
 }
 
 // AssertNoZombies fails the test if the running daemon has unreaped

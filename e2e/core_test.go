@@ -371,7 +371,16 @@ func TestWorkerRoutesAnswerNotFoundAndConflict(t *testing.T) {
 	if st, err := h.Client.Stop(ctx, r.WorkerID); err != nil || st.State != "terminated" {
 		t.Fatalf("stop ended: %+v %v", st, err)
 	}
-	resp, err := http.Get(h.URL + "/v1/nope")
+	req, _ := http.NewRequest(http.MethodPut, h.URL+"/v1/workers/spawn", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 405 || !strings.Contains(resp.Header.Get("Allow"), "POST") {
+		t.Fatalf("wrong method: %d Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+	resp, err = http.Get(h.URL + "/v1/nope")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,13 +94,34 @@ func New(o Options) *Server {
 	s.handle("DELETE /v1/models", op(s.modelRemove))
 	s.handle("POST /v1/workers/ready", wk(s.ready))
 	s.handle("POST /v1/heartbeat", wk(s.heartbeat))
-	s.handle("/", pub(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotFound, apiv1.CodeNotFound, "no route %s %s", r.Method, clip(r.URL.Path))
-	}))
+	s.handle("/", pub(s.noRoute))
 	return s
 }
 
 type handlerFunc func(http.ResponseWriter, *http.Request) error
+
+// noRoute answers what no pattern took: 405 with Allow when the path exists
+// under another method, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) error {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := s.mux.Handler(probe); p != "/" && p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		e := errorf(http.StatusMethodNotAllowed, apiv1.CodeMethodNotAllowed, "%s is not allowed on %s (allowed: %s)",
+			r.Method, clip(r.URL.Path), strings.Join(allow, ", "))
+		e.Header = http.Header{"Allow": {strings.Join(allow, ", ")}}
+		return e
+	}
+	return errorf(http.StatusNotFound, apiv1.CodeNotFound, "no route %s %s", r.Method, clip(r.URL.Path))
+}
 
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, h)
@@ -110,8 +131,6 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	// A method that no pattern takes lands on "/"; tell it apart from an
-	// unknown path so that callers get 405 rather than 404.
 	_, pattern := s.mux.Handler(r)
 	if err := s.checkBrowser(r); err != nil {
 		writeError(sw, s.log, err)

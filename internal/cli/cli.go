@@ -548,7 +548,12 @@ func runEvents(args []string, env Env) error {
 	c, cancel := ctx()
 	defer cancel()
 	enc := json.NewEncoder(env.Stdout)
-	return g.client().Events(c, func(ev apiv1.Event) error {
+	onOpen := func() {
+		if g.output != "json" {
+			fmt.Fprintf(env.Stderr, "Watching events at %s (Ctrl-C to stop)\n", g.hive)
+		}
+	}
+	return g.client().Events(c, onOpen, func(ev apiv1.Event) error {
 		if g.output == "json" {
 			return enc.Encode(ev)
 		}

@@ -183,13 +183,17 @@ func (c *Client) Logs(ctx context.Context, id string, tail int, follow bool, w i
 }
 
 // Events streams state-change events to fn until ctx is done, fn errs, or
-// the stream ends.
-func (c *Client) Events(ctx context.Context, fn func(apiv1.Event) error) error {
+// the stream ends. onOpen, when not nil, is called once the hive has
+// accepted the stream (events from then on are delivered).
+func (c *Client) Events(ctx context.Context, onOpen func(), fn func(apiv1.Event) error) error {
 	resp, err := c.request(ctx, http.MethodGet, "/v1/events", nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if onOpen != nil {
+		onOpen()
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

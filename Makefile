@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: build run test fuzz bench clean
+.PHONY: build run test fuzz bench bench-smoke bench-bins clean
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -25,6 +25,22 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/rbee-fuzz.log 2>&1 || { cat /tmp/rbee-fuzz.log; exit 1; }; \
 	  done; \
 	done
+
+# The benchmark (cmd/hivebench): real daemons, real reference workers and a
+# private supervisord side by side; writes bench/results.md and
+# bench/results.json. The full run takes about 15 minutes; pass flags with
+# BENCHFLAGS (e.g. BENCHFLAGS="--idle 20s --scale 100,1000"). It installs the
+# Debian package supervisor when supervisord is missing (needs root).
+bench: bench-bins
+	./bin/hivebench --out bench $(BENCHFLAGS)
+
+# Tiny N and a few trials, no timing assertions: keeps the tool working (CI).
+# Writes to bin/bench-smoke so the committed results stay untouched.
+bench-smoke: bench-bins
+	./bin/hivebench --smoke --out bin/bench-smoke $(BENCHFLAGS)
+
+bench-bins: build
+	$(GO) build -o bin/genericworker ./internal/testutil/genericworker
 
 clean:
 	rm -rf bin

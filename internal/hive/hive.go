@@ -78,6 +78,7 @@ type Hive struct {
 	events   *Hub
 	metrics  supervisor.Metrics
 	stats    *stats.Sampler
+	lstats   *listStats // List's stats, refreshed in the background (liststats.go)
 	baseEnv  []string
 	store    *store.Store // durable registry (recover.go)
 
@@ -149,6 +150,7 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		events:    NewHub(),
 		metrics:   opts.Metrics,
 		stats:     stats.New(stats.Options{Cgroups: opts.Cgroups}),
+		lstats:    newListStats(opts.Cgroups),
 		baseEnv:   workerBaseEnv(os.Environ()),
 		store:     st,
 		workers:   map[string]*supervisor.Worker{},
@@ -421,8 +423,10 @@ func (h *Hive) WithStats(info *apiv1.WorkerInfo) *apiv1.WorkerInfo {
 }
 
 // List returns snapshots of the workers, sorted by start time then id; ended
-// ones only when all is set. Live workers carry their resource stats (cached
-// per worker for a couple of seconds).
+// ones only when all is set. Live workers carry their resource stats, a few
+// seconds old at most: they come from a refresh that runs in the background
+// (liststats.go), so List only measures inline the workers that refresh has
+// not seen yet.
 func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 	h.mu.RLock()
 	out := make([]*apiv1.WorkerInfo, 0, len(h.workers))
@@ -441,7 +445,7 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 		}
 		return a.ID < b.ID
 	})
-	return h.stats.Fill(out)
+	return h.lstats.fill(out, h.stats)
 }
 
 // AuthorizeWorker reports whether token is the current token of worker id.
@@ -591,6 +595,7 @@ func (h *Hive) Detach(ctx context.Context) {
 func (h *Hive) close() {
 	close(h.stopPrune)
 	<-h.pruneDone
+	h.lstats.close()
 	h.logs.Close()
 	h.client.CloseIdleConnections()
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 )
@@ -66,6 +67,7 @@ type hiveClient struct {
 	workerID string
 	client   *http.Client
 	log      *slog.Logger
+	stamp    string // RBEE_BENCH_READY_STAMP; "" writes nothing
 
 	mu    sync.Mutex
 	queue []queuedHB
@@ -86,11 +88,16 @@ func newHiveClient(cfg config, log *slog.Logger) *hiveClient {
 		base:     cfg.hiveURL,
 		token:    cfg.token,
 		workerID: cfg.workerID,
+		stamp:    cfg.readyStamp,
 		client: &http.Client{
 			Timeout: 5 * time.Second,
+			// One idle connection: heartbeats are sent one at a time, and
+			// a second kept-alive connection (left by the ready callback
+			// racing a loading heartbeat) would cost the hive a connection,
+			// a goroutine and 8 KiB of buffers per worker for nothing.
 			Transport: &http.Transport{
-				MaxIdleConns:        2,
-				MaxIdleConnsPerHost: 2,
+				MaxIdleConns:        1,
+				MaxIdleConnsPerHost: 1,
 				IdleConnTimeout:     90 * time.Second,
 			},
 		},
@@ -232,9 +239,11 @@ func (h *hiveClient) announceReady(ctx context.Context, body readyBody) error {
 	deadline := time.Now().Add(readyBudget)
 	delay := readyFirstDelay
 	for attempt := 1; ; attempt++ {
+		sent := time.Now()
 		status, text, err := h.post(ctx, "/v1/workers/ready", body)
 		switch {
 		case err == nil && status/100 == 2:
+			h.writeStamp(sent)
 			return nil
 		case err == nil && status/100 == 4:
 			return &ReadyRejectedError{Status: status, Body: text}
@@ -254,5 +263,18 @@ func (h *hiveClient) announceReady(ctx context.Context, body readyBody) error {
 			return err
 		}
 		delay = min(delay*2, readyMaxDelay)
+	}
+}
+
+// writeStamp records, for benchmarks, when the accepted ready callback was
+// sent: "PID UNIX_NANOS\n" written to the RBEE_BENCH_READY_STAMP file.
+// Failures are logged and otherwise ignored.
+func (h *hiveClient) writeStamp(sent time.Time) {
+	if h.stamp == "" {
+		return
+	}
+	line := fmt.Sprintf("%d %d\n", os.Getpid(), sent.UnixNano())
+	if err := os.WriteFile(h.stamp, []byte(line), 0o600); err != nil {
+		h.log.Warn("writing the ready stamp failed", "err", err)
 	}
 }

@@ -1,0 +1,378 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/client"
+	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/process"
+)
+
+// Bins are the binaries the benchmark runs.
+type Bins struct {
+	Hive    string // rbee-hive (the reference worker is looked up beside it)
+	Worker  string // llm-worker-rbee
+	Generic string // the generic HTTP test worker (internal/testutil/genericworker)
+}
+
+// FindBins checks that dir holds the three binaries and returns their
+// absolute paths.
+func FindBins(dir string) (Bins, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Bins{}, err
+	}
+	b := Bins{
+		Hive:    filepath.Join(abs, "rbee-hive"),
+		Worker:  filepath.Join(abs, "llm-worker-rbee"),
+		Generic: filepath.Join(abs, "genericworker"),
+	}
+	for _, p := range []string{b.Hive, b.Worker, b.Generic} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
+			return b, fmt.Errorf("binary %s missing (build with: go build -o bin/ ./cmd/... && go build -o bin/genericworker ./internal/testutil/genericworker; or run make bench)", p)
+		}
+	}
+	return b, nil
+}
+
+// HiveOptions shape one benchmark daemon.
+type HiveOptions struct {
+	// Settings is YAML for the defaults block, each line indented by two
+	// spaces.
+	Settings string
+	// Extra is YAML appended at the top level (profiles, shutdown_timeout).
+	Extra string
+	// Ports is the width of the worker port range.
+	Ports int
+	// Args are extra daemon flags.
+	Args []string
+	// TmpDir is where the temporary directory (and so the state dir with
+	// its durable registry) is made; "" means os.TempDir().
+	TmpDir string
+	// Keep leaves the temporary directory (config, state, hive.log) after
+	// Close, for a look at the daemon's log.
+	Keep bool
+}
+
+// Hive is a running benchmark daemon.
+type Hive struct {
+	Dir     string // temporary directory (state dir, config, log)
+	Model   string // the small model file
+	Ref     string // "file:" + Model
+	URL     string
+	PID     int
+	Client  *client.Client
+	Events  *Events
+	Marker  string
+	Config  string
+	LogPath string
+	keep    bool
+
+	cmd       *exec.Cmd
+	closeOnce sync.Once
+	leftovers int
+	exited    chan struct{}
+	exitErr   error
+	cancel    context.CancelFunc
+	evDone    chan struct{}
+}
+
+// benchClient is an API client whose transport keeps enough idle
+// connections for bounded-concurrency spawning.
+func benchClient(base string) *client.Client {
+	c := client.New(base, "")
+	c.HTTP = &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConns:        128,
+		MaxIdleConnsPerHost: 128,
+		IdleConnTimeout:     time.Minute,
+	}}
+	return c
+}
+
+// freeRange finds width consecutive bindable loopback ports below the
+// ephemeral range, at random so that concurrent runs rarely meet.
+func freeRange(width int) (int, error) {
+	lo, hi := 10000, 32000
+	for try := 0; try < 100; try++ {
+		base := lo + rand.IntN(hi-lo-width)
+		ok := true
+		for p := base; p < base+width && ok; p++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("no free range of %d ports in %d-%d", width, lo, hi)
+}
+
+// writeModel writes a small model file.
+func writeModel(path string) error {
+	return os.WriteFile(path, bytes.Repeat([]byte("rbee bench weights\n"), 64<<10/19), 0o600)
+}
+
+// StartHive starts bin/rbee-hive on a fresh state directory with a config
+// generated from o, waits for /health and subscribes to /v1/events.
+func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
+	dir, err := os.MkdirTemp(o.TmpDir, "hivebench-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	state := filepath.Join(dir, "state")
+	models := filepath.Join(state, "models")
+	if err := os.MkdirAll(models, 0o700); err != nil {
+		return nil, err
+	}
+	model := filepath.Join(models, "tiny.gguf")
+	if err := writeModel(model); err != nil {
+		return nil, err
+	}
+	width := max(o.Ports, 16)
+	base, err := freeRange(width + 1)
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(base)
+	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: -1\n",
+		addr, state, base+1, base+width)
+	if o.Settings != "" {
+		cfg += "defaults:\n" + o.Settings
+	}
+	cfg += o.Extra
+	h := &Hive{
+		Dir: dir, Model: model, Ref: "file:" + model, URL: "http://" + addr,
+		Marker: hive.InstanceID(state), Config: filepath.Join(dir, "hive.yaml"),
+		LogPath: filepath.Join(dir, "hive.log"), exited: make(chan struct{}), keep: o.Keep,
+	}
+	if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(h.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	h.cmd = exec.Command(bins.Hive, append([]string{"daemon", "--config", h.Config}, o.Args...)...)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The daemon runs in dev mode (loopback, no token): an operator token
+	// or hive URL from the caller's environment must not reach it.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "RBEE_") {
+			h.cmd.Env = append(h.cmd.Env, kv)
+		}
+	}
+	if err := h.cmd.Start(); err != nil {
+		return nil, err
+	}
+	h.PID = h.cmd.Process.Pid
+	go func() {
+		h.exitErr = h.cmd.Wait()
+		close(h.exited)
+	}()
+	h.Client = benchClient(h.URL)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := h.Client.Health(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-h.exited:
+			h.Close()
+			return nil, fmt.Errorf("rbee-hive exited at start: %v\n%s", h.exitErr, h.LogTail(20))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			h.Close()
+			return nil, fmt.Errorf("rbee-hive not healthy after 20s\n%s", h.LogTail(20))
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.Events = newEvents()
+	h.evDone = make(chan struct{})
+	opened := make(chan error, 1)
+	go func() {
+		defer close(h.evDone)
+		h.Events.fail(stream(ctx, h.URL+"/v1/events", opened, h.Events.put))
+	}()
+	// The hive subscribes before it writes the stream's headers, so once
+	// they are in no event can be missed.
+	select {
+	case err := <-opened:
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("event stream: %w", err)
+		}
+	case <-time.After(10 * time.Second):
+		h.Close()
+		return nil, errors.New("event stream did not open within 10s")
+	}
+	return h, nil
+}
+
+// LogTail returns the last n lines of the daemon's log.
+func (h *Hive) LogTail(n int) string {
+	b, _ := os.ReadFile(h.LogPath)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Running reports whether the daemon has not exited.
+func (h *Hive) Running() bool {
+	select {
+	case <-h.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop sends SIGTERM and waits up to timeout for the daemon to exit. It
+// returns the wall time from the signal to the exit (observed by wait(2)).
+func (h *Hive) Stop(timeout time.Duration) (time.Duration, error) {
+	t0 := time.Now()
+	_ = syscall.Kill(h.PID, syscall.SIGTERM)
+	select {
+	case <-h.exited:
+		took := time.Since(t0)
+		if h.exitErr != nil {
+			return took, fmt.Errorf("rbee-hive exited with %v", h.exitErr)
+		}
+		return took, nil
+	case <-time.After(timeout):
+		_ = syscall.Kill(h.PID, syscall.SIGKILL)
+		<-h.exited
+		return time.Since(t0), fmt.Errorf("rbee-hive did not exit within %s", timeout)
+	}
+}
+
+// Leftovers returns live processes carrying this hive's marker.
+func (h *Hive) Leftovers() []int { return process.FindByEnv("RBEE_HIVE_MARKER", h.Marker) }
+
+// Close kills the daemon if it still runs, kills any process of its that
+// survived (returning how many), and removes its directory unless something
+// survived. Idempotent.
+func (h *Hive) Close() (leftovers int) {
+	h.closeOnce.Do(func() { h.leftovers = h.close() })
+	return h.leftovers
+}
+
+func (h *Hive) close() int {
+	if h.Running() {
+		if _, err := h.Stop(60 * time.Second); err != nil {
+			fmt.Fprintf(os.Stderr, "hivebench: %v\n", err)
+		}
+	}
+	if h.cancel != nil {
+		h.cancel()
+		<-h.evDone
+	}
+	var left []int
+	for i := 0; i < 100; i++ {
+		if left = h.Leftovers(); len(left) == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, pid := range left {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	switch {
+	case len(left) == 0 && !h.keep:
+		os.RemoveAll(h.Dir)
+	case len(left) > 0:
+		fmt.Fprintf(os.Stderr, "hivebench: %d processes of the hive in %s survived its shutdown (killed)\n", len(left), h.Dir)
+	}
+	return len(left)
+}
+
+// Spawn spawns one reference (or profile) worker with env and settings.
+func (h *Hive) Spawn(ctx context.Context, profile string, env map[string]string, settings string) (*apiv1.SpawnResponse, error) {
+	req := &apiv1.SpawnRequest{ModelRef: h.Ref, Profile: profile, Env: env}
+	if settings != "" {
+		req.Settings = []byte(settings)
+	}
+	return h.Client.Spawn(ctx, req)
+}
+
+// SpawnMany spawns n workers with at most conc spawn requests in flight;
+// envFor gives each worker's env. It returns the ids in order, and the time
+// from the first request until the last worker was idle (as the events
+// report it).
+func (h *Hive) SpawnMany(n, conc int, profile string, envFor func(i int) map[string]string) ([]string, time.Duration, error) {
+	ids := make([]string, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var env map[string]string
+			if envFor != nil {
+				env = envFor(i)
+			}
+			r, err := h.Spawn(ctx, profile, env, "")
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ids[i] = r.WorkerID
+			_, errs[i] = h.Events.WaitFor(r.WorkerID, 120*time.Second, isState("idle"))
+		}()
+	}
+	wg.Wait()
+	took := time.Since(t0)
+	return ids, took, errors.Join(errs...)
+}
+
+// Pids returns the pid of each live worker, by id.
+func (h *Hive) Pids() (map[string]int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, err := h.Client.List(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, w := range ws {
+		out[w.ID] = w.PID
+	}
+	return out, nil
+}

@@ -646,3 +646,29 @@ func TestHiveSIGTERMStopsWorkersAndExitsZero(t *testing.T) {
 	}
 	_ = syscall.SIGTERM
 }
+
+// A generic server that becomes ready between two back-off probes is
+// noticed when it prints its ready line, not up to a second later.
+// Regression: with the back-off alone (25 ms doubling to 1 s) a server
+// ready at 1.6 s waited until the probe at 2.575 s.
+func TestGenericReadinessIsProbedOnOutput(t *testing.T) {
+	gw := hivetest.GenericWorker(t)
+	stamp := filepath.Join(t.TempDir(), "ready")
+	h := hivetest.Start(t, hivetest.Options{Config: fmt.Sprintf(`profiles:
+  generic:
+    command: [%s, --port, "{port}", --model, "{model}"]
+    env: {GENERIC_LOAD_MS: "1600", GENERIC_READY_FILE: %q}
+`, gw, stamp)})
+	r := h.MustSpawn(apiv1.SpawnRequest{Profile: "generic"})
+	info := h.WaitState(r.WorkerID, wait, "idle")
+	b, err := os.ReadFile(stamp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	late := info.ReadyAt.Sub(time.Unix(0, ns))
+	t.Logf("ready noticed %s after the server was ready", late)
+	if late > 400*time.Millisecond {
+		t.Fatalf("ready noticed %s after the server was ready", late)
+	}
+}

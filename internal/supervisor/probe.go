@@ -89,6 +89,11 @@ func (o *owner) onProbe(r probeResult) {
 			o.markReady()
 			return
 		}
+		if o.outputSinceProbe {
+			o.outputSinceProbe = false
+			o.startProbe(probeReadiness)
+			return
+		}
 		o.readyProbeDelay = min(2*o.readyProbeDelay, time.Second)
 		o.readyProbe.arm(o.readyProbeDelay)
 	case probeLiveness:

@@ -57,8 +57,11 @@ type owner struct {
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
 	probing    bool
-	wg         sync.WaitGroup // probe and shutdown-request goroutines
-	finished   bool
+	// outputSinceProbe: the worker wrote output while a readiness probe
+	// was in flight; a failed probe is then retried at once.
+	outputSinceProbe bool
+	wg               sync.WaitGroup // probe and shutdown-request goroutines
+	finished         bool
 }
 
 type probeKind int
@@ -484,10 +487,28 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 }
 
 // progress is new output while loading: it resets the stall clock.
+//
+// For a generic (http) worker it also probes readiness at once: servers
+// print a line when they start listening or finish loading, so probing on
+// output notices readiness within milliseconds, where the back-off alone
+// (25 ms doubling to 1 s, SPEC §6) could leave a ready server waiting up to
+// a second. At most one probe is in flight, so a chatty loader costs no
+// more than a probe at a time.
 func (o *owner) progress() {
-	if o.cur.State == state.Loading {
-		o.stall.arm(o.s.ReadyStallTimeout.D())
+	if o.cur.State != state.Loading {
+		return
 	}
+	o.stall.arm(o.s.ReadyStallTimeout.D())
+	if o.w.spec.Profile.Protocol != config.ProtocolHTTP {
+		return
+	}
+	o.readyProbeDelay = 25 * time.Millisecond
+	if o.probing {
+		o.outputSinceProbe = true // probe again as soon as this one fails
+		return
+	}
+	o.readyProbe.stop()
+	o.startProbe(probeReadiness)
 }
 
 // stopLifecycleTimers disarms every timer that could start another action.

@@ -230,6 +230,24 @@ func TestFakeV2OOMAndStatsParsing(t *testing.T) {
 	}
 }
 
+func TestFakeWaitEmptyReturnsAtOnceWhenNoProcessIsListed(t *testing.T) {
+	opts := fakeV2(t, "cpu memory pids")
+	m, _ := New(opts)
+	g, err := m.Create("w", config.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "populated 1" lags (a zombie not reaped yet), but no live process is
+	// listed: the group is empty of processes.
+	put(t, filepath.Join(g.Paths()[0], "cgroup.events"), "populated 1\nfrozen 0\n")
+	put(t, filepath.Join(g.Paths()[0], "cgroup.procs"), "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := g.WaitEmpty(ctx); err != nil {
+		t.Fatalf("WaitEmpty = %v", err)
+	}
+}
+
 func TestFakeWaitEmptyWakesOnCgroupEvents(t *testing.T) {
 	opts := fakeV2(t, "cpu memory pids")
 	m, _ := New(opts)
@@ -238,7 +256,9 @@ func TestFakeWaitEmptyWakesOnCgroupEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := filepath.Join(g.Paths()[0], "cgroup.events")
+	procs := filepath.Join(g.Paths()[0], "cgroup.procs")
 	put(t, events, "populated 1\nfrozen 0\n")
+	put(t, procs, "4242\n") // a process is listed: no fast path
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := g.WaitEmpty(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -247,6 +267,7 @@ func TestFakeWaitEmptyWakesOnCgroupEvents(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- g.WaitEmpty(context.Background()) }()
 	start := time.Now()
+	put(t, procs, "")
 	if err := os.WriteFile(events, []byte("populated 0\nfrozen 0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -289,6 +289,12 @@ func (g *Group) killPass(signalled map[int]bool) (int, error) {
 // cgroup.events for "populated 0" with inotify; without one it polls
 // cgroup.procs every 10 ms. The v1 directories are checked too.
 func (g *Group) WaitEmpty(ctx context.Context) error {
+	// Fast path: cgroup.procs lists no live process (exited ones are not
+	// listed). The kernel's "populated 0" notice can lag by milliseconds, or
+	// much more under load, until the last zombie is reaped.
+	if pids, err := g.Pids(); err == nil && len(pids) == 0 {
+		return nil
+	}
 	if g.unified != "" && exists(filepath.Join(g.unified, "cgroup.events")) {
 		if err := g.waitPopulated0(ctx); err != nil {
 			return err

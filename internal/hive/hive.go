@@ -232,8 +232,12 @@ func (h *Hive) StateDir() string { return h.stateDir }
 
 // Changed implements supervisor.Observer.
 func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool) {
-	if durable {
-		h.persist(w, ev) // durable before anyone hears of it (recover.go)
+	// A change is durable before anyone hears of it (recover.go), except a
+	// failure: the process is already dead, a restarted hive finds that out
+	// again by itself, and a slow fsync must not delay the news of a crash.
+	failed := ev != nil && ev.To == state.Failed
+	if durable && !failed {
+		h.persist(w, ev)
 	}
 	if ev != nil {
 		h.events.Publish(*ev)
@@ -244,6 +248,9 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 			ev.To == state.Failed && info.Exit != nil && !info.Exit.At.IsZero() && !ev.At.Before(info.Exit.At) {
 			cd.CrashDetected(ev.At.Sub(info.Exit.At))
 		}
+	}
+	if durable && failed {
+		h.persist(w, ev)
 	}
 }
 

@@ -694,6 +694,7 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 	}
 	o.log.Info("Worker ended", "pid", o.cur.PID, "state", end, "reason", reason, "detail", detail)
 	o.cleanupTree()
+	o.removeCgroup()
 	if dec.Restart {
 		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
 		o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
@@ -724,6 +725,7 @@ func (o *owner) endFromBackoff(reason state.Reason) {
 
 // restartNow starts the next incarnation with the same id.
 func (o *owner) restartNow(reason state.Reason) {
+	o.removeCgroup() // the last incarnation's; the new one gets a fresh cgroup
 	now := o.now()
 	o.cur.RestartCount++
 	o.cur.LastRestart = &now
@@ -735,8 +737,10 @@ func (o *owner) restartNow(reason state.Reason) {
 }
 
 // cleanupTree makes sure no process of the worker's tree is left: SIGKILL to
-// the group and the cgroup, wait (bounded) until the cgroup is empty, and
-// remove the cgroup. It closes the process handle.
+// the group and the cgroup, and wait (bounded) until the cgroup is empty. It
+// closes the process handle. The cgroup's directories are removed later
+// (removeCgroup), after the end has been announced: rmdir of five
+// hierarchies takes milliseconds and is not part of the stop.
 func (o *owner) cleanupTree() {
 	if o.proc != nil {
 		if o.proc.GroupAlive() {
@@ -750,7 +754,6 @@ func (o *owner) cleanupTree() {
 			o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
 		}
 		cancel()
-		o.removeCgroup()
 	} else if o.proc != nil {
 		deadline := time.Now().Add(5 * time.Second)
 		for o.proc.GroupAlive() && time.Now().Before(deadline) {

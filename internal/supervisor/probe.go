@@ -1,11 +1,12 @@
 package supervisor
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/probe"
 
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -33,44 +34,40 @@ func (o *owner) startProbe(kind probeKind) {
 	}
 	o.probing = true
 	prof := o.w.spec.Profile
-	probe := prof.Liveness
+	pp := prof.Liveness
 	timeout := o.s.Health.Timeout.D()
 	if prof.Protocol == config.ProtocolRbee {
-		probe = config.Probe{Path: "/health", Status: http.StatusOK}
+		pp = config.Probe{Path: "/health", Status: http.StatusOK}
 	}
 	if kind == probeReadiness {
-		probe = prof.Readiness
+		pp = prof.Readiness
 		timeout = time.Second
 	}
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	url, pid := o.cur.URL+probe.Path, o.cur.PID
+	// One prober (one held connection) per incarnation's address; only the
+	// probe goroutine touches it while o.probing is set.
+	addr := "127.0.0.1:" + strconv.Itoa(o.cur.Port)
+	if o.prober == nil || o.prober.Addr() != addr {
+		o.closeProber()
+		o.prober = probe.New(addr)
+	}
+	pr, pid := o.prober, o.cur.PID
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		err := httpProbe(o.d.Client, url, probe.Status, timeout)
+		err := pr.Get(pp.Path, pp.Status, timeout)
 		o.probeRes <- probeResult{kind: kind, pid: pid, err: err}
 	}()
 }
 
-func httpProbe(c *http.Client, url string, want int, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
+// closeProber closes the held probe connection; only while no probe is in
+// flight (or after the owner's goroutines have ended).
+func (o *owner) closeProber() {
+	if o.prober != nil && !o.probing {
+		o.prober.Close()
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if resp.StatusCode != want {
-		return fmt.Errorf("status %d, want %d", resp.StatusCode, want)
-	}
-	return nil
 }
 
 // onProbe acts on a probe's result. Results from an earlier incarnation, or

@@ -24,6 +24,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/probe"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/state"
 )
@@ -57,6 +58,7 @@ type owner struct {
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
 	probing    bool
+	prober     *probe.Prober // the held probe connection (nil until the first probe)
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
@@ -134,7 +136,11 @@ func (o *owner) now() time.Time { return o.w.now() }
 // loop is the owner goroutine. first runs before the loop starts.
 func (o *owner) loop(first func()) {
 	defer close(o.w.done)
-	defer o.wg.Wait()
+	defer func() {
+		o.wg.Wait()
+		o.probing = false // no probe goroutine is left
+		o.closeProber()
+	}()
 	first()
 	for !o.finished {
 		var procDone <-chan struct{}
@@ -829,7 +835,11 @@ func (o *owner) publishDurable() { o.publishAs(nil, true) }
 func (o *owner) publishAs(ev *apiv1.Event, durable bool) {
 	snap := o.cur
 	o.w.info.Store(&snap)
-	o.w.rec.Store(o.record(&snap))
+	if durable {
+		// The record is what the store writes; details that are not
+		// durable (a heartbeat's slots) need not rebuild it.
+		o.w.rec.Store(o.record(&snap))
+	}
 	if obs := o.d.Observer; obs != nil {
 		obs.Changed(o.w, &snap, ev, durable)
 	}

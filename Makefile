@@ -11,11 +11,14 @@ build:
 run: build
 	./bin/rbee-hive daemon
 
-# The whole test suite, with the race detector, then a short run of every fuzz target.
+# The whole test suite: go vet, every test with the race detector, a short run
+# of every fuzz target, and a smoke run of the benchmark tool (no timing
+# assertions: it only has to keep working).
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz
+	$(MAKE) bench-smoke
 
 FUZZTIME ?= 5s
 fuzz:

@@ -1,0 +1,286 @@
+package supervisor
+
+// The end of an incarnation: graceful stop, escalation to SIGKILL over the
+// whole tree, exit handling, the restart decision, and tree cleanup.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/state"
+)
+
+// stopLifecycleTimers disarms every timer that could start another action.
+func (o *owner) stopLifecycleTimers() {
+	for _, t := range []*timer{&o.stall, &o.readyCap, &o.hbStale, &o.idle, &o.health, &o.readyProbe, &o.backoff} {
+		t.stop()
+	}
+}
+
+// beginStop enters stopping: graceful request (or SIGKILL when force), then
+// the stop timer.
+func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
+	o.stopLifecycleTimers()
+	o.stopReason, o.stopDetail, o.stopAsked, o.forced = reason, detail, o.now(), false
+	o.cur.Detail = detail
+	o.transition(state.Stopping, reason)
+	pid := o.cur.PID
+	o.log.Info("Shutting down "+o.w.spec.ID, "pid", pid, "reason", reason, "force", force)
+	if o.proc == nil || o.procDone {
+		return // the exit is already being handled
+	}
+	if force {
+		o.log.Warn("Force-killing worker", "pid", pid, "reason", reason, "signal", "SIGKILL")
+		o.forceKill()
+		return
+	}
+	prof := o.w.spec.Profile
+	if prof.Protocol == config.ProtocolRbee {
+		o.wg.Add(1)
+		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
+	} else {
+		sig := prof.StopSig()
+		o.log.Info("Sending stop signal", "pid", pid, "signal", sigName(sig), "reason", reason)
+		o.signalTree(sig)
+	}
+	o.log.Info(fmt.Sprintf("Waiting for graceful shutdown (%s timeout)...", o.s.StopTimeout), "pid", pid, "reason", reason)
+	if o.s.StopTimeout <= 0 {
+		o.forceKill()
+		return
+	}
+	o.stopT.arm(o.s.StopTimeout.D())
+}
+
+// requestShutdown asks an rbee worker to drain and exit; when the request
+// cannot be delivered it falls back to the stop signal. Runs in its own
+// goroutine; it only touches p through its concurrency-safe methods.
+func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal) {
+	defer o.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/shutdown", nil)
+	resp, err := o.d.Client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 300 {
+			o.log.Info("Graceful shutdown requested", "pid", p.PID, "via", "POST /v1/shutdown")
+			return
+		}
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	o.log.Info("Shutdown request failed, sending stop signal", "pid", p.PID, "error", err, "signal", sigName(sig))
+	if err := p.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
+		_ = p.Signal(sig)
+	}
+}
+
+// signalTree sends sig to the worker's process group.
+func (o *owner) signalTree(sig syscall.Signal) {
+	if o.proc == nil {
+		return
+	}
+	if err := o.proc.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
+		o.log.Warn("Signal to process group failed", "pid", o.cur.PID, "signal", sigName(sig), "error", err)
+		_ = o.proc.Signal(sig)
+	}
+}
+
+// forceKill SIGKILLs the whole tree: the process group and the cgroup.
+func (o *owner) forceKill() {
+	if o.forced {
+		return
+	}
+	o.forced = true
+	o.stopT.stop()
+	if m := o.d.Metrics; m != nil {
+		m.ForceKill()
+	}
+	o.signalTree(syscall.SIGKILL)
+	if o.cg != nil {
+		if err := o.cg.Kill(); err != nil {
+			o.log.Warn("cgroup kill failed", "pid", o.cur.PID, "error", err)
+		}
+	}
+}
+
+// onExit handles the death of the worker's main process.
+func (o *owner) onExit() {
+	o.procDone = true
+	ex := o.proc.Exit()
+	facts := &apiv1.Exit{Code: ex.Code, Signal: int(ex.Signal), Known: ex.Known, At: ex.At}
+	if o.cg != nil {
+		if oom, err := o.cg.OOMKilled(); err == nil && oom {
+			facts.OOMKilled = true
+		}
+	}
+	o.cur.Exit = facts
+	o.log.Info("Worker process exited", "pid", o.cur.PID, "exit", ex.String(), "signal", int(ex.Signal),
+		"oom_killed", facts.OOMKilled, "state", o.cur.State)
+
+	if o.cur.State == state.Stopping {
+		o.cleanupTree()
+		if m := o.d.Metrics; m != nil {
+			m.StopLatency(o.now().Sub(o.stopAsked))
+		}
+		o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
+			"after", o.now().Sub(o.stopAsked).String(), "forced", o.forced)
+		o.endGrace(nil)
+		if o.restartAfterStop {
+			o.restartAfterStop = false
+			o.restartNow(state.Restarting)
+			return
+		}
+		o.finish(o.stopReason, o.stopDetail, true)
+		return
+	}
+
+	reason := state.Crashed
+	switch {
+	case facts.OOMKilled:
+		reason = state.OOMKilled
+	case ex.Known && ex.Code != nil && *ex.Code == 0:
+		reason = state.Exited
+	}
+	detail := "process " + ex.String()
+	if o.firstStart != nil {
+		o.wlog.Sync()
+		o.cur.LastLines = o.wlog.Tail(10)
+		if facts.OOMKilled {
+			detail += " (OOM-killed)"
+		}
+		o.finish(state.SpawnFailed, detail+" within the start grace", false)
+		o.endGrace(&SpawnError{Exit: facts, LastLine: o.cur.LastLines})
+		return
+	}
+	o.finish(reason, detail, true)
+}
+
+// finish ends the current incarnation for reason: it records the end state
+// (first, so a crash is announced at once), makes sure the whole tree is
+// gone, and then either goes to backoff (restart policy) or ends the worker.
+func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
+	o.stopLifecycleTimers()
+	o.stopT.stop()
+	if o.wlog != nil {
+		o.wlog.Sync()
+		o.cur.LastLines = o.wlog.Tail(20)
+	}
+	// now is the end's time: ended_at, the event's time (within
+	// microseconds) and the start of a restart delay.
+	now := o.now()
+	end := reason.End()
+	var dec policy.Decision
+	if end == state.Failed && mayRestart {
+		dec = policy.Decide(o.s.Restart, o.hist, reason, now, rand.Float64())
+		o.hist = dec.Next
+		if dec.CrashLoop {
+			detail = dec.Reason
+			reason = state.CrashLoop
+		}
+	}
+	o.cur.Detail = detail
+	o.cur.EndedAt = &now
+	o.cur.Reason = reason
+	if o.proc == nil && !dec.Restart {
+		// The tree is already gone (a stop cleaned it up): free the port
+		// before announcing the end, so a spawn that follows the event
+		// can have it.
+		o.d.Ports.Release(o.cur.Port, o.w.spec.ID)
+	}
+	o.transition(end, reason)
+	if m := o.d.Metrics; m != nil {
+		m.Ended(reason)
+	}
+	o.log.Info("Worker ended", "pid", o.cur.PID, "state", end, "reason", reason, "detail", detail)
+	o.cleanupTree()
+	o.removeCgroup()
+	if dec.Restart {
+		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
+		o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
+		o.transition(state.Backoff, reason)
+		// The delay counts from the failure: the tree cleanup above (a
+		// cgroup that takes a while to empty) is part of the wait.
+		o.backoff.arm(max(o.backoffUntil.Sub(o.now()), time.Nanosecond))
+		return
+	}
+	o.release()
+}
+
+// endFromBackoff ends a worker waiting to restart: a stop cancels the
+// pending restart at once.
+func (o *owner) endFromBackoff(reason state.Reason) {
+	o.backoff.stop()
+	now := o.now()
+	o.cur.EndedAt = &now
+	o.cur.Reason = reason
+	o.cur.Detail = "stopped during backoff; restart cancelled"
+	o.d.Ports.Release(o.cur.Port, o.w.spec.ID) // no process: free it before the event
+	o.transition(reason.End(), reason)
+	if m := o.d.Metrics; m != nil {
+		m.Ended(reason)
+	}
+	o.release()
+}
+
+// restartNow starts the next incarnation with the same id.
+func (o *owner) restartNow(reason state.Reason) {
+	o.removeCgroup() // the last incarnation's; the new one gets a fresh cgroup
+	now := o.now()
+	o.cur.RestartCount++
+	o.cur.LastRestart = &now
+	if m := o.d.Metrics; m != nil {
+		m.Restarted()
+	}
+	o.transition(state.Spawning, reason)
+	o.startIncarnation()
+}
+
+// cleanupTree makes sure no process of the worker's tree is left: SIGKILL to
+// the group and the cgroup, and wait (bounded) until the cgroup is empty. It
+// closes the process handle. The cgroup's directories are removed later
+// (removeCgroup), after the end has been announced: rmdir of five
+// hierarchies takes milliseconds and is not part of the stop.
+func (o *owner) cleanupTree() {
+	if o.proc != nil {
+		if o.proc.GroupAlive() {
+			_ = o.proc.SignalGroup(syscall.SIGKILL)
+		}
+	}
+	if o.cg != nil {
+		_ = o.cg.Kill()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := o.cg.WaitEmpty(ctx); err != nil {
+			o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+		}
+		cancel()
+	} else if o.proc != nil {
+		deadline := time.Now().Add(5 * time.Second)
+		for o.proc.GroupAlive() && time.Now().Before(deadline) {
+			_ = o.proc.SignalGroup(syscall.SIGKILL)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if o.proc != nil {
+		o.proc.Close()
+		o.proc = nil
+	}
+}
+
+func (o *owner) removeCgroup() {
+	if o.cg == nil {
+		return
+	}
+	if err := o.cg.Remove(); err != nil {
+		o.log.Warn("Removing worker cgroup failed", "error", err)
+	}
+	o.cg = nil
+}

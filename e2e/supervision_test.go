@@ -91,7 +91,6 @@ func TestSlowButProgressingLoadSurvivesTheStallTimer(t *testing.T) {
 	// progress keeps moving.
 	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_LOAD_MS": "2500"},
 		Settings: settings(`{"ready_stall_timeout":"600ms"}`)})
-	time.Sleep(0) // no fixed waits: the state below is awaited
 	info := h.WaitState(r.WorkerID, wait, "idle", "failed")
 	if info.State != "idle" {
 		t.Fatalf("progressing load killed: %s/%s %s", info.State, info.Reason, info.Detail)
@@ -166,21 +165,6 @@ func TestHungHealthIsStoppedAndFailed(t *testing.T) {
 	}
 	if hivetest.Alive(r.PID) {
 		t.Fatal("worker with failed health checks was forgotten, not stopped")
-	}
-}
-
-func TestHealthSuccessResetsTheFailureCount(t *testing.T) {
-	h := hivetest.Start(t, hivetest.Options{})
-	// Health hangs only after 1.5 s; before that probes succeed and the
-	// count stays 0.
-	r := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"health":{"interval":"100ms","timeout":"100ms","failure_threshold":3}}`)})
-	h.WaitState(r.WorkerID, wait, "idle")
-	deadline := time.Now().Add(700 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		if info := h.Get(r.WorkerID); info.State != "idle" || info.FailedHealthChecks != 0 {
-			t.Fatalf("healthy worker: %s checks %d", info.State, info.FailedHealthChecks)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -1,30 +1,9 @@
 package metrics_test
 
 import (
-	"os"
 	"testing"
 
-	"go.uber.org/goleak"
-
-	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
 
-func TestMain(m *testing.M) {
-	// Workers of a daemon that died are re-parented here and reaped.
-	if err := process.BecomeSubreaper(); err != nil {
-		panic(err)
-	}
-	r, err := process.StartReaper(nil)
-	if err != nil {
-		panic(err)
-	}
-	code := m.Run()
-	r.Close()
-	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { hivetest.Main(m) }

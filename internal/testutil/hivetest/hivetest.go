@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
@@ -497,4 +499,27 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Main is the TestMain of a package whose tests run daemons: the test
+// binary becomes a child subreaper with a reaper (workers of a daemon that
+// was SIGKILLed are re-parented to it, not to a PID 1 that may never reap
+// them), runs the tests, and then fails the run if goroutines leaked.
+func Main(m *testing.M) {
+	if err := process.BecomeSubreaper(); err != nil {
+		panic(err)
+	}
+	r, err := process.StartReaper(nil)
+	if err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	r.Close()
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
 )
 
@@ -445,23 +446,25 @@ func (s *Server) accepted(w http.ResponseWriter, ref *workerRef) error {
 	return nil
 }
 
-// workerAuth checks the calling worker's own token for id.
-func (s *Server) workerAuth(r *http.Request, id string) error {
+// workerAuth checks the calling worker's own token for id and returns the
+// worker.
+func (s *Server) workerAuth(r *http.Request, id string) (*supervisor.Worker, error) {
 	if e := validate.WorkerID(id); e != nil {
-		return errorf(http.StatusBadRequest, e.Code, "%s", e.Message)
+		return nil, errorf(http.StatusBadRequest, e.Code, "%s", e.Message)
 	}
-	if _, err := s.h.Worker(id); err != nil {
-		return err
+	wk, err := s.h.Worker(id)
+	if err != nil {
+		return nil, err
 	}
 	tok, err := bearer(r)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if !s.h.AuthorizeWorker(id, tok) {
+	if !wk.Authorize(tok) {
 		s.log.Warn("Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
-		return unauthorized(apiv1.CodeInvalidAPIKey, "token is not this worker's token")
+		return nil, unauthorized(apiv1.CodeInvalidAPIKey, "token is not this worker's token")
 	}
-	return nil
+	return wk, nil
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) error {
@@ -469,10 +472,10 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	if err := s.workerAuth(r, req.WorkerID); err != nil {
+	wk, err := s.workerAuth(r, req.WorkerID)
+	if err != nil {
 		return err
 	}
-	wk, _ := s.h.Worker(req.WorkerID)
 	if err := wk.Ready(r.Context(), &req); err != nil {
 		return err
 	}
@@ -485,7 +488,8 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &hb); err != nil {
 		return err
 	}
-	if err := s.workerAuth(r, hb.WorkerID); err != nil {
+	wk, err := s.workerAuth(r, hb.WorkerID)
+	if err != nil {
 		return err
 	}
 	if _, err := time.Parse(time.RFC3339Nano, hb.Timestamp); err != nil {
@@ -509,7 +513,6 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 			return errorf(http.StatusBadRequest, "INVALID_SLOTS", "slots must be 0..1048576")
 		}
 	}
-	wk, _ := s.h.Worker(hb.WorkerID)
 	if err := wk.Heartbeat(r.Context(), &hb); err != nil {
 		return err
 	}

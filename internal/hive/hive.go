@@ -7,7 +7,6 @@ package hive
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -141,11 +140,11 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		ports:   ports.New(cfg.Ports.Min, cfg.Ports.Max, log),
 		logs:    lw, cgroups: opts.Cgroups, catalog: cat, resolver: res,
 		client: &http.Client{Transport: &http.Transport{
-			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			MaxIdleConns:        2048,
-			MaxIdleConnsPerHost: 1,
-			IdleConnTimeout:     30 * time.Second,
+			Proxy:       nil,
+			DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			// Only a worker's one shutdown request goes through this
+			// client (probes hold their own connection): nothing to reuse.
+			DisableKeepAlives: true,
 		}},
 		events:    NewHub(),
 		metrics:   opts.Metrics,
@@ -453,21 +452,6 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 		return a.ID < b.ID
 	})
 	return h.lstats.fill(out, h.stats)
-}
-
-// AuthorizeWorker reports whether token is the current token of worker id.
-func (h *Hive) AuthorizeWorker(id, token string) bool {
-	w, err := h.Worker(id)
-	if err != nil {
-		return false
-	}
-	want := w.TokenHash()
-	if want == "" || token == "" {
-		return false
-	}
-	sum := sha256.Sum256([]byte(token))
-	got := hex.EncodeToString(sum[:])
-	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
 // Status summarises the hive.

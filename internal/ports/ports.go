@@ -43,7 +43,7 @@ func (a *Allocator) Acquire(id string) (int, error) {
 		if _, ok := a.held[p]; ok {
 			continue
 		}
-		if !bindable(p) {
+		if !Bindable(p) {
 			next := "none left in range"
 			if p < a.max {
 				next = "trying " + strconv.Itoa(p+1)
@@ -98,7 +98,8 @@ func (a *Allocator) InUse() int {
 	return len(a.held)
 }
 
-func bindable(port int) bool {
+// Bindable reports whether 127.0.0.1:port can be bound right now.
+func Bindable(port int) bool {
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return false

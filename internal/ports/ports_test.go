@@ -17,7 +17,7 @@ func freeRange(t *testing.T, n int) int {
 	for base := 20000 + len(t.Name())*977%20000; base < 60000; base += n {
 		ok := true
 		for p := base; p < base+n; p++ {
-			if !bindable(p) {
+			if !Bindable(p) {
 				ok = false
 				break
 			}

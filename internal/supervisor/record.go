@@ -1,6 +1,10 @@
 package supervisor
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -55,4 +59,16 @@ func (w *Worker) TokenHash() string {
 		return r.TokenHash
 	}
 	return ""
+}
+
+// Authorize reports whether token is the current incarnation's worker
+// token, compared in constant time through its hash.
+func (w *Worker) Authorize(token string) bool {
+	want := w.TokenHash()
+	if want == "" || token == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	got := hex.EncodeToString(sum[:])
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }

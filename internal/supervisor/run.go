@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/ports"
 	"github.com/rbee/rbee-hive/internal/probe"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -253,7 +253,7 @@ func (o *owner) startProcess() error {
 	spec := o.w.spec
 	port := o.cur.Port
 	// A restart keeps its port when it is still ours and free; else a new one.
-	if !o.d.Ports.Holds(port, spec.ID) || !portFree(port) {
+	if !o.d.Ports.Holds(port, spec.ID) || !ports.Bindable(port) {
 		o.d.Ports.Release(port, spec.ID)
 		p, err := o.d.Ports.Acquire(spec.ID)
 		if err != nil {
@@ -338,15 +338,6 @@ func (o *owner) startProcess() error {
 	o.cur.LastLines, o.cur.EndedAt, o.cur.Progress = nil, nil, nil
 	o.cur.FailedHealthChecks = 0
 	return nil
-}
-
-func portFree(port int) bool {
-	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
 }
 
 func newToken() (string, error) {

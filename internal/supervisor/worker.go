@@ -113,7 +113,7 @@ type Deps struct {
 	Logs     *logs.Watcher
 	Cgroups  *cgroup.Manager // nil or mode none: no cgroups
 	LogDir   string          // where <id>.log files live
-	Client   *http.Client    // probes and shutdown requests; short per-call timeouts are applied
+	Client   *http.Client    // graceful shutdown requests (POST /v1/shutdown); probes use internal/probe
 	Observer Observer        // may be nil
 	Now      func() time.Time
 	Metrics  Metrics // may be nil

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -84,7 +83,7 @@ func TestCLITables(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, h.Bin, "events", "--hive", h.URL)
 	cmd.Env = os.Environ()
-	var buf, errBuf syncWriter
+	var buf, errBuf hivetest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &buf, &errBuf
 	if err := process.StartCmd(cmd); err != nil {
 		t.Fatal(err)
@@ -104,22 +103,4 @@ func TestCLITables(t *testing.T) {
 	if !strings.Contains(buf.String(), "idle → stopping (stopped)") {
 		t.Fatalf("events output: %q", buf.String())
 	}
-}
-
-// syncWriter is a bytes.Buffer safe for a writer and a reader.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }

@@ -76,7 +76,7 @@ type Hive struct {
 	PortMax  int
 	Config   string // path of the config file
 	cmd      *exec.Cmd
-	stderr   *syncBuffer
+	stderr   *SyncBuffer
 	exited   chan struct{}
 	exitErr  error
 	stopOnce sync.Once
@@ -200,7 +200,7 @@ func (h *Hive) start(o Options) {
 	args := append([]string{"daemon", "--config", h.Config}, o.Args...)
 	h.cmd = exec.Command(h.Bin, args...)
 	h.cmd.Env = append(os.Environ(), o.Env...)
-	h.stderr = &syncBuffer{}
+	h.stderr = &SyncBuffer{}
 	h.cmd.Stdout = h.stderr
 	h.cmd.Stderr = h.stderr
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: o.Credential}
@@ -484,18 +484,20 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for one writer and concurrent readers
+// (a child process's output read while it runs).
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/ports"
@@ -40,9 +42,16 @@ func toAPIError(err error) *Error {
 	var me *models.Error
 	var se *supervisor.SpawnError
 	var ime *models.InsufficientMemoryError
+	var fe *frontdoor.Error
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &fe):
+		e := errorf(fe.Status, fe.Code, "%s", fe.Message)
+		if fe.RetryAfter > 0 {
+			e.Header = http.Header{"Retry-After": {strconv.Itoa(fe.RetryAfter)}}
+		}
+		return e
 	case errors.As(err, &ve):
 		return errorf(http.StatusBadRequest, ve.Code, "%s", ve.Message)
 	case errors.As(err, &me):
@@ -66,7 +75,11 @@ func toAPIError(err error) *Error {
 }
 
 // writeError renders err in the one error shape.
-func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
+func writeError(w http.ResponseWriter, log *slog.Logger, err error) { writeErrorAs(w, log, err, false) }
+
+// writeErrorAs renders err; withType adds the OpenAI-style "type" (the
+// front door's routes, SPEC §10).
+func writeErrorAs(w http.ResponseWriter, log *slog.Logger, err error, withType bool) {
 	ae := toAPIError(err)
 	if ae.Status >= 500 && ae.Code == apiv1.CodeInternal {
 		log.Error("API internal error", "error", err)
@@ -76,7 +89,11 @@ func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
 			w.Header().Add(k, v)
 		}
 	}
-	writeJSON(w, ae.Status, apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: ae.Code, Message: ae.Message}})
+	d := apiv1.ErrorDetail{Code: ae.Code, Message: ae.Message}
+	if withType {
+		d.Type = apiv1.ErrorType(ae.Status, ae.Code)
+	}
+	writeJSON(w, ae.Status, apiv1.ErrorBody{Error: d})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -139,6 +139,7 @@ const (
 	reqHeartbeat
 	reqRestart
 	reqDetach
+	reqActivity
 )
 
 type request struct {
@@ -146,6 +147,7 @@ type request struct {
 	reason state.Reason
 	ready  *apiv1.ReadyRequest
 	hb     *apiv1.HeartbeatRequest
+	begin  bool // reqActivity: a request starts (true) or ends
 	reply  chan error
 }
 

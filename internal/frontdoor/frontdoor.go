@@ -22,7 +22,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +37,9 @@ import (
 // serves. Workers spawned by the front door carry it; an operator may set
 // it on a spawn to add a worker to a model's pool.
 const ModelLabel = "rbee.model"
+
+// spawnLabel names the front door's spawn that started a worker.
+const spawnLabel = "rbee.spawn"
 
 // Worker is what the front door needs of one worker.
 type Worker interface {
@@ -113,8 +118,9 @@ type FrontDoor struct {
 	models []*model          // in name order
 	names  map[string]*model // every name and alias
 
-	mu   sync.Mutex
-	byID map[string]*slot
+	mu       sync.Mutex
+	byID     map[string]*slot
+	spawnSeq atomic.Uint64
 }
 
 // model is one entry of `models:` and the front door's state for it
@@ -132,7 +138,7 @@ type model struct {
 	memErr  error
 
 	slots    []*slot
-	pending  int // spawns under way that have no slot yet
+	pending  map[string]bool // spawns under way that have no slot yet, by their spawn label
 	queue    []*waiter
 	inflight int
 	minTries int // consecutive min_workers spawns that failed
@@ -197,7 +203,7 @@ func New(o Options) (*FrontDoor, error) {
 	sort.Strings(names)
 	for _, n := range names {
 		e := o.Config.Models[n]
-		m := &model{name: n, entry: e, ref: e.ModelRef}
+		m := &model{name: n, entry: e, ref: e.ModelRef, pending: map[string]bool{}}
 		if rest, ok := strings.CutPrefix(e.ModelRef, "file:"); ok && !filepath.IsAbs(rest) && len(roots) > 0 {
 			m.ref = "file:" + filepath.Join(roots[0], rest)
 		}
@@ -378,6 +384,9 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	}
 	fd.byID[s.id] = s
 	m.slots = append(m.slots, s)
+	// The worker of a spawn under way counts from now as a slot, not as
+	// pending (its ready event may come before the spawn call returns).
+	delete(m.pending, info.Labels[spawnLabel])
 	fd.wg.Add(1)
 	go fd.watchEnd(s)
 	if s.ready {
@@ -515,7 +524,7 @@ func (fd *FrontDoor) kickLocked() {
 
 // startingLocked counts m's workers that are on their way to ready.
 func (fd *FrontDoor) startingLocked(m *model) int {
-	n := m.pending
+	n := len(m.pending)
 	for _, s := range m.slots {
 		if s.ready || s.evicting {
 			continue
@@ -528,7 +537,7 @@ func (fd *FrontDoor) startingLocked(m *model) int {
 }
 
 func (fd *FrontDoor) liveLocked(m *model) int {
-	n := m.pending
+	n := len(m.pending)
 	for _, s := range m.slots {
 		if !s.evicting {
 			n++
@@ -586,9 +595,9 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 	}
 	var live []Snapshot
 	for _, o := range fd.models {
-		if o.pending > 0 {
+		if n := len(o.pending); n > 0 {
 			mem, _ := fd.memory(o)
-			live = append(live, Snapshot{ID: "pending:" + o.name, Model: o.name, Memory: mem * int64(o.pending), Pinned: true})
+			live = append(live, Snapshot{ID: "pending:" + o.name, Model: o.name, Memory: mem * int64(n), Pinned: true})
 		}
 		for _, s := range o.slots {
 			live = append(live, Snapshot{ID: s.id, Model: o.name, Memory: s.mem,
@@ -596,14 +605,16 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 		}
 	}
 	v, victims := Plan(need, fd.budget, m.name, live)
+	fd.log.Debug("Memory plan", "model", m.name, "need", need, "budget", fd.budget, "verdict", v.String(), "victims", victims, "live", fmt.Sprint(live))
 	return v, victims, nil
 }
 
 // spawnLocked starts one worker of m in the background, after stopping
 // victims (evicted) and waiting for them to end.
 func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
-	m.pending++
-	labels := map[string]string{ModelLabel: m.name}
+	tok := strconv.FormatUint(fd.spawnSeq.Add(1), 10)
+	m.pending[tok] = true
+	labels := map[string]string{ModelLabel: m.name, spawnLabel: tok}
 	settings := m.setJSON
 	if pinned {
 		labels["rbee.min"] = "1"
@@ -634,7 +645,7 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 		}
 		fd.mu.Lock()
 		defer fd.mu.Unlock()
-		m.pending--
+		delete(m.pending, tok)
 		if err != nil {
 			fd.log.Warn("Cold start failed", "model", m.name, "error", err)
 			if pinned {

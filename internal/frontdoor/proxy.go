@@ -171,17 +171,20 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		a.err = err
 		return res, errRefused
 	}
+	sw := &statusRecorder{ResponseWriter: w}
 	defer func() {
 		// The answer is complete (or cut): flush it before telling the
 		// owner, so that the client does not wait for the bookkeeping.
-		_ = http.NewResponseController(w).Flush()
+		// (Nothing written yet: the caller writes an error.)
+		if sw.status != 0 {
+			_ = http.NewResponseController(w).Flush()
+		}
 		_ = s.w.EndRequest(context.Background())
 	}()
 	out := r.WithContext(context.WithValue(r.Context(), attemptKey{}, a))
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.ContentLength = int64(len(body))
 	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	sw := &statusRecorder{ResponseWriter: w}
 	defer func() {
 		p := recover()
 		if p == nil {

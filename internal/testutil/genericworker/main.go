@@ -81,5 +81,10 @@ func main() {
 		fmt.Println("genericworker: SIGTERM, exiting")
 		os.Exit(0)
 	}()
-	_ = http.Serve(ln, mux)
+	err = http.Serve(ln, mux)
+	if os.Getenv("GENERIC_REFUSE_AFTER") != "" {
+		select {} // the listener was closed on purpose: keep running, refusing connections
+	}
+	fmt.Fprintln(os.Stderr, "genericworker:", err)
+	os.Exit(2)
 }

@@ -37,10 +37,11 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 	refuseAfter := int64(envInt("GENERIC_REFUSE_AFTER", 0))
 	var served atomic.Int64
 	var logMu sync.Mutex
-	record := func(r *http.Request, body []byte) {
+	record := func(w http.ResponseWriter, r *http.Request, body []byte) {
 		n := served.Add(1)
 		if refuseAfter > 0 && n == refuseAfter {
 			ln.Close()
+			w.Header().Set("Connection", "close") // no kept-alive connection either
 		}
 		f := os.Getenv("GENERIC_REQUEST_LOG")
 		if f == "" {
@@ -91,7 +92,7 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 	gen := func(kind string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			body, _ := io.ReadAll(r.Body)
-			record(r, body)
+			record(w, r, body)
 			var req struct {
 				Model  string `json:"model"`
 				Stream bool   `json:"stream"`
@@ -160,7 +161,7 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 	mux.HandleFunc("POST /v1/completions", gen("text"))
 	mux.HandleFunc("POST /v1/embeddings", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		record(r, body)
+		record(w, r, body)
 		var req struct {
 			Model string `json:"model"`
 		}

@@ -514,7 +514,9 @@ func (c *Config) Validate() error {
 // alias seen so far, so that two models cannot claim one name.
 func (c *Config) validateModel(name string, m Model, names map[string]string) error {
 	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("models.%s: "+format, append([]any{name}, a...)...)) }
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("models.%s: "+format, append([]any{name}, a...)...))
+	}
 	for _, n := range append([]string{name}, m.Aliases...) {
 		if !validModelName(n) {
 			bad("name %q must be 1-128 characters of [A-Za-z0-9_.:/-]", n)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"crypto/subtle"
+	"errors"
 	"net/http"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -10,16 +11,20 @@ import (
 // inference wraps the front door's routes (SPEC §10): the operator token or
 // an inference token is required unless neither is configured (dev mode on
 // loopback), and errors carry the OpenAI-style "type". Nothing is written
-// for a client that has gone away.
+// when the error is the client's own going away.
 func (s *Server) inference(h handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		err := s.checkInference(r)
 		if err == nil {
 			err = h(w, r)
 		}
-		if err != nil && r.Context().Err() == nil {
-			writeErrorAs(w, s.log, err, true)
+		if err == nil {
+			return
 		}
+		if ce := r.Context().Err(); ce != nil && errors.Is(err, ce) {
+			return // the client went away: nobody to answer
+		}
+		writeErrorAs(w, s.log, err, true)
 	}
 }
 

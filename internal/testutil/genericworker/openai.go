@@ -28,6 +28,8 @@ import (
 //     {"path","body","auth"}, to this file.
 //   - GENERIC_CANCEL_FILE: append a line when a request's client went away
 //     before its answer was complete.
+//   - GENERIC_CHUNK_TS=1: each streamed chunk carries "ts", the wall-clock
+//     time it was written in Unix nanoseconds (benchmarks measure relaying).
 //
 // Every answer carries X-Generic-Port (which worker served it).
 func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
@@ -35,6 +37,7 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 	tokenDelay := time.Duration(envInt("GENERIC_TOKEN_MS", 0)) * time.Millisecond
 	crashAfter := envInt("GENERIC_CRASH_AFTER_CHUNKS", 0)
 	refuseAfter := int64(envInt("GENERIC_REFUSE_AFTER", 0))
+	chunkTS := os.Getenv("GENERIC_CHUNK_TS") == "1"
 	var served atomic.Int64
 	var logMu sync.Mutex
 	record := func(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -139,6 +142,9 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 					chunk = fmt.Sprintf(`{"id":"chatcmpl-1","object":"chat.completion.chunk","model":%q,"choices":[{"index":0,"delta":{"content":%q},"finish_reason":null}]}`, req.Model, words[i]+" ")
 				} else {
 					chunk = fmt.Sprintf(`{"id":"cmpl-1","object":"text_completion","model":%q,"choices":[{"index":0,"text":%q,"finish_reason":null}]}`, req.Model, words[i]+" ")
+				}
+				if chunkTS {
+					chunk = chunk[:len(chunk)-1] + `,"ts":` + strconv.FormatInt(time.Now().UnixNano(), 10) + "}"
 				}
 				if _, err := fmt.Fprintf(w, "data: %s\n\n", chunk); err != nil {
 					cancelled()

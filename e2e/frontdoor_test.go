@@ -493,7 +493,7 @@ func TestFrontDoorCrashMidStream(t *testing.T) {
 		t.Fatalf("after the crash: %d %s", code, b)
 	}
 	if info := h.Get(ws[0].ID); info.RestartCount < 1 {
-		t.Fatalf("restart_count %d", info.RestartCount)
+		t.Fatalf("restart_count %d\n%s", info.RestartCount, h.Log())
 	}
 }
 

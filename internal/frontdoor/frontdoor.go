@@ -785,6 +785,16 @@ func (fd *FrontDoor) release(s *slot) {
 	}
 }
 
+// notReady marks s as not ready after its owner refused a request,
+// unless it has become ready again meanwhile; the next event sets it.
+func (fd *FrontDoor) notReady(s *slot) {
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if info := s.w.Info(); info == nil || !info.State.Ready() {
+		s.ready = false
+	}
+}
+
 // Models returns GET /v1/models: each model in OpenAI's shape with its
 // workers by state, requests in flight and queued.
 func (fd *FrontDoor) Models() apiv1.OpenAIModelList {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sort"
@@ -23,6 +24,7 @@ import (
 type attempt struct {
 	target   *url.URL
 	err      error // the round trip's error (nothing was relayed)
+	reused   bool  // the request went out on a kept-alive connection
 	header   bool  // the worker's response head was received
 	sse      bool  // the response is an event stream
 	at       time.Time
@@ -108,6 +110,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	exclude := ""
+	notReady := 0
 	for try := 0; ; try++ {
 		s, waited, err := fd.acquire(r.Context(), m, exclude)
 		if fd.metrics != nil {
@@ -118,8 +121,25 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			return err
 		}
 		a, err := fd.relay(w, r, body, s)
+		if errors.Is(err, errNotReady) && notReady < 8 {
+			// Picked as it stopped being ready (a crash or a stop the
+			// event of which is on its way): pick again, or wait in the
+			// queue for a restart. Not a try.
+			notReady++
+			fd.notReady(s)
+			try--
+			continue
+		}
 		if err == nil && a.header && fd.metrics != nil {
 			fd.metrics.firstByte(m.name, a.firstAt.Sub(start))
+		}
+		if errors.Is(err, errRefused) && notReady < 8 && fd.wentDown(s, 200*time.Millisecond) {
+			// The worker died (or is stopping) and the hive has now seen
+			// it: as above, pick again or wait for its restart.
+			notReady++
+			fd.notReady(s)
+			try--
+			continue
 		}
 		retry := errors.Is(err, errRefused) && try == 0
 		if retry {
@@ -142,7 +162,8 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 }
 
 var (
-	errRefused = errors.New("worker refused the connection")
+	errNotReady = errors.New("worker is no longer ready")
+	errRefused  = errors.New("worker refused the connection")
 	errCrashed = errors.New("worker failed before answering")
 )
 
@@ -167,9 +188,9 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		if r.Context().Err() != nil {
 			return res, r.Context().Err()
 		}
-		// Stopping or gone since it was picked: as good as refused.
+		// Stopping or gone since it was picked.
 		a.err = err
-		return res, errRefused
+		return res, errNotReady
 	}
 	sw := &statusRecorder{ResponseWriter: w}
 	defer func() {
@@ -181,7 +202,9 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		}
 		_ = s.w.EndRequest(context.Background())
 	}()
-	out := r.WithContext(context.WithValue(r.Context(), attemptKey{}, a))
+	ctx := context.WithValue(r.Context(), attemptKey{}, a)
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { a.reused = ci.Reused }})
+	out := r.WithContext(ctx)
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.ContentLength = int64(len(body))
 	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
@@ -217,12 +240,30 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		if r.Context().Err() != nil {
 			return res, r.Context().Err()
 		}
-		if isRefused(a.err) {
+		// Refused, or a kept-alive connection the worker had already
+		// dropped (it died or restarted since): the request never reached
+		// a worker that could answer it.
+		if isRefused(a.err) || (!a.header && (a.reused || errors.Is(a.err, syscall.ECONNRESET))) {
 			return res, errRefused
 		}
 		return res, errCrashed
 	}
 	return res, nil
+}
+
+// wentDown waits up to d for the hive to see s's worker stop being ready
+// (its exit is noticed within milliseconds) and reports whether it did.
+func (fd *FrontDoor) wentDown(s *slot, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if info := s.w.Info(); info == nil || !info.State.Ready() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func isRefused(err error) bool {

@@ -134,8 +134,18 @@ func (h *fdHive) workersOf(model string, all bool) []*apiv1.WorkerInfo {
 // load; the next request goes to the same (now warm) worker. GET
 // /v1/models shows it in OpenAI's shape.
 func TestFrontDoorColdStartThenWarmRoute(t *testing.T) {
-	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", map[string]string{"GENERIC_LOAD_MS": "300"}) +
-		"models:\n  m1:\n    model_ref: file:tiny.gguf\n    profile: gen\n    aliases: [m-one]\n"})
+	gw := hivetest.GenericWorker(t)
+	h := startFD(t, hivetest.Options{Config: fmt.Sprintf(`profiles:
+  gen:
+    command: [%s, --port, "{port}", --model, "{model}", --ctx, "{ctx}"]
+    env: {GENERIC_LOAD_MS: "300"}
+models:
+  m1:
+    model_ref: file:tiny.gguf
+    profile: gen
+    ctx: 512
+    aliases: [m-one]
+`, gw)})
 	if ws := h.workersOf("m1", true); len(ws) != 0 {
 		t.Fatalf("workers before any request: %d", len(ws))
 	}
@@ -153,6 +163,9 @@ func TestFrontDoorColdStartThenWarmRoute(t *testing.T) {
 	hivetest.Eventually(t, 2*time.Second, func() bool { ws = h.workersOf("m1", false); return len(ws) == 1 && ws[0].State == "idle" })
 	if len(ws) != 1 || ws[0].State != "idle" || ws[0].Profile != "gen" {
 		t.Fatalf("workers %s", dump(ws))
+	}
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ws[0].PID)); !strings.Contains(string(cmdline), "--ctx\x00512") {
+		t.Fatalf("{ctx} not in argv: %q", cmdline)
 	}
 	l := h.models()
 	if l.Object != "list" {
@@ -656,5 +669,34 @@ func TestFrontDoorAuth(t *testing.T) {
 	}
 	if c := get("/v1/models", "inference-secret-1", "Origin", "http://evil.example"); c != 403 {
 		t.Fatalf("browser request: %d", c)
+	}
+}
+
+// The reference worker (profile rbee) is started on demand like any other:
+// its ready callback releases the waiting request, which is relayed to it.
+// Until the reference worker serves the OpenAI routes itself (its real
+// model), its answer is its own 404; the front door's errors would say
+// otherwise.
+func TestFrontDoorColdStartsReferenceWorker(t *testing.T) {
+	h := startFD(t, hivetest.Options{Config: "models:\n  ref:\n    model_ref: file:tiny.gguf\n    ctx: 128\n"})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	resp := h.post(ctx, "/v1/completions", "", `{"model":"ref","prompt":"Once upon a time","max_tokens":4}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e apiv1.ErrorBody
+	if json.Unmarshal(b, &e) == nil && e.Error.Type != "" {
+		t.Fatalf("front-door error %d %s", resp.StatusCode, b)
+	}
+	if resp.StatusCode != 200 && resp.StatusCode != 404 {
+		t.Fatalf("answer %d %s", resp.StatusCode, b)
+	}
+	var ws []*apiv1.WorkerInfo
+	ok := hivetest.Eventually(t, 5*time.Second, func() bool {
+		ws = h.workersOf("ref", false)
+		return len(ws) == 1 && ws[0].State == "idle" && ws[0].Profile == "rbee" && ws[0].LastActivity != nil
+	})
+	if !ok {
+		t.Fatalf("workers %s", dump(ws))
 	}
 }

@@ -30,6 +30,7 @@ import (
 func main() {
 	port := flag.Int("port", 0, "port")
 	model := flag.String("model", "", "model path")
+	flag.Int("ctx", 0, "context size (ignored; tests check that {ctx} reaches argv)")
 	flag.Parse()
 	if _, err := os.Stat(*model); err != nil {
 		fmt.Fprintln(os.Stderr, "genericworker: model:", err)

@@ -180,6 +180,23 @@ models:
 	if m1 == nil || m1.Object != "model" || m1.OwnedBy != "rbee-hive" || m1.Created == 0 || m1.Rbee.Workers["idle"] != 1 {
 		t.Fatalf("models %+v", l)
 	}
+	// Per-model metrics.
+	resp, err := h.hc.Get(h.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`rbee_hive_frontdoor_requests_total{code="200",model="m1"} 2`,
+		`rbee_hive_frontdoor_cold_starts_total{model="m1"} 1`,
+		`rbee_hive_frontdoor_time_to_first_byte_seconds_count{model="m1"} 2`,
+		`rbee_hive_frontdoor_queue_wait_seconds_count{model="m1"} 2`,
+	} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 // The JSON an OpenAI SDK sends (chat, streaming and not, and a legacy

@@ -230,7 +230,7 @@ func (b *Bench) fdColdStart() error {
 	cl := fdClient(1)
 	defer cl.CloseIdleConnections()
 	trials := max(b.o.Trials/4, 3)
-	var overhead, total, own []float64
+	var overhead, total, own, prep, after []float64
 	body := []byte(`{"model":"m","messages":[]}`)
 	for i := 0; i < trials; i++ {
 		os.Remove(stamp)
@@ -254,6 +254,12 @@ func (b *Bench) fdColdStart() error {
 			return err
 		}
 		launch := *w.StartedAt
+		idle, err := h.Events.WaitFor(w.ID, 5*time.Second, isState("idle"))
+		if err != nil {
+			return err
+		}
+		prep = append(prep, msf(launch.Sub(t0)))
+		after = append(after, msf(first.Sub(idle.At)))
 		own = append(own, msf(ready.Sub(launch)))
 		total = append(total, msf(first.Sub(t0)))
 		overhead = append(overhead, msf(first.Sub(t0)-ready.Sub(launch)))
@@ -272,6 +278,8 @@ func (b *Bench) fdColdStart() error {
 	b.add(sec, "cold start: the worker's own launch → ready", own, nil, "hive's started_at → the worker's ready stamp")
 	b.add(sec, "cold start overhead: request → first byte − worker's launch → ready", overhead,
 		&Target{Stat: "p99", Limit: 10, Text: "p99 < 10 ms"}, "includes the spawn (cgroup, fork/exec) and the readiness probe")
+	b.add(sec, "cold start, part 1: request → worker process started", prep, nil, "front door decision + hive spawn path: cgroup, log, fork/exec")
+	b.add(sec, "cold start, part 3: worker idle (hive event) → first byte", after, nil, "the front door's own share after readiness")
 	return nil
 }
 

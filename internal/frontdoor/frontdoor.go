@@ -138,7 +138,7 @@ type model struct {
 	memErr  error
 
 	slots    []*slot
-	pending  map[string]bool // spawns under way that have no slot yet, by their spawn label
+	pending  map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
 	queue    []*waiter
 	inflight int
 	minTries int // consecutive min_workers spawns that failed
@@ -154,6 +154,7 @@ type slot struct {
 	evicting bool
 	pinned   bool // started for min_workers
 	mem      int64
+	cold     time.Time // when the front door decided to start it; zero once ready
 	lastUsed time.Time
 }
 
@@ -203,7 +204,7 @@ func New(o Options) (*FrontDoor, error) {
 	sort.Strings(names)
 	for _, n := range names {
 		e := o.Config.Models[n]
-		m := &model{name: n, entry: e, ref: e.ModelRef, pending: map[string]bool{}}
+		m := &model{name: n, entry: e, ref: e.ModelRef, pending: map[string]time.Time{}}
 		if rest, ok := strings.CutPrefix(e.ModelRef, "file:"); ok && !filepath.IsAbs(rest) && len(roots) > 0 {
 			m.ref = "file:" + filepath.Join(roots[0], rest)
 		}
@@ -343,6 +344,7 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 			if s.lastUsed.IsZero() {
 				s.lastUsed = ev.At
 			}
+			fd.readyLocked(s)
 		}
 		fd.dispatchLocked(m)
 		if ev.To == state.Idle {
@@ -386,13 +388,31 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	m.slots = append(m.slots, s)
 	// The worker of a spawn under way counts from now as a slot, not as
 	// pending (its ready event may come before the spawn call returns).
-	delete(m.pending, info.Labels[spawnLabel])
+	if t, ok := m.pending[info.Labels[spawnLabel]]; ok {
+		s.cold = t
+		delete(m.pending, info.Labels[spawnLabel])
+	}
+	if s.ready {
+		fd.readyLocked(s)
+	}
 	fd.wg.Add(1)
 	go fd.watchEnd(s)
 	if s.ready {
 		fd.dispatchLocked(m)
 	}
 	return s
+}
+
+// readyLocked notes a worker becoming ready: the end of its cold start.
+func (fd *FrontDoor) readyLocked(s *slot) {
+	if s.cold.IsZero() {
+		return
+	}
+	fd.log.Info("Worker ready for the front door", "model", s.m.name, "worker_id", s.id, "cold_start", time.Since(s.cold).String())
+	if fd.metrics != nil {
+		fd.metrics.coldStart(s.m.name, s.cold)
+	}
+	s.cold = time.Time{}
 }
 
 // watchEnd removes a slot once its worker has ended for good.
@@ -613,7 +633,7 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 // victims (evicted) and waiting for them to end.
 func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 	tok := strconv.FormatUint(fd.spawnSeq.Add(1), 10)
-	m.pending[tok] = true
+	m.pending[tok] = time.Now()
 	labels := map[string]string{ModelLabel: m.name, spawnLabel: tok}
 	settings := m.setJSON
 	if pinned {
@@ -625,7 +645,6 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 	fd.wg.Add(1)
 	go func() {
 		defer fd.wg.Done()
-		start := time.Now()
 		for _, v := range victims {
 			fd.log.Info("Evicting idle worker to make room", "worker_id", v.id, "model", v.m.name,
 				"for_model", m.name, "need_bytes", m.mem, "budget_bytes", fd.budget)
@@ -657,9 +676,7 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 		if pinned {
 			m.minTries = 0
 		}
-		if s := fd.attachLocked(w, pinned); s != nil && fd.metrics != nil {
-			fd.metrics.coldStart(m.name, start)
-		}
+		fd.attachLocked(w, pinned)
 	}()
 }
 

@@ -41,7 +41,7 @@ func NewMetrics() *Metrics {
 		cold: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cold_starts_total",
 			Help: "Workers the front door started (on demand or for min_workers)."}, []string{"model"}),
 		coldDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "cold_start_duration_seconds",
-			Help: "From deciding to start a worker (evictions included) to its spawn returning.", Buckets: lat}, []string{"model"}),
+			Help: "From deciding to start a worker (evictions included) to the worker being ready.", Buckets: lat}, []string{"model"}),
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "evictions_total",
 			Help: "Idle workers of the model stopped to make room for another model's worker."}, []string{"model"}),
 	}

@@ -101,10 +101,13 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			clip(name), strings.Join(names, ", "))
 	}
 	code := 0
+	worker := ""
 	defer func() {
 		if fd.metrics != nil {
 			fd.metrics.request(m.name, code, time.Since(start))
 		}
+		fd.log.Debug("Inference request", "model", m.name, "path", r.URL.Path, "status", code,
+			"worker_id", worker, "duration", time.Since(start).String())
 	}()
 	// Answers may stream for far longer than the server's write timeout.
 	rc := http.NewResponseController(w)
@@ -120,6 +123,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			code = statusOf(err, r)
 			return err
 		}
+		worker = s.id
 		a, err := fd.relay(w, r, body, s)
 		if errors.Is(err, errNotReady) && notReady < 8 {
 			// Picked as it stopped being ready (a crash or a stop the

@@ -168,7 +168,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 var (
 	errNotReady = errors.New("worker is no longer ready")
 	errRefused  = errors.New("worker refused the connection")
-	errCrashed = errors.New("worker failed before answering")
+	errCrashed  = errors.New("worker failed before answering")
 )
 
 // relayed is what relay saw.

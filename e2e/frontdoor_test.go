@@ -717,3 +717,55 @@ func TestFrontDoorColdStartsReferenceWorker(t *testing.T) {
 		t.Fatalf("workers %s", dump(ws))
 	}
 }
+
+// When only busy workers stand in the way of a cold start, the request
+// waits in the queue, and is served once one of them is idle (and evicted).
+func TestFrontDoorColdStartWaitsWhileOnlyBusyWorkersInTheWay(t *testing.T) {
+	gatef := filepath.Join(t.TempDir(), "gate")
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", nil) +
+		genericProfile(t, "gated", map[string]string{"GENERIC_GATE_FILE": gatef}) + `models:
+  a: {model_ref: file:tiny.gguf, profile: gen, memory_bytes: 100}
+  b: {model_ref: file:tiny.gguf, profile: gated, memory_bytes: 100}
+  c: {model_ref: file:tiny.gguf, profile: gated, memory_bytes: 100}
+memory_budget_bytes: 250
+`})
+	held := make(chan int, 2)
+	for _, m := range []string{"b", "c"} {
+		go func() { code, _, _ := h.chat(m); held <- code }()
+		hivetest.Eventually(t, wait, func() bool {
+			ws := h.workersOf(m, false)
+			return len(ws) == 1 && ws[0].State == "busy"
+		})
+	}
+	aCode := make(chan int, 1)
+	go func() { code, _, _ := h.chat("a"); aCode <- code }()
+	hivetest.Eventually(t, wait, func() bool { return h.models().Data[0].Rbee.Queued == 1 })
+	select {
+	case c := <-aCode:
+		t.Fatalf("a answered %d while only busy workers stood in the way", c)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if ws := h.workersOf("a", true); len(ws) != 0 {
+		t.Fatalf("a started over the budget: %s", dump(ws))
+	}
+	os.WriteFile(gatef, nil, 0o600)
+	if c := <-aCode; c != 200 {
+		t.Fatalf("a %d", c)
+	}
+	for i := 0; i < 2; i++ {
+		if c := <-held; c != 200 {
+			t.Fatalf("held request %d", c)
+		}
+	}
+	evicted := 0
+	for _, m := range []string{"b", "c"} {
+		for _, w := range h.workersOf(m, true) {
+			if w.Reason == "evicted" {
+				evicted++
+			}
+		}
+	}
+	if evicted != 1 {
+		t.Fatalf("%d workers evicted, want 1", evicted)
+	}
+}

@@ -133,9 +133,7 @@ type model struct {
 	conc    int             // max_concurrency; 0: the worker's slots_total
 	setJSON json.RawMessage // the entry's settings for spawn requests
 
-	memOnce sync.Once
-	mem     int64 // estimated bytes per worker
-	memErr  error
+	mem int64 // estimated bytes per worker; 0: not known yet
 
 	slots    []*slot
 	pending  map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
@@ -444,26 +442,30 @@ func (fd *FrontDoor) watchEnd(s *slot) {
 	fd.kickLocked()
 }
 
-// memory returns the model's estimated need per worker.
+// memory returns the model's estimated need per worker. A failure (the
+// model file is not there yet) is not remembered. Called with fd.mu held.
 func (fd *FrontDoor) memory(m *model) (int64, error) {
-	m.memOnce.Do(func() {
-		s, err := config.Override(fd.cfg.Defaults, m.setJSON)
-		if err == nil && s.MemoryBytes > 0 {
-			m.mem = s.MemoryBytes
-			return
-		}
-		if m.profile.MemoryBytes > 0 {
-			m.mem = m.profile.MemoryBytes
-			return
-		}
+	if m.mem > 0 {
+		return m.mem, nil
+	}
+	s, err := config.Override(fd.cfg.Defaults, m.setJSON)
+	switch {
+	case err == nil && s.MemoryBytes > 0:
+		m.mem = s.MemoryBytes
+	case m.profile.MemoryBytes > 0:
+		m.mem = m.profile.MemoryBytes
+	default:
 		path, _, err := fd.src.ResolveModel(m.ref)
 		if err != nil {
-			m.memErr = err
-			return
+			return 0, err
 		}
-		m.mem, m.memErr = fd.est(path, m.entry.Ctx)
-	})
-	return m.mem, m.memErr
+		mem, err := fd.est(path, m.entry.Ctx)
+		if err != nil {
+			return 0, err
+		}
+		m.mem = max(mem, 1)
+	}
+	return m.mem, nil
 }
 
 // lookup finds a model by name or alias.
@@ -717,6 +719,10 @@ func (fd *FrontDoor) ensureMinLocked(m *model) {
 // caller must release it.
 func (fd *FrontDoor) acquire(ctx context.Context, m *model, exclude string) (*slot, time.Duration, error) {
 	fd.mu.Lock()
+	if fd.ctx.Err() != nil {
+		fd.mu.Unlock()
+		return nil, 0, errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "the hive is shutting down")
+	}
 	if len(m.queue) == 0 {
 		if s := fd.pickLocked(m, exclude); s != nil {
 			s.inflight++

@@ -299,6 +299,12 @@ func (fd *FrontDoor) follow(events <-chan apiv1.Event, cancel func()) {
 				fd.mu.Unlock()
 				continue
 			}
+			if ev.From.Ready() && ev.To.Ready() {
+				// idle ⇄ busy: the front door's own requests (it
+				// already knows) or an rbee worker's report of its
+				// own; neither changes routing.
+				continue
+			}
 			fd.mu.Lock()
 			fd.onEventLocked(ev)
 			fd.mu.Unlock()

@@ -236,7 +236,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	doc := loadDoc(t)
 	gw := hivetest.GenericWorker(t)
 	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token},
-		Config: "allow_env: [RBEE_FAKE_NEVER_READY]\nprofiles:\n  gen:\n    command: [" + gw + `, --port, "{port}", --model, "{model}"]` +
+		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\nprofiles:\n  gen:\n    command: [" + gw + `, --port, "{port}", --model, "{model}"]` +
 			"\nmodels:\n  m1: {model_ref: file:tiny.gguf, profile: gen}\n"})
 	doc.Servers = openapi3.Servers{{URL: h.URL}}
 	router, err := gorillamux.NewRouter(doc)
@@ -313,7 +313,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 
 	// The ready callback's 200: a worker that never readies itself is made
 	// ready with its own token.
-	silent, err := cl.Spawn(ctx, &apiv1.SpawnRequest{ModelRef: h.Ref, Env: map[string]string{"RBEE_FAKE_NEVER_READY": "1"}})
+	silent, err := cl.Spawn(ctx, &apiv1.SpawnRequest{ModelRef: h.Ref, Env: map[string]string{"LLMW_FAKE_NEVER_READY": "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}

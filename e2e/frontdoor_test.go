@@ -296,10 +296,11 @@ func TestFrontDoorStreamsChunkByChunk(t *testing.T) {
 	}
 }
 
-// Unknown model: 404 MODEL_NOT_FOUND naming the known models, with a type.
+// Unknown model: 404 MODEL_NOT_FOUND naming the known models, with a type;
+// a body without a model is 400; one over max_inference_body_bytes is 413.
 func TestFrontDoorUnknownModel(t *testing.T) {
 	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", nil) +
-		"models:\n  m1:\n    model_ref: file:tiny.gguf\n    profile: gen\n"})
+		"models:\n  m1:\n    model_ref: file:tiny.gguf\n    profile: gen\nmax_inference_body_bytes: 4096\n"})
 	code, body, _ := h.chat("nope")
 	e := errorOf(t, body)
 	if code != 404 || e.Code != "MODEL_NOT_FOUND" || e.Type != "not_found_error" || !strings.Contains(e.Message, "m1") {
@@ -312,6 +313,15 @@ func TestFrontDoorUnknownModel(t *testing.T) {
 	resp.Body.Close()
 	if e := errorOf(t, b); resp.StatusCode != 400 || e.Code != "INVALID_REQUEST" {
 		t.Fatalf("no model: %d %s", resp.StatusCode, b)
+	}
+	resp = h.post(ctx, "/v1/chat/completions", "", `{"model":"m1","prompt":"`+strings.Repeat("x", 5000)+`"}`)
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if e := errorOf(t, b); resp.StatusCode != 413 || e.Code != "BODY_TOO_LARGE" {
+		t.Fatalf("big body: %d %s", resp.StatusCode, b)
+	}
+	if ws := h.workersOf("m1", true); len(ws) != 0 {
+		t.Fatalf("a refused request started a worker: %s", dump(ws))
 	}
 }
 

@@ -779,3 +779,36 @@ memory_budget_bytes: 250
 		t.Fatalf("%d workers evicted, want 1", evicted)
 	}
 }
+
+// With its one worker busy (max_concurrency 1) and max_workers 2, a second
+// request starts a second worker instead of queueing; both run at once.
+func TestFrontDoorStartsAnotherWorkerWhenAllAreBusy(t *testing.T) {
+	gatef := filepath.Join(t.TempDir(), "gate")
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gated", map[string]string{"GENERIC_GATE_FILE": gatef}) +
+		"models:\n  m1: {model_ref: file:tiny.gguf, profile: gated, max_workers: 2}\n"})
+	ports := make(chan string, 2)
+	for i := 0; i < 2; i++ {
+		go func() { _, _, port := h.chat("m1"); ports <- port }()
+		n := i + 1
+		ok := hivetest.Eventually(t, wait, func() bool {
+			busy := 0
+			for _, w := range h.workersOf("m1", false) {
+				if w.State == "busy" {
+					busy++
+				}
+			}
+			return busy == n
+		})
+		if !ok {
+			t.Fatalf("want %d busy workers: %s", n, dump(h.workersOf("m1", true)))
+		}
+	}
+	if l := h.models(); l.Data[0].Rbee.InFlight != 2 || l.Data[0].Rbee.Queued != 0 {
+		t.Fatalf("models %+v", l.Data[0].Rbee)
+	}
+	os.WriteFile(gatef, nil, 0o600)
+	p1, p2 := <-ports, <-ports
+	if p1 == "" || p2 == "" || p1 == p2 {
+		t.Fatalf("answered by %q and %q", p1, p2)
+	}
+}

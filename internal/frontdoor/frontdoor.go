@@ -120,6 +120,7 @@ type FrontDoor struct {
 
 	mu       sync.Mutex
 	byID     map[string]*slot
+	fileMem  map[string]int64 // estimates of hand-started workers' models, by file
 	spawnSeq atomic.Uint64
 }
 
@@ -179,7 +180,7 @@ func New(o Options) (*FrontDoor, error) {
 	}
 	fd := &FrontDoor{
 		src: o.Source, cfg: o.Config, log: log.With("component", "frontdoor"), est: est, metrics: o.Metrics,
-		created: time.Now().Unix(), names: map[string]*model{}, byID: map[string]*slot{},
+		created: time.Now().Unix(), names: map[string]*model{}, byID: map[string]*slot{}, fileMem: map[string]int64{},
 	}
 	fd.budget = o.Config.MemoryBudgetBytes
 	if fd.budget == 0 {
@@ -631,6 +632,25 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 			live = append(live, Snapshot{ID: s.id, Model: o.name, Memory: s.mem,
 				Idle: s.ready && s.inflight == 0, Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
 		}
+	}
+	// Workers started by hand (no model label) hold memory too; the
+	// front door never stops them.
+	for _, w := range fd.src.LiveWorkers() {
+		if fd.byID[w.ID()] != nil {
+			continue
+		}
+		info := w.Info()
+		if info == nil || info.State.Ended() || fd.names[info.Labels[ModelLabel]] != nil {
+			continue
+		}
+		mem, ok := fd.fileMem[info.ModelPath]
+		if !ok {
+			if est, err := fd.est(info.ModelPath, 0); err == nil {
+				mem = est
+				fd.fileMem[info.ModelPath] = mem
+			}
+		}
+		live = append(live, Snapshot{ID: info.ID, Model: "", Memory: mem, Pinned: true})
 	}
 	v, victims := Plan(need, fd.budget, m.name, live)
 	fd.log.Debug("Memory plan", "model", m.name, "need", need, "budget", fd.budget, "verdict", v.String(), "victims", victims, "live", fmt.Sprint(live))

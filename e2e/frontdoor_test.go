@@ -620,7 +620,8 @@ func TestFrontDoorRefusedConnectionRetriedElsewhere(t *testing.T) {
 		return len(ws) == 2 && ws[0].State == "idle" && ws[1].State == "idle"
 	})
 	// Each worker answers once and then refuses connections: the first
-	// request goes to one, the second is refused by it and retried on the
+	// request goes to one, the second to the same one (the most recently
+	// used among idle workers), which refuses it: it is retried on the
 	// other.
 	ports := map[string]bool{}
 	for i := 0; i < 2; i++ {

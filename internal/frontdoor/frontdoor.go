@@ -499,7 +499,8 @@ func slotConc(s *slot) int {
 }
 
 // pickLocked returns the ready worker of m with a free slot and the fewest
-// requests in flight, preferring any but exclude.
+// requests in flight (among equals the most recently used), preferring any
+// but exclude.
 func (fd *FrontDoor) pickLocked(m *model, exclude string) *slot {
 	var best, fallback *slot
 	for _, s := range m.slots {
@@ -510,7 +511,9 @@ func (fd *FrontDoor) pickLocked(m *model, exclude string) *slot {
 			fallback = s
 			continue
 		}
-		if best == nil || s.inflight < best.inflight {
+		// Fewest in flight; among equals the most recently used, so
+		// that traffic stays on warm workers and the spare ones idle out.
+		if best == nil || s.inflight < best.inflight || (s.inflight == best.inflight && s.lastUsed.After(best.lastUsed)) {
 			best = s
 		}
 	}

@@ -140,7 +140,7 @@ func TestMalformedFilesGiveClearErrors(t *testing.T) {
 		{"absurd array count", arrayFile(1 << 40), "cannot fit"},
 		{"absurd tensor size", tensorFile([]uint64{1 << 40, 1 << 40}, F32, 0), "absurdly many"},
 		{"huge tensor", tensorFile([]uint64{1 << 30}, F32, 0), "runs past the end"},
-		{"offset past end", tensorFile([]uint64{4}, F32, 1 << 50), "runs past the end"},
+		{"offset past end", tensorFile([]uint64{4}, F32, 1<<50), "runs past the end"},
 		{"unaligned offset", tensorFile([]uint64{4}, F32, 3), "not aligned"},
 		{"zero dimension", tensorFile([]uint64{0}, F32, 0), "dimension 0 is 0"},
 		{"five dimensions", tensorFile([]uint64{1, 1, 1, 1, 1}, F32, 0), "5 dimensions"},

@@ -18,6 +18,9 @@ const (
 // error from emit, or ctx ending, stops generation at once and is returned.
 func (m *Model) Generate(ctx context.Context, s *Session, prompt []int, maxTokens int, sp *Sampler, emit func(id int, piece string) error) (n int, finish string, err error) {
 	s.Reset()
+	if maxTokens <= 0 {
+		return 0, FinishLength, nil
+	}
 	if len(prompt) == 0 {
 		prompt = []int{m.Tok.BOS}
 	}

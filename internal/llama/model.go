@@ -53,8 +53,9 @@ type Options struct {
 	// 1 computes on the calling goroutine.
 	Threads int
 	// Progress, when set, is called as the tensors are read, with bytes done
-	// and the total.
-	Progress func(done, total int64)
+	// and the total (first with done 0, last with done == total). An error
+	// from it stops the load and is returned.
+	Progress func(done, total int64) error
 }
 
 // Load builds a model from an open GGUF file. It reads (touches) every
@@ -127,12 +128,15 @@ func Load(f *gguf.File, opt Options) (*Model, error) {
 	for _, t := range f.Tensors {
 		total += t.Size
 	}
-	report := func() {
+	report := func() error {
 		if opt.Progress != nil {
-			opt.Progress(done, total)
+			return opt.Progress(done, total)
 		}
+		return nil
 	}
-	report()
+	if err := report(); err != nil {
+		return nil, err
+	}
 	var sink byte
 	for _, t := range f.Tensors {
 		if !t.Type.Supported() {
@@ -142,7 +146,9 @@ func Load(f *gguf.File, opt Options) (*Model, error) {
 			sink ^= t.Data[i]
 		}
 		done += t.Size
-		report()
+		if err := report(); err != nil {
+			return nil, err
+		}
 	}
 	_ = sink
 

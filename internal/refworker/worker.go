@@ -43,7 +43,7 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "fake: exiting with code %d\n", cfg.fake.exitCode)
 		return cfg.fake.exitCode
 	}
-	tuneRuntime(getenv)
+	tuneRuntime(getenv, cfg.threads)
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("worker_id", cfg.workerID)
 
 	sigs := make(chan os.Signal, 1)
@@ -74,10 +74,11 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	return w.run(ln, sigs)
 }
 
-// tuneRuntime keeps an idle worker small, unless the environment says otherwise.
-func tuneRuntime(getenv func(string) string) {
+// tuneRuntime keeps an idle worker small, unless the environment says
+// otherwise: GOMAXPROCS 2, or --threads when that is more.
+func tuneRuntime(getenv func(string) string, threads int) {
 	if getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(min(2, runtime.NumCPU()))
+		runtime.GOMAXPROCS(min(max(2, threads), runtime.NumCPU()))
 	}
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
@@ -99,6 +100,7 @@ type worker struct {
 	bg     sync.WaitGroup // background goroutines owned by run
 
 	prog *progress
+	eng  *engine // set once loaded, before ready; never changes afterwards
 	hive *hiveClient // nil: standalone or never ready
 
 	mu        sync.Mutex
@@ -197,14 +199,16 @@ func (w *worker) run(ln net.Listener, sigs <-chan os.Signal) int {
 // lifecycle loads the model and announces readiness. It returns nil when the
 // worker is ready (or told never to be), an error when it must exit 1.
 func (w *worker) lifecycle(ctx context.Context) error {
-	sum, err := w.load(ctx)
+	eng, err := w.load(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	w.log.Info(fmt.Sprintf("model loaded (crc32c %08x)", sum))
+	w.mu.Lock()
+	w.eng = eng
+	w.mu.Unlock()
 	if mb := w.cfg.fake.allocMB; mb > 0 {
 		if err := w.allocate(ctx, mb); err != nil {
 			w.log.Error("fake: allocation failed", "err", err)

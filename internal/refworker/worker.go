@@ -100,7 +100,7 @@ type worker struct {
 	bg     sync.WaitGroup // background goroutines owned by run
 
 	prog *progress
-	eng  *engine // set once loaded, before ready; never changes afterwards
+	eng  *engine     // set once loaded, before ready; never changes afterwards
 	hive *hiveClient // nil: standalone or never ready
 
 	mu        sync.Mutex

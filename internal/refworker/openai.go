@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -15,8 +16,10 @@ import (
 //
 // Sampling follows OpenAI's defaults: temperature 1 and top_p 1 unless
 // given; top_k (an extension llama.cpp's server also takes) and seed are
-// honoured. Fields this worker does not use (stop, logprobs, user, …) are
-// accepted and ignored; n must be 1.
+// honoured, and so is stop (up to 4 strings: the text ends before the first
+// one and finish_reason is "stop"; stories260K never ends a text by itself,
+// so stop strings are its only way to "stop"). Fields this worker does not
+// use (logprobs, user, …) are accepted and ignored; n must be 1.
 //
 // Chat template: stories260K and models like it are base models with no
 // chat format, so the prompt is the messages' contents joined by newlines,
@@ -24,15 +27,16 @@ import (
 // upon a time" is continued as a story.
 
 type oaSampling struct {
-	Model               string   `json:"model"`
-	MaxTokens           *int     `json:"max_tokens"`
-	MaxCompletionTokens *int     `json:"max_completion_tokens"`
-	Temperature         *float64 `json:"temperature"`
-	TopP                *float64 `json:"top_p"`
-	TopK                *int     `json:"top_k"`
-	Seed                *int64   `json:"seed"`
-	Stream              bool     `json:"stream"`
-	N                   *int     `json:"n"`
+	Model               string          `json:"model"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Temperature         *float64        `json:"temperature"`
+	TopP                *float64        `json:"top_p"`
+	TopK                *int            `json:"top_k"`
+	Seed                *int64          `json:"seed"`
+	Stream              bool            `json:"stream"`
+	N                   *int            `json:"n"`
+	Stop                json.RawMessage `json:"stop"`
 }
 
 type oaCompletionRequest struct {
@@ -75,7 +79,20 @@ func (s *oaSampling) generation() (generation, *apiError) {
 	if maxTokens == nil {
 		maxTokens = s.MaxCompletionTokens
 	}
-	return newGeneration(maxTokens, s.Temperature, s.TopK, s.TopP, s.Seed, 1)
+	g, e := newGeneration(maxTokens, s.Temperature, s.TopK, s.TopP, s.Seed, 1)
+	if e != nil {
+		return g, e
+	}
+	if len(s.Stop) > 0 && string(s.Stop) != "null" {
+		var one string
+		if json.Unmarshal(s.Stop, &one) == nil {
+			g.stop = []string{one}
+		} else if json.Unmarshal(s.Stop, &g.stop) != nil || len(g.stop) > 4 {
+			return g, invalid("stop must be a string or an array of up to 4 strings")
+		}
+		g.stop = slices.DeleteFunc(g.stop, func(s string) bool { return s == "" })
+	}
+	return g, nil
 }
 
 func (w *worker) model(requested string) string {

@@ -277,40 +277,50 @@ var (
 	errAllSlotsBusy = apiError{http.StatusServiceUnavailable, "ALL_SLOTS_BUSY", "all inference slots are busy"}
 )
 
-// acquire takes an inference slot. The returned release must be called
-// exactly once, with whether the request completed. An idle ⇄ busy change
-// queues a heartbeat at once.
-func (w *worker) acquire() (release func(completed bool), refusal *apiError) {
+// acquireSlot takes an inference slot in two parts: free gives the slot
+// back (call it as soon as generation has ended, before the last bytes of
+// the answer go out, so a client that sends its next request the moment it
+// reads the end finds the slot free); finish ends the request (call it when
+// the handler is done, with whether the answer went out whole). Each must
+// be called exactly once; finish calls free if it was not called.
+func (w *worker) acquireSlot() (free func(), finish func(completed bool), refusal *apiError) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
 	case w.draining:
-		return nil, &errDraining
+		return nil, nil, &errDraining
 	case !w.ready:
-		return nil, &errNotReady
+		return nil, nil, &errNotReady
 	case w.inflight >= w.cfg.slots:
-		return nil, &errAllSlotsBusy
+		return nil, nil, &errAllSlotsBusy
 	}
 	w.inflight++
 	w.reqs.Add(1)
 	if w.inflight == 1 {
 		w.stateChangedLocked()
 	}
-	return w.release, nil
+	var once sync.Once
+	free = func() {
+		once.Do(func() {
+			w.mu.Lock()
+			w.inflight--
+			if w.inflight == 0 {
+				w.stateChangedLocked()
+			}
+			w.mu.Unlock()
+		})
+	}
+	return free, func(completed bool) { free(); w.finishRequest(completed) }, nil
 }
 
-func (w *worker) release(completed bool) {
-	w.mu.Lock()
-	w.inflight--
-	if w.inflight == 0 {
-		w.stateChangedLocked()
-	}
+func (w *worker) finishRequest(completed bool) {
 	n := 0
 	if completed {
+		w.mu.Lock()
 		w.completed++
 		n = w.completed
+		w.mu.Unlock()
 	}
-	w.mu.Unlock()
 	w.reqs.Done()
 	if lim := w.cfg.fake.crashAfterRequests; completed && lim > 0 && n == lim {
 		w.requestCrash(fmt.Sprintf("after %d completed requests", n))

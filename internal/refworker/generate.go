@@ -66,7 +66,7 @@ type job struct {
 	prompt    []int
 	free      func()     // gives the slot back; run calls it when generation ends
 	finish    func(bool) // ends the request
-	completed bool // set by the handler when the answer went out whole
+	completed bool       // set by the handler when the answer went out whole
 
 	// Filled in by run.
 	promptTokens, completionTokens int

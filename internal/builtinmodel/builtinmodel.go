@@ -29,7 +29,8 @@ func Bytes() []byte { return data }
 // WriteTo writes the model into dir as FileName unless a file of that name
 // is already there (which is left alone, whatever it holds), and returns its
 // path. The write is atomic: a temporary file, synced, renamed into place,
-// mode 0644. dir is created (0755) if missing.
+// mode 0644. dir is created (0700, as the hive makes its model root) if
+// missing.
 func WriteTo(dir string) (string, error) {
 	path := filepath.Join(dir, FileName)
 	if _, err := os.Lstat(path); err == nil {
@@ -37,7 +38,7 @@ func WriteTo(dir string) (string, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("builtinmodel: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("builtinmodel: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, "."+FileName+".tmp*")

@@ -63,5 +63,27 @@ func f32ToF16(f float32) uint16 {
 	return sign | uint16(h)
 }
 
-// roundF16 rounds f to the nearest half-precision value.
-func roundF16(f float32) float32 { return f16ToF32(f32ToF16(f)) }
+// roundF16 rounds f to the nearest half-precision value (ties to even).
+// Values in the normal half range are rounded in place by dropping 13
+// mantissa bits; the rest take the slow path.
+func roundF16(f float32) float32 {
+	b := math.Float32bits(f)
+	if e := (b >> 23) & 0xff; e >= 127-14 && e < 127+15 {
+		b += 0xfff + (b>>13)&1
+		b &^= 0x1fff
+		if (b>>23)&0xff < 127+16 { // still finite in half precision
+			return math.Float32frombits(b)
+		}
+	} else if e < 127-14 {
+		// Below the normal range halves are multiples of 2^-24: adding and
+		// taking away 0.5, whose float32 ulp is 2^-24, rounds to one (ties
+		// to even, as the FPU rounds).
+		const c = float32(0.5)
+		if f < 0 {
+			f = -f
+			return -((f + c) - c)
+		}
+		return (f + c) - c
+	}
+	return f16ToF32(f32ToF16(f))
+}

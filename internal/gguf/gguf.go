@@ -41,6 +41,9 @@ const DefaultAlignment = 32
 const (
 	maxStringLen = 1 << 26 // 64 MiB
 	maxDims      = 4
+	// maxArrayDepth bounds arrays of arrays (the format allows them; no
+	// real file nests them, and unbounded nesting would recurse forever).
+	maxArrayDepth = 4
 )
 
 // ValueType is the type tag of a metadata value.
@@ -320,8 +323,8 @@ func (r *reader) value(t ValueType, what string, depth int) (Value, error) {
 		s, err := r.str(what)
 		return Value{Type: TypeString, S: s}, err
 	case TypeArray:
-		if depth > 0 {
-			return Value{}, fmt.Errorf("%w: %s: nested arrays are not supported", ErrFormat, what)
+		if depth >= maxArrayDepth {
+			return Value{}, fmt.Errorf("%w: %s: arrays nested deeper than %d", ErrFormat, what, maxArrayDepth)
 		}
 		et, err := r.u32(what + " element type")
 		if err != nil {

@@ -25,12 +25,13 @@ func (b *builder) str(s string) *builder { b.u64(uint64(len(s))); b.WriteString(
 func small() []byte {
 	var b builder
 	b.WriteString("GGUF")
-	b.u32(3).u64(2).u64(5)
+	b.u32(3).u64(2).u64(6)
 	b.str("general.architecture").u32(uint32(TypeString)).str("llama")
 	b.str("a.u8").u32(uint32(TypeUint8)).WriteByte(7)
 	b.str("a.f32").u32(uint32(TypeFloat32)).u32(math.Float32bits(1.5))
 	b.str("a.bool").u32(uint32(TypeBool)).WriteByte(1)
 	b.str("a.arr").u32(uint32(TypeArray)).u32(uint32(TypeInt32)).u64(3).u32(1).u32(2).u32(0xffffffff)
+	b.str("a.nested").u32(uint32(TypeArray)).u32(uint32(TypeArray)).u64(1).u32(uint32(TypeString)).u64(1).str("x")
 	b.str("w").u32(2).u64(4).u64(2).u32(uint32(F32)).u64(0)
 	b.str("q").u32(1).u64(32).u32(uint32(Q8_0)).u64(32)
 	for b.Len()%32 != 0 {
@@ -62,6 +63,9 @@ func TestParseSmall(t *testing.T) {
 	}
 	if v, _ := f.Ints("a.arr"); len(v) != 3 || v[2] != -1 {
 		t.Errorf("a.arr = %v", v)
+	}
+	if v := f.Metadata["a.nested"]; len(v.Array) != 1 || v.Array[0].ArrayType != TypeString || v.Array[0].Array[0].S != "x" {
+		t.Errorf("a.nested = %+v", v)
 	}
 	w := f.Tensor("w")
 	if w == nil || w.Size != 32 || len(w.Data) != 32 || w.Data[4] != 0 || math.Float32frombits(binary.LittleEndian.Uint32(w.Data[28:])) != 7 {

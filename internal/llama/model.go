@@ -220,12 +220,14 @@ func Load(f *gguf.File, opt Options) (*Model, error) {
 }
 
 // matmul computes out[r] = W[r,:]·x for every row, split across the model's
-// threads when the product is large enough to be worth it.
-func (m *Model) matmul(w *matrix, x, out []float32) {
+// threads when the product is large enough to be worth it. buf holds the
+// converted x between calls.
+func (m *Model) matmul(w *matrix, x, out []float32, buf *prepared) {
+	px := w.prepare(x, buf)
 	n := m.threads
 	if n <= 1 || w.rows*w.cols < 1<<12 {
 		for r := range w.rows {
-			out[r] = w.dotRow(r, x)
+			out[r] = w.dotRow(r, px)
 		}
 		return
 	}
@@ -236,7 +238,7 @@ func (m *Model) matmul(w *matrix, x, out []float32) {
 		hi := min(lo+chunk, w.rows)
 		wg.Go(func() {
 			for r := lo; r < hi; r++ {
-				out[r] = w.dotRow(r, x)
+				out[r] = w.dotRow(r, px)
 			}
 		})
 	}

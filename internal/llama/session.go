@@ -21,6 +21,7 @@ type Session struct {
 	kCache, vCache [][]float32 // per layer: ctx × kvDim, values rounded to f16
 
 	x, xb, xb2, q, k, v, hb, hb2, att, logits []float32
+	px                                        prepared // matmul scratch
 }
 
 // NewSession returns a session with room for ctx tokens. Its KV cache is
@@ -106,9 +107,9 @@ func (s *Session) forward(token int) {
 	for li := range m.layers {
 		l := &m.layers[li]
 		rmsNorm(s.xb, s.x, l.attnNorm, m.NormEps)
-		m.matmul(l.wq, s.xb, s.q)
-		m.matmul(l.wk, s.xb, s.k)
-		m.matmul(l.wv, s.xb, s.v)
+		m.matmul(l.wq, s.xb, s.q, &s.px)
+		m.matmul(l.wk, s.xb, s.k, &s.px)
+		m.matmul(l.wv, s.xb, s.v, &s.px)
 		m.rope(s.q, m.Heads, pos)
 		m.rope(s.k, m.KVHeads, pos)
 		kc, vc := s.kCache[li], s.vCache[li]
@@ -148,24 +149,24 @@ func (s *Session) forward(token int) {
 				}
 			}
 		}
-		m.matmul(l.wo, s.xb, s.xb2)
+		m.matmul(l.wo, s.xb, s.xb2, &s.px)
 		for i := range s.x {
 			s.x[i] += s.xb2[i]
 		}
 		rmsNorm(s.xb, s.x, l.ffnNorm, m.NormEps)
-		m.matmul(l.wGate, s.xb, s.hb)
-		m.matmul(l.wUp, s.xb, s.hb2)
+		m.matmul(l.wGate, s.xb, s.hb, &s.px)
+		m.matmul(l.wUp, s.xb, s.hb2, &s.px)
 		for i := range s.hb {
 			g := s.hb[i]
 			s.hb[i] = g / (1 + float32(math.Exp(float64(-g)))) * s.hb2[i]
 		}
-		m.matmul(l.wDown, s.hb, s.xb)
+		m.matmul(l.wDown, s.hb, s.xb, &s.px)
 		for i := range s.x {
 			s.x[i] += s.xb[i]
 		}
 	}
 	rmsNorm(s.x, s.x, m.norm, m.NormEps)
-	m.matmul(m.out, s.x, s.logits)
+	m.matmul(m.out, s.x, s.logits, &s.px)
 	s.pos++
 	s.Tokens = append(s.Tokens, token)
 }

@@ -89,30 +89,93 @@ func (m *matrix) row(r int, dst []float32) {
 	}
 }
 
-// dotRow returns the dot product of row r with x.
-func (m *matrix) dotRow(r int, x []float32) float32 {
+// prepared is an activation vector in the form a matrix type multiplies
+// with, as ggml converts it (its vec_dot_type): F32 as is; for F16 weights,
+// x rounded to half precision; for Q8_0 weights, x quantized to Q8_0 blocks.
+type prepared struct {
+	f []float32 // F32 and F16
+	q []int8    // Q8_0 values
+	d []float32 // Q8_0 block scales (half-precision values)
+}
+
+// prepare converts x for products with m. buf is reused when big enough.
+func (m *matrix) prepare(x []float32, buf *prepared) *prepared {
 	switch m.typ {
 	case gguf.F32:
-		return dot(m.f32[r*m.cols:(r+1)*m.cols], x)
+		buf.f = x
+	case gguf.F16:
+		buf.f = grow(buf.f, len(x))
+		for i, v := range x {
+			buf.f[i] = roundF16(v)
+		}
+	case gguf.Q8_0:
+		nb := len(x) / 32
+		if cap(buf.q) < len(x) {
+			buf.q = make([]int8, len(x))
+		}
+		buf.q = buf.q[:len(x)]
+		buf.d = grow(buf.d, nb)
+		for b := range nb {
+			quantizeQ8Block(x[b*32:b*32+32], buf.q[b*32:b*32+32], &buf.d[b])
+		}
+	}
+	return buf
+}
+
+func grow(s []float32, n int) []float32 {
+	if cap(s) < n {
+		return make([]float32, n)
+	}
+	return s[:n]
+}
+
+// quantizeQ8Block is ggml's quantize_row_q8_0_ref for one block: scale
+// max|x|/127 stored in half precision, values round(x/scale).
+func quantizeQ8Block(x []float32, q []int8, d *float32) {
+	var amax float32
+	for _, v := range x {
+		amax = max(amax, float32(math.Abs(float64(v))))
+	}
+	dd := amax / 127
+	var id float32
+	if dd != 0 {
+		id = 1 / dd
+	}
+	*d = roundF16(dd)
+	for i, v := range x {
+		q[i] = int8(math.Round(float64(v * id)))
+	}
+}
+
+// dotRow returns the dot product of row r with the prepared vector.
+func (m *matrix) dotRow(r int, x *prepared) float32 {
+	switch m.typ {
+	case gguf.F32:
+		return dot(m.f32[r*m.cols:(r+1)*m.cols], x.f)
 	case gguf.F16:
 		b := m.raw[r*m.rowBytes : (r+1)*m.rowBytes]
-		var s float32
-		for i := range m.cols {
-			s += f16ToF32(binary.LittleEndian.Uint16(b[2*i:])) * x[i]
+		xf := x.f[:m.cols]
+		var s0, s1 float32
+		for i := 0; i+1 < len(xf); i += 2 {
+			s0 += f16ToF32(binary.LittleEndian.Uint16(b[2*i:])) * xf[i]
+			s1 += f16ToF32(binary.LittleEndian.Uint16(b[2*i+2:])) * xf[i+1]
 		}
-		return s
-	default: // Q8_0
+		if len(xf)%2 == 1 {
+			s0 += f16ToF32(binary.LittleEndian.Uint16(b[2*len(xf)-2:])) * xf[len(xf)-1]
+		}
+		return s0 + s1
+	default: // Q8_0: integer products per block, as ggml_vec_dot_q8_0_q8_0
 		b := m.raw[r*m.rowBytes : (r+1)*m.rowBytes]
 		var s float32
 		for blk := range m.cols / 32 {
 			d := f16ToF32(binary.LittleEndian.Uint16(b[blk*34:]))
 			q := b[blk*34+2 : blk*34+34]
-			xs := x[blk*32 : blk*32+32]
-			var bs float32
+			xq := x.q[blk*32 : blk*32+32]
+			var sum int32
 			for j := range 32 {
-				bs += float32(int8(q[j])) * xs[j]
+				sum += int32(int8(q[j])) * int32(xq[j])
 			}
-			s += d * bs
+			s += float32(sum) * (d * x.d[blk])
 		}
 		return s
 	}

@@ -143,7 +143,8 @@ func (q *bigramQueue) Pop() any {
 
 // Encode tokenizes text. With bos (and the vocabulary's add_bos), the BOS
 // token comes first. Special tokens written in the text are not parsed:
-// "<s>" is three characters.
+// "<s>" is three characters (llama-server parses them; a worker that takes
+// prompts from anyone should not let them forge control tokens).
 func (t *Tokenizer) Encode(text string, bos bool) []int {
 	var out []int
 	if bos && t.AddBOS && t.BOS >= 0 {
@@ -236,7 +237,7 @@ func (t *Tokenizer) Piece(id int) string {
 	case tokNormal, tokUserDefined:
 		return strings.ReplaceAll(p, spaceMarker, " ")
 	case tokUnknown:
-		return " \u2047 "
+		return "\u2585" // ▅, as llama.cpp writes an unknown token
 	case tokByte:
 		if len(p) == 6 && strings.HasPrefix(p, "<0x") && p[5] == '>' {
 			if b, err := strconv.ParseUint(p[3:5], 16, 8); err == nil {

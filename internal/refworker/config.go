@@ -94,7 +94,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.device, "device", 0, "device index")
 	fs.IntVar(&c.port, "port", -1, "port to bind on 127.0.0.1 (0: any free port) (required)")
 	fs.StringVar(&c.hiveURL, "hive-url", "", "hive base URL, e.g. http://127.0.0.1:9200 (empty: standalone)")
-	fs.IntVar(&c.ctx, "ctx", 0, "context size per slot in tokens (0: the model's context length, at least 512)")
+	fs.IntVar(&c.ctx, "ctx", 0, "context size per slot in tokens (0: the model's context length, within 512..4096)")
 	fs.IntVar(&c.parallel, "parallel", 0, "inference slots, each with its own KV cache (default: RBEE_WORKER_SLOTS, else 1)")
 	fs.IntVar(&c.threads, "threads", 1, "goroutines each matrix product is split across")
 	fs.BoolVar(&c.testMode, "test-mode", false, "honour the LLMW_FAKE_* misbehaviour variables (tests and benchmarks only)")

@@ -11,7 +11,7 @@
 //	    [--test-mode]
 //
 // --ctx is each slot's context in tokens (default: the model's context
-// length, at least 512); --parallel the number of slots, i.e. concurrent
+// length, within 512..4096); --parallel the number of slots, i.e. concurrent
 // requests, each with its own KV cache made on first use (default:
 // RBEE_WORKER_SLOTS, else 1); --threads the goroutines each matrix product
 // is split across (default 1; for a model as small as stories260K one

@@ -122,15 +122,19 @@ func (w *worker) load(ctx context.Context) (*engine, error) {
 	}
 	n := w.cfg.ctx
 	if n == 0 {
-		n = max(m.ContextLength, defaultCtx)
+		n = min(max(m.ContextLength, defaultCtx), maxDefaultCtx)
 	}
 	w.log.Info(fmt.Sprintf("model loaded: %s; context %d, %d slots, %d threads", f.Describe(), n, w.cfg.slots, max(w.cfg.threads, 1)))
 	return &engine{file: f, model: m, ctx: n}, nil
 }
 
-// defaultCtx is the least context a slot gets when --ctx is not given: the
-// model's own context length, or this, whichever is larger.
-const defaultCtx = 512
+// Without --ctx a slot gets the model's own context length, but at least
+// defaultCtx and at most maxDefaultCtx (as llama-server's 4096: a model
+// trained on 128K tokens would otherwise ask for a huge KV cache).
+const (
+	defaultCtx    = 512
+	maxDefaultCtx = 4096
+)
 
 // sleepUntil waits until t or until ctx is done, whichever is first.
 func sleepUntil(ctx context.Context, t time.Time) error {

@@ -168,3 +168,20 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+func TestTokenizerByteFallback(t *testing.T) {
+	m := loadModel(t, 1)
+	ids := m.Tok.Encode("日", false)
+	var bytesSeen []byte
+	for _, id := range ids {
+		if p := m.Tok.pieces[id]; strings.HasPrefix(p, "<0x") {
+			bytesSeen = append(bytesSeen, m.Tok.Piece(id)[0])
+		}
+	}
+	if string(bytesSeen) != "日" {
+		t.Fatalf("Encode(日) = %v (pieces %q): want the three UTF-8 bytes as <0xNN> tokens", ids, bytesSeen)
+	}
+	if got := m.Tok.Decode(ids); got != "日" {
+		t.Fatalf("Decode = %q", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/gguf"
@@ -184,4 +185,27 @@ func TestTokenizerByteFallback(t *testing.T) {
 	if got := m.Tok.Decode(ids); got != "日" {
 		t.Fatalf("Decode = %q", got)
 	}
+}
+
+func FuzzTokenizerRoundTrip(f *testing.F) {
+	m := loadModel(f, 1)
+	for _, s := range []string{"Once upon a time", " a  b ", "héllo 日本語", "\x00\x7f", "<s></s>"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		// Invalid UTF-8 is split by lead bytes as llama.cpp does, which need
+		// not give the same bytes back; prompts arrive in JSON, always valid.
+		if !utf8.ValidString(s) {
+			return
+		}
+		ids := m.Tok.Encode(s, true)
+		for _, id := range ids {
+			if id < 0 || id >= m.Vocab {
+				t.Fatalf("Encode(%q) gave token %d", s, id)
+			}
+		}
+		if got := m.Tok.Decode(ids); got != s {
+			t.Fatalf("Decode(Encode(%q)) = %q (ids %v)", s, got, ids)
+		}
+	})
 }

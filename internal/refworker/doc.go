@@ -100,5 +100,9 @@
 // # Footprint
 //
 // Unless GOMAXPROCS or GOGC are set in the environment, Main caps GOMAXPROCS
-// at 2 and sets GOGC to 50, so a thousand idle workers fit on a small box.
+// at 2 (or --threads) and sets GOGC to 50, so a thousand idle workers fit on
+// a small box. The model is memory-mapped read-only and shared, so workers of
+// one model share its pages in the page cache; a slot's KV cache is made when
+// the slot first serves. An idle stories260K worker costs about 1.5 MiB of
+// private memory (RssAnon; Pss about 1.9 MiB).
 package refworker

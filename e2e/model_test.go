@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
 
@@ -89,4 +93,28 @@ func TestRealModelThroughTheHiveMatchesLlamaCpp(t *testing.T) {
 	if text.String() != onceUponATime || finish != "length" {
 		t.Fatalf("/v1/completions gave %q (finish %q)\nwant %q", text.String(), finish, onceUponATime)
 	}
+}
+
+// The daemon writes the built-in model into its default model root on
+// start (model_roots empty), so the embedded default config can name it;
+// an existing file is left alone.
+func TestDaemonWritesTheBuiltinModel(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	if err := h.Stop(wait); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(h.Model); err != nil {
+		t.Fatal(err)
+	}
+	h.Restart(hivetest.Options{})
+	fi, err := os.Stat(h.Model)
+	if err != nil {
+		t.Fatalf("the daemon did not write the built-in model: %v", err)
+	}
+	b, _ := os.ReadFile(h.Model)
+	if fi.Mode().Perm() != 0o644 || !bytes.Equal(b, builtinmodel.Bytes()) || filepath.Base(h.Model) != builtinmodel.FileName {
+		t.Fatalf("%s: mode %v, %d bytes", h.Model, fi.Mode(), len(b))
+	}
+	r := h.MustSpawn(apiv1.SpawnRequest{})
+	h.WaitState(r.WorkerID, wait, "idle")
 }

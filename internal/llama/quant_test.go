@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,24 +57,43 @@ func writeValue(b *bytes.Buffer, v gguf.Value) {
 // returns the new file's path.
 func convert(t *testing.T, typ gguf.TensorType) string {
 	t.Helper()
+	return rewrite(t, typ, nil, "")
+}
+
+// rewrite is convert with metadata changed (a nil value deletes the key)
+// and the tensor called drop left out.
+func rewrite(t *testing.T, typ gguf.TensorType, meta map[string]*gguf.Value, drop string) string {
+	t.Helper()
 	src, err := gguf.Parse(builtinmodel.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys := slices.Clone(src.Keys)
+	for k, v := range meta {
+		if v == nil {
+			keys = slices.DeleteFunc(keys, func(x string) bool { return x == k })
+			continue
+		}
+		if _, ok := src.Metadata[k]; !ok {
+			keys = append(keys, k)
+		}
+		src.Metadata[k] = *v
+	}
+	tensors := slices.DeleteFunc(slices.Clone(src.Tensors), func(tt *gguf.Tensor) bool { return tt.Name == drop })
 	var b, data bytes.Buffer
 	le := func(x any) { binary.Write(&b, binary.LittleEndian, x) }
 	b.WriteString("GGUF")
 	le(uint32(3))
-	le(uint64(len(src.Tensors)))
-	le(uint64(len(src.Keys)))
-	for _, k := range src.Keys {
+	le(uint64(len(tensors)))
+	le(uint64(len(keys)))
+	for _, k := range keys {
 		le(uint64(len(k)))
 		b.WriteString(k)
 		v := src.Metadata[k]
 		le(uint32(v.Type))
 		writeValue(&b, v)
 	}
-	for _, tt := range src.Tensors {
+	for _, tt := range tensors {
 		f := make([]float32, tt.Elements())
 		for i := range f {
 			f[i] = math.Float32frombits(binary.LittleEndian.Uint32(tt.Data[4*i:]))
@@ -124,6 +144,9 @@ func convert(t *testing.T, typ gguf.TensorType) string {
 	}
 	b.Write(data.Bytes())
 	path := filepath.Join(t.TempDir(), "stories260K-"+typ.String()+".gguf")
+	if typ == gguf.F32 {
+		path = filepath.Join(t.TempDir(), "stories260K-rewritten.gguf")
+	}
 	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -170,5 +193,53 @@ func TestUnsupportedTensorTypeIsNamed(t *testing.T) {
 	_, err = Load(f, Options{})
 	if !errors.Is(err, gguf.ErrUnsupportedType) || !strings.Contains(err.Error(), "token_embd.weight has type Q4_K") {
 		t.Fatalf("Load = %v", err)
+	}
+}
+
+func TestLoadRejectsModelsItCannotRun(t *testing.T) {
+	str := func(s string) *gguf.Value { return &gguf.Value{Type: gguf.TypeString, S: s} }
+	u32 := func(n uint64) *gguf.Value { return &gguf.Value{Type: gguf.TypeUint32, U: n} }
+	for _, tc := range []struct {
+		name string
+		meta map[string]*gguf.Value
+		drop string
+		want string
+	}{
+		{"other architecture", map[string]*gguf.Value{"general.architecture": str("gpt2")}, "", `architecture "gpt2"`},
+		{"bpe tokenizer", map[string]*gguf.Value{"tokenizer.ggml.model": str("gpt2")}, "", `tokenizer.ggml.model is "gpt2"`},
+		{"no width", map[string]*gguf.Value{"llama.embedding_length": nil}, "", "llama.embedding_length is missing"},
+		{"heads do not divide", map[string]*gguf.Value{"llama.attention.head_count": u32(7)}, "", "do not divide"},
+		{"wrong width", map[string]*gguf.Value{"llama.embedding_length": u32(32), "llama.attention.head_count": u32(4), "llama.attention.head_count_kv": u32(2)}, "", "tensor token_embd.weight is [64 512], want [32 512]"},
+		{"missing tensor", nil, "blk.3.ffn_up.weight", "tensor blk.3.ffn_up.weight is missing"},
+		{"bos outside vocab", map[string]*gguf.Value{"tokenizer.ggml.bos_token_id": u32(600)}, "", "outside the 512-token vocabulary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := gguf.Open(rewrite(t, gguf.F32, tc.meta, tc.drop))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			_, err = Load(f, Options{})
+			if !errors.Is(err, ErrModel) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Load = %v; want ErrModel saying %q", err, tc.want)
+			}
+		})
+	}
+	// Without output.weight the head is tied to the embeddings: the file
+	// still loads and generates.
+	f, err := gguf.Open(rewrite(t, gguf.F32, nil, "output.weight"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := Load(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.out != m.embd {
+		t.Fatal("output head not tied to the embeddings")
+	}
+	if got, ids := greedy(t, m, "Once upon a time", 8); len(ids) != 8 {
+		t.Fatalf("tied model generated %q", got)
 	}
 }

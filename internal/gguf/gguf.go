@@ -121,6 +121,8 @@ func (t TensorType) blockLayout() (elems, bytes int64, ok bool) {
 		return 1, 2, true
 	case Q8_0:
 		return 32, 34, true
+	case Q4_0:
+		return 32, 18, true
 	}
 	return 0, 0, false
 }

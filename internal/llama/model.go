@@ -140,7 +140,7 @@ func Load(f *gguf.File, opt Options) (*Model, error) {
 	var sink byte
 	for _, t := range f.Tensors {
 		if !t.Type.Supported() {
-			return nil, fmt.Errorf("%w: %w: tensor %s has type %s (supported: F32, F16, Q8_0)", ErrModel, gguf.ErrUnsupportedType, t.Name, t.Type)
+			return nil, fmt.Errorf("%w: %w: tensor %s has type %s (supported: F32, F16, Q8_0, Q4_0)", ErrModel, gguf.ErrUnsupportedType, t.Name, t.Type)
 		}
 		for i := 0; i < len(t.Data); i += 4096 {
 			sink ^= t.Data[i]

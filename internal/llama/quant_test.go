@@ -101,7 +101,7 @@ func rewrite(t *testing.T, typ gguf.TensorType, meta map[string]*gguf.Value, dro
 		out := gguf.F32
 		var enc []byte
 		want := typ
-		if typ == gguf.Q8_0 && tt.Dims[0]%32 != 0 {
+		if (typ == gguf.Q8_0 || typ == gguf.Q4_0) && tt.Dims[0]%32 != 0 {
 			want = gguf.F16 // llama-quantize's fallback for rows that are not whole blocks
 		}
 		switch {
@@ -120,6 +120,11 @@ func rewrite(t *testing.T, typ gguf.TensorType, meta map[string]*gguf.Value, dro
 				for _, x := range q {
 					enc = append(enc, byte(x))
 				}
+			}
+		case len(tt.Dims) == 2 && want == gguf.Q4_0:
+			out = gguf.Q4_0
+			for blk := 0; blk < len(f); blk += 32 {
+				enc = appendQ4_0(enc, f[blk:blk+32])
 			}
 		case len(tt.Dims) == 2 && want != gguf.F32:
 			out = want // a type this package cannot compute with: no data
@@ -153,15 +158,16 @@ func rewrite(t *testing.T, typ gguf.TensorType, meta map[string]*gguf.Value, dro
 	return path
 }
 
-// The F16 and Q8_0 paths: the model converted as llama-quantize would
-// loads, and its greedy text starts as the F32 model's does (half-precision
-// weights and 8-bit weights move the logits a little, so the texts may part
-// later; llama.cpp has no reference for these conversions here).
-func TestF16AndQ8_0Models(t *testing.T) {
+// The F16, Q8_0 and Q4_0 paths: the model converted as llama-quantize would
+// loads, and its greedy text starts as the F32 model's does (F16 and Q8_0
+// give the whole reference text; 4-bit weights move the logits enough to
+// part after 15 tokens; llama.cpp has no reference for these conversions
+// here).
+func TestQuantizedModels(t *testing.T) {
 	for _, tc := range []struct {
 		typ    gguf.TensorType
 		prefix int // characters of the F32 completion that must match
-	}{{gguf.F16, len(references[0].completion)}, {gguf.Q8_0, len(references[0].completion)}} {
+	}{{gguf.F16, len(references[0].completion)}, {gguf.Q8_0, len(references[0].completion)}, {gguf.Q4_0, len(", there was a little girl named Lily. She loved to play outside in the ")}} {
 		t.Run(tc.typ.String(), func(t *testing.T) {
 			f, err := gguf.Open(convert(t, tc.typ))
 			if err != nil {
@@ -242,4 +248,26 @@ func TestLoadRejectsModelsItCannotRun(t *testing.T) {
 	if got, ids := greedy(t, m, "Once upon a time", 8); len(ids) != 8 {
 		t.Fatalf("tied model generated %q", got)
 	}
+}
+
+// appendQ4_0 is ggml's quantize_row_q4_0_ref for one block.
+func appendQ4_0(enc []byte, x []float32) []byte {
+	var amax, mx float32
+	for _, v := range x {
+		if a := float32(math.Abs(float64(v))); a > amax {
+			amax, mx = a, v
+		}
+	}
+	d := mx / -8
+	var id float32
+	if d != 0 {
+		id = 1 / d
+	}
+	enc = binary.LittleEndian.AppendUint16(enc, f32ToF16(d))
+	for j := range 16 {
+		x0 := min(15, int8(x[j]*id+8.5))
+		x1 := min(15, int8(x[16+j]*id+8.5))
+		enc = append(enc, byte(x0)|byte(x1)<<4)
+	}
+	return enc
 }

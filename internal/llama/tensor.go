@@ -34,7 +34,7 @@ func newMatrix(t *gguf.Tensor, wantCols, wantRows int) (*matrix, error) {
 		return nil, fmt.Errorf("tensor %s is %v, want [%d %d]", t.Name, t.Dims, wantCols, wantRows)
 	}
 	if !t.Type.Supported() || t.Data == nil {
-		return nil, fmt.Errorf("%w: tensor %s has type %s (supported: F32, F16, Q8_0)", gguf.ErrUnsupportedType, t.Name, t.Type)
+		return nil, fmt.Errorf("%w: tensor %s has type %s (supported: F32, F16, Q8_0, Q4_0)", gguf.ErrUnsupportedType, t.Name, t.Type)
 	}
 	m := &matrix{name: t.Name, rows: rows, cols: cols, typ: t.Type}
 	switch t.Type {
@@ -52,6 +52,8 @@ func newMatrix(t *gguf.Tensor, wantCols, wantRows int) (*matrix, error) {
 		m.raw, m.rowBytes = t.Data, cols*2
 	case gguf.Q8_0:
 		m.raw, m.rowBytes = t.Data, cols/32*34
+	case gguf.Q4_0:
+		m.raw, m.rowBytes = t.Data, cols/32*18
 	}
 	return m, nil
 }
@@ -86,12 +88,23 @@ func (m *matrix) row(r int, dst []float32) {
 				dst[blk*32+j] = d * float32(int8(q[j]))
 			}
 		}
+	case gguf.Q4_0:
+		b := m.raw[r*m.rowBytes:]
+		for blk := range m.cols / 32 {
+			d := f16ToF32(binary.LittleEndian.Uint16(b[blk*18:]))
+			q := b[blk*18+2 : blk*18+18]
+			for j := range 16 {
+				dst[blk*32+j] = d * float32(int(q[j]&0xf)-8)
+				dst[blk*32+j+16] = d * float32(int(q[j]>>4)-8)
+			}
+		}
 	}
 }
 
 // prepared is an activation vector in the form a matrix type multiplies
 // with, as ggml converts it (its vec_dot_type): F32 as is; for F16 weights,
-// x rounded to half precision; for Q8_0 weights, x quantized to Q8_0 blocks.
+// x rounded to half precision; for Q8_0 and Q4_0 weights, x quantized to
+// Q8_0 blocks.
 type prepared struct {
 	f []float32 // F32 and F16
 	q []int8    // Q8_0 values
@@ -108,7 +121,7 @@ func (m *matrix) prepare(x []float32, buf *prepared) *prepared {
 		for i, v := range x {
 			buf.f[i] = roundF16(v)
 		}
-	case gguf.Q8_0:
+	case gguf.Q8_0, gguf.Q4_0:
 		nb := len(x) / 32
 		if cap(buf.q) < len(x) {
 			buf.q = make([]int8, len(x))
@@ -164,6 +177,20 @@ func (m *matrix) dotRow(r int, x *prepared) float32 {
 			s0 += f16ToF32(binary.LittleEndian.Uint16(b[2*len(xf)-2:])) * xf[len(xf)-1]
 		}
 		return s0 + s1
+	case gguf.Q4_0: // as ggml_vec_dot_q4_0_q8_0
+		b := m.raw[r*m.rowBytes : (r+1)*m.rowBytes]
+		var s float32
+		for blk := range m.cols / 32 {
+			d := f16ToF32(binary.LittleEndian.Uint16(b[blk*18:]))
+			q := b[blk*18+2 : blk*18+18]
+			xq := x.q[blk*32 : blk*32+32]
+			var sum int32
+			for j := range 16 {
+				sum += (int32(q[j]&0xf)-8)*int32(xq[j]) + (int32(q[j]>>4)-8)*int32(xq[j+16])
+			}
+			s += float32(sum) * (d * x.d[blk])
+		}
+		return s
 	default: // Q8_0: integer products per block, as ggml_vec_dot_q8_0_q8_0
 		b := m.raw[r*m.rowBytes : (r+1)*m.rowBytes]
 		var s float32

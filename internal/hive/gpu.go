@@ -1,0 +1,328 @@
+package hive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/gpu"
+	"github.com/rbee/rbee-hive/internal/models"
+	"github.com/rbee/rbee-hive/internal/modelsize"
+	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/validate"
+)
+
+// gpuFreshness is how old an inventory reading a placement may use: a
+// spawn reads the inventory again when the last reading is older (SPEC §11:
+// refreshed around every spawn), without making a burst of spawns run
+// nvidia-smi once each.
+const gpuFreshness = time.Second
+
+// gpuBook is the hive's side of GPU placement (SPEC §11): the inventory
+// and the reservations of spawns that have passed the VRAM preflight but
+// whose worker is not registered yet. Safe for concurrent use.
+type gpuBook struct {
+	inv *gpu.Refresher
+
+	// mu makes a placement (read the book, pick, reserve) one step, so two
+	// spawns racing for one GPU cannot both pass the preflight.
+	mu      sync.Mutex
+	pending map[string]gpu.Reservation // by worker id
+
+	useMu   sync.Mutex
+	useSnap *gpu.Snapshot    // the reading use was attributed from
+	use     map[string]int64 // GPU memory by worker id
+}
+
+// initGPU opens the configured inventory and reads it once.
+func (h *Hive) initGPU() error {
+	src, err := gpu.Open(h.cfg.GPUInventory)
+	if err != nil {
+		return fmt.Errorf("hive: %w", err)
+	}
+	h.gpu = &gpuBook{inv: gpu.NewRefresher(src, gpu.DefaultInterval, h.log), pending: map[string]gpu.Reservation{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	h.gpu.inv.Start(ctx)
+	if s := h.gpu.inv.Snapshot(); len(s.GPUs) > 0 || s.Err != nil {
+		h.log.Info("GPU inventory", "source", s.Source, "gpus", len(s.GPUs), "error", s.Err)
+	}
+	return nil
+}
+
+// GPUInventory returns the refresher of the hive's GPU inventory.
+func (h *Hive) GPUInventory() *gpu.Refresher { return h.gpu.inv }
+
+// wantsGPU reports whether a spawn makes a GPU worker.
+func wantsGPU(backend string, prof config.Profile) bool { return backend == "cuda" || prof.GPU }
+
+// estimate books a worker's memory need (SPEC §11): memory_bytes /
+// vram_bytes when set (the spawn's settings, else the profile's), else the
+// estimate from the GGUF file at the settings' ctx with the profile's
+// gpu_layers (all by default) offloaded for a GPU worker; a file that is
+// not GGUF falls back to file size × 1.2 for RAM and no VRAM figure.
+func estimate(path string, size int64, prof config.Profile, s config.Settings, onGPU bool) apiv1.Estimate {
+	layers := 0
+	if onGPU {
+		layers = modelsize.AllLayers
+		if prof.GPULayers > 0 {
+			layers = prof.GPULayers
+		}
+	}
+	e := apiv1.Estimate{Source: "gguf"}
+	b, err := modelsize.Detail(path, s.Ctx, layers)
+	if err != nil {
+		e = apiv1.Estimate{Source: "file_size", RAMBytes: models.NeedBytes(size)}
+	} else {
+		e.RAMBytes, e.VRAMBytes, e.Ctx = b.RAM, b.VRAM, b.Ctx
+	}
+	vram := s.VRAMBytes
+	if vram == 0 {
+		vram = prof.VRAMBytes
+	}
+	if s.MemoryBytes > 0 || (onGPU && vram > 0) {
+		e.Source = "settings"
+	}
+	if s.MemoryBytes > 0 {
+		e.RAMBytes = s.MemoryBytes
+	}
+	if onGPU && vram > 0 {
+		e.VRAMBytes = vram
+	}
+	if !onGPU {
+		e.VRAMBytes = 0
+	}
+	return e
+}
+
+// preflightRAM is the memory preflight (SPEC §3) with the estimate's RAM
+// figure.
+func (h *Hive) preflightRAM(e apiv1.Estimate) error {
+	if h.cfg.MemoryReserveBytes < 0 {
+		return nil
+	}
+	avail, err := models.MemAvailable()
+	if err != nil {
+		return fmt.Errorf("memory preflight: %w", err)
+	}
+	basis := map[string]string{"gguf": "estimate from the GGUF file", "settings": "memory_bytes", "file_size": ""}[e.Source]
+	return models.PreflightNeed(e.RAMBytes, avail, h.cfg.MemoryReserveBytes, basis)
+}
+
+// placeGPU picks the device of a GPU worker and reserves its VRAM need
+// until release is called (after the worker is registered, when its own
+// state carries the reservation). It returns a *validate.Error
+// INVALID_DEVICE for a device that is not there, and a
+// *gpu.InsufficientVRAMError when the device (auto: every device) cannot
+// hold need.
+func (h *Hive) placeGPU(ctx context.Context, id string, req *apiv1.SpawnRequest, need int64) (gpu.DeviceAccount, func(), error) {
+	asked := apiv1.DeviceAuto
+	if req.DeviceGiven && req.Device != apiv1.DeviceAuto {
+		asked = req.Device
+	}
+	b := h.gpu
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	snap := b.inv.Fresh(ctx, gpuFreshness)
+	a, err := gpu.Pick(h.accounts(snap), asked, need, snap.Source)
+	if err != nil {
+		var de *gpu.InvalidDeviceError
+		if errors.As(err, &de) {
+			return a, nil, &validate.Error{Code: apiv1.CodeInvalidDevice, Message: de.Error()}
+		}
+		return a, nil, err
+	}
+	b.pending[id] = gpu.Reservation{WorkerID: id, UUID: a.UUID, Bytes: need}
+	return a, func() {
+		b.mu.Lock()
+		delete(b.pending, id)
+		b.mu.Unlock()
+	}, nil
+}
+
+// GPUAccount is one device's VRAM book with the workers placed on it: what
+// spawn placement and the front door's eviction by VRAM (SPEC §10) read.
+type GPUAccount struct {
+	gpu.DeviceAccount
+	// Holders are the live workers placed on this device.
+	Holders []GPUHolder
+}
+
+// GPUHolder is a live worker on a device.
+type GPUHolder struct {
+	WorkerID string
+	ModelRef string
+	State    state.State
+	// EstimateBytes is its booked VRAM need; UsedBytes what its processes
+	// are seen to hold (0 when the inventory cannot tell).
+	EstimateBytes, UsedBytes int64
+}
+
+// Frees is what stopping the worker gives back: what it holds, or will
+// hold once loaded.
+func (g GPUHolder) Frees() int64 { return max(g.EstimateBytes, g.UsedBytes) }
+
+// GPUAccounts returns every device's book from the latest inventory
+// reading (at most a few seconds old; it does not wait for a read). For
+// eviction by VRAM: a spawn that fails with *gpu.InsufficientVRAMError on
+// device UUID can fit once idle holders on that device whose Frees add up
+// to Need − (Free − Reserve − Reserved) are stopped. Safe for concurrent
+// use.
+func (h *Hive) GPUAccounts() []GPUAccount {
+	snap := h.gpu.inv.Snapshot()
+	h.gpu.mu.Lock()
+	accts := h.accounts(snap)
+	h.gpu.mu.Unlock()
+	use := h.gpuUse(snap)
+	out := make([]GPUAccount, len(accts))
+	idx := map[string]int{}
+	for i, a := range accts {
+		out[i] = GPUAccount{DeviceAccount: a}
+		idx[a.UUID] = i
+	}
+	h.mu.RLock()
+	infos := make([]*apiv1.WorkerInfo, 0, len(h.workers))
+	for _, w := range h.workers {
+		if info := w.Info(); info != nil && info.GPUUUID != "" && !info.State.Ended() {
+			infos = append(infos, info)
+		}
+	}
+	h.mu.RUnlock()
+	sort.Slice(infos, func(i, j int) bool { return infos[i].ID < infos[j].ID })
+	for _, info := range infos {
+		i, ok := idx[info.GPUUUID]
+		if !ok {
+			continue
+		}
+		g := GPUHolder{WorkerID: info.ID, ModelRef: info.ModelRef, State: info.State, UsedBytes: use[info.ID]}
+		if info.Estimate != nil {
+			g.EstimateBytes = info.Estimate.VRAMBytes
+		}
+		out[i].Holders = append(out[i].Holders, g)
+	}
+	return out
+}
+
+// accounts books the reservations against snap: every registered worker
+// placed on a GPU that has not finished loading (spawning, loading,
+// backoff) holds its estimate minus what it is seen to use already; a
+// placement whose worker is not registered yet holds its whole estimate.
+// Call with h.gpu.mu held.
+func (h *Hive) accounts(snap *gpu.Snapshot) []gpu.DeviceAccount {
+	use := h.gpuUse(snap)
+	var res []gpu.Reservation
+	registered := map[string]bool{}
+	h.mu.RLock()
+	for id, w := range h.workers {
+		info := w.Info()
+		if info == nil {
+			continue
+		}
+		registered[id] = true
+		if info.GPUUUID == "" || info.Estimate == nil {
+			continue
+		}
+		switch info.State {
+		case state.Spawning, state.Loading, state.Backoff:
+			if left := info.Estimate.VRAMBytes - use[id]; left > 0 {
+				res = append(res, gpu.Reservation{WorkerID: id, UUID: info.GPUUUID, Bytes: left})
+			}
+		}
+	}
+	h.mu.RUnlock()
+	for id, r := range h.gpu.pending {
+		if !registered[id] {
+			res = append(res, r)
+		}
+	}
+	sort.Slice(res, func(i, j int) bool { return res[i].WorkerID < res[j].WorkerID })
+	return gpu.Account(snap, h.cfg.VRAMReserveBytes, res)
+}
+
+// gpuUse returns the GPU memory of each live worker's process tree in
+// snap, attributed once per reading.
+func (h *Hive) gpuUse(snap *gpu.Snapshot) map[string]int64 {
+	b := h.gpu
+	b.useMu.Lock()
+	defer b.useMu.Unlock()
+	if b.useSnap == snap && b.use != nil {
+		return b.use
+	}
+	use := map[string]int64{}
+	if len(snap.Processes) > 0 {
+		roots := map[int]string{}
+		h.mu.RLock()
+		for id, w := range h.workers {
+			if info := w.Info(); info != nil && info.PID > 0 && !info.State.Ended() {
+				roots[info.PID] = id
+			}
+		}
+		h.mu.RUnlock()
+		use = gpu.Attribute(snap.Processes, gpu.TreeOwner("", roots))
+	}
+	b.useSnap, b.use = snap, use
+	return use
+}
+
+// withGPUUse returns infos with each worker's GPU memory in its Stats
+// (copies where it changes anything).
+func (h *Hive) withGPUUse(infos []*apiv1.WorkerInfo) []*apiv1.WorkerInfo {
+	use := h.gpuUse(h.gpu.inv.Snapshot())
+	if len(use) == 0 {
+		return infos
+	}
+	for i, info := range infos {
+		n, ok := use[info.ID]
+		if !ok || info.State.Ended() {
+			continue
+		}
+		cp := *info
+		st := apiv1.Stats{}
+		if info.Stats != nil {
+			st = *info.Stats
+		}
+		st.GPUMemoryBytes = n
+		cp.Stats = &st
+		infos[i] = &cp
+	}
+	return infos
+}
+
+// GPUs returns the GPUs as GET /v1/status shows them.
+func (h *Hive) GPUs() []apiv1.GPUStatus {
+	out := []apiv1.GPUStatus{}
+	for _, a := range h.GPUAccounts() {
+		g := apiv1.GPUStatus{
+			Index: a.Index, UUID: a.UUID, Name: a.Name, MemoryTotalBytes: a.MemoryTotal, MemoryUsedBytes: a.MemoryUsed,
+			MemoryFreeBytes: a.Free(), UtilizationPercent: a.Utilization, ReserveBytes: a.Reserve,
+			ReservedBytes: a.Reserved, AvailableBytes: a.Available, Workers: []string{},
+		}
+		for _, w := range a.Holders {
+			g.Workers = append(g.Workers, w.WorkerID)
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// gpuStatus fills the GPU part of st.
+func (h *Hive) gpuStatus(st *apiv1.Status) {
+	snap := h.gpu.inv.Snapshot()
+	st.GPUInventory = snap.Source
+	if snap.Err != nil {
+		st.GPUError = snap.Err.Error()
+	}
+	if !snap.At.IsZero() {
+		at := snap.At
+		st.GPUReadAt = &at
+	}
+	st.GPUs = h.GPUs()
+	st.Memory.ReserveBytes = h.cfg.MemoryReserveBytes
+	st.Memory.TotalBytes, _ = models.MemTotal()
+	st.Memory.AvailableBytes, _ = models.MemAvailable()
+}

@@ -50,13 +50,15 @@ func (r *SpawnRequest) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes DeviceAuto as "auto".
+// MarshalJSON writes DeviceAuto as "auto", and leaves out a device 0
+// that was not given (so that a GPU worker is placed by auto).
 func (r SpawnRequest) MarshalJSON() ([]byte, error) {
 	w := spawnRequestWire{ModelRef: r.ModelRef, Backend: r.Backend, ModelPath: r.ModelPath, Profile: r.Profile,
 		Settings: r.Settings, Env: r.Env, Labels: r.Labels}
-	if r.Device == DeviceAuto {
+	switch {
+	case r.Device == DeviceAuto:
 		w.Device = json.RawMessage(`"auto"`)
-	} else {
+	case r.Device != 0 || r.DeviceGiven:
 		w.Device = json.RawMessage(strconv.Itoa(r.Device))
 	}
 	return json.Marshal(w)

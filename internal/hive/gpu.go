@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -325,4 +326,18 @@ func (h *Hive) gpuStatus(st *apiv1.Status) {
 	st.Memory.ReserveBytes = h.cfg.MemoryReserveBytes
 	st.Memory.TotalBytes, _ = models.MemTotal()
 	st.Memory.AvailableBytes, _ = models.MemAvailable()
+}
+
+// withGPUEnv returns env with CUDA_VISIBLE_DEVICES set to the worker's GPU,
+// replacing any value from the hive's environment, the profile or the
+// request (a worker must not see another GPU than the one it was placed
+// on and booked against).
+func withGPUEnv(env []string, uuid string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "CUDA_VISIBLE_DEVICES=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, "CUDA_VISIBLE_DEVICES="+uuid)
 }

@@ -372,7 +372,7 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		env = append(env, k+"="+v)
 	}
 	if gpuUUID != "" {
-		env = append(env, "CUDA_VISIBLE_DEVICES="+gpuUUID) // last: wins over the profile's and the request's
+		env = withGPUEnv(env, gpuUUID)
 	}
 	spec := supervisor.Spec{
 		ID: id, ModelRef: req.ModelRef, ModelPath: path, ModelSize: size, Backend: req.Backend,

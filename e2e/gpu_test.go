@@ -180,6 +180,16 @@ func TestGPUAutoPicksTheFreerDeviceAndTheWorkerSeesIt(t *testing.T) {
 	if st.Memory.TotalBytes <= 0 || st.Memory.AvailableBytes <= 0 {
 		t.Fatalf("status memory: %+v", st.Memory)
 	}
+	// rbee-hive status shows them too.
+	out, err := runCLI(t, h, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"gpus", "2", "gpu 1", gpu1, "2.0/8.0 GiB used, 6.0 free", "util 5%", r.WorkerID} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 // A model that fits on no GPU is refused before anything starts, with the

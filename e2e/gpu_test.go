@@ -173,6 +173,11 @@ func TestGPUAutoPicksTheFreerDeviceAndTheWorkerSeesIt(t *testing.T) {
 		st.GPUs[1].ReserveBytes != 512<<20 || st.GPUs[0].UtilizationPercent != 50 {
 		t.Fatalf("status gpus: %+v", st.GPUs)
 	}
+	// A JSON inventory does not see workers load: every live worker on a
+	// GPU keeps its estimate booked, ready or not.
+	if st.GPUs[1].ReservedBytes != 2<<30 || st.GPUs[0].ReservedBytes != 1<<30 || st.GPUs[1].AvailableBytes != 6<<30-512<<20-2<<30 {
+		t.Fatalf("book: %+v", st.GPUs)
+	}
 	on1 := strings.Join(st.GPUs[1].Workers, ",")
 	if !strings.Contains(on1, r.WorkerID) || !strings.Contains(on1, r3.WorkerID) || strings.Join(st.GPUs[0].Workers, ",") != r2.WorkerID {
 		t.Fatalf("workers by GPU: 0 %v, 1 %v", st.GPUs[0].Workers, st.GPUs[1].Workers)
@@ -259,7 +264,7 @@ func TestGPURacingSpawnsDoNotBothPassThePreflight(t *testing.T) {
 			}
 			won = ids[i]
 		case 507:
-			if !strings.Contains(msgs[i], "INSUFFICIENT_VRAM") || !strings.Contains(msgs[i], "1024.0 MiB is reserved by loading workers") {
+			if !strings.Contains(msgs[i], "INSUFFICIENT_VRAM") || !strings.Contains(msgs[i], "1024.0 MiB is reserved for workers that are loading") {
 				t.Errorf("loser %d: %s", i, msgs[i])
 			}
 		default:

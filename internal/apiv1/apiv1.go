@@ -240,7 +240,7 @@ type GPUStatus struct {
 	MemoryFreeBytes    int64  `json:"memory_free_bytes"`
 	UtilizationPercent int    `json:"utilization_percent"` // -1: not reported
 	ReserveBytes       int64  `json:"reserve_bytes"`       // vram_reserve_bytes
-	ReservedBytes      int64  `json:"reserved_bytes"`      // held by workers still loading
+	ReservedBytes      int64  `json:"reserved_bytes"`      // reserved for workers not yet holding their estimate
 	AvailableBytes     int64  `json:"available_bytes"`     // free − reserve − reserved (may be negative)
 	// Workers are the live workers placed on this GPU.
 	Workers []string `json:"workers"`

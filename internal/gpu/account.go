@@ -83,7 +83,7 @@ type InsufficientVRAMError struct {
 	UUID     string
 	Free     int64 // the device's free memory as the driver reports it
 	Reserve  int64 // vram_reserve_bytes
-	Reserved int64 // held by workers still loading
+	Reserved int64 // reserved for workers that do not hold their estimate yet
 	Need     int64 // the worker's estimate
 	Auto     bool  // the device was picked by auto (no device fits)
 }
@@ -93,12 +93,16 @@ func (e *InsufficientVRAMError) Error() string {
 	if e.Auto {
 		where = "any GPU; the one with the most room is " + where
 	}
-	return fmt.Sprintf("insufficient VRAM: the worker needs %s but %s has %s free, of which %s must stay free (vram_reserve_bytes) and %s is reserved by loading workers",
+	return fmt.Sprintf("insufficient VRAM: the worker needs %s but %s has %s free, of which %s must stay free (vram_reserve_bytes) and %s is reserved for workers that are loading",
 		MiB(e.Need), where, MiB(e.Free), MiB(e.Reserve), MiB(e.Reserved))
 }
 
 // Unwrap returns ErrInsufficientVRAM.
 func (e *InsufficientVRAMError) Unwrap() error { return ErrInsufficientVRAM }
+
+// Deficit is how much more the device would need to have free: what
+// evicting workers on it must give back.
+func (e *InsufficientVRAMError) Deficit() int64 { return e.Need - (e.Free - e.Reserve - e.Reserved) }
 
 // Pick chooses a device for a worker that needs need bytes: the device with
 // index asked, or for asked < 0 (auto) the one with the most available

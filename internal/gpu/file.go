@@ -46,6 +46,9 @@ type fileKey struct {
 // NewFile returns a source reading path. The file need not exist yet.
 func NewFile(path string) *File { return &File{path: path} }
 
+// Static returns true: the file does not change as workers load.
+func (f *File) Static() bool { return true }
+
 // Name returns "file:" and the path.
 func (f *File) Name() string { return "file:" + f.path }
 

@@ -96,6 +96,11 @@ type Snapshot struct {
 	At        time.Time // when it was read
 	Err       error     // the last read's error, if any (GPUs are then the previous reading's)
 	Source    string
+	// Static says the memory figures do not follow what runs on the GPUs
+	// (a JSON file describes them as if the hive's workers held nothing):
+	// every live worker placed on a device then holds its estimate in the
+	// book, not only the workers still loading.
+	Static bool
 }
 
 // ByIndex returns the device with index i.

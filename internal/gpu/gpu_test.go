@@ -184,7 +184,7 @@ func TestFileInventoryReReadOnChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := NewRefresher(src, time.Hour, nil)
-	if s := r.Refresh(context.Background()); len(s.GPUs) != 1 || s.GPUs[0].Free() != 7<<30 || s.Source != "file:"+path {
+	if s := r.Refresh(context.Background()); len(s.GPUs) != 1 || s.GPUs[0].Free() != 7<<30 || s.Source != "file:"+path || !s.Static {
 		t.Fatalf("first read: %+v", s)
 	}
 	writeInventory(t, path, FileInventory{GPUs: []GPU{
@@ -279,6 +279,9 @@ func TestPickNothingFitsNamesTheNumbers(t *testing.T) {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("message %q lacks %q", err, s)
 		}
+	}
+	if d := ie.Deficit(); d != 8<<30-(10<<30-512<<20-2<<30) {
+		t.Fatalf("deficit %d", d)
 	}
 	if _, err := Pick(accounts(), 0, 4<<30, "test"); !errors.As(err, &ie) || ie.Device != 0 || ie.Auto {
 		t.Fatalf("asked GPU 0: %v", err)

@@ -44,7 +44,11 @@ func NewRefresher(src Source, interval time.Duration, log *slog.Logger) *Refresh
 	}
 	r := &Refresher{src: src, interval: interval, log: log, kick: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
-	r.snap.Store(&Snapshot{Source: src.Name()})
+	first := &Snapshot{Source: src.Name()}
+	if st, ok := src.(interface{ Static() bool }); ok {
+		first.Static = st.Static()
+	}
+	r.snap.Store(first)
 	return r
 }
 
@@ -99,6 +103,9 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 	defer r.mu.Unlock()
 	gpus, procs, err := r.src.List(ctx)
 	s := &Snapshot{GPUs: gpus, Processes: procs, At: time.Now(), Err: err, Source: r.src.Name()}
+	if st, ok := r.src.(interface{ Static() bool }); ok {
+		s.Static = st.Static()
+	}
 	if err != nil {
 		prev := r.snap.Load()
 		s.GPUs, s.Processes = prev.GPUs, prev.Processes

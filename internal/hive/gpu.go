@@ -30,9 +30,13 @@ const gpuFreshness = time.Second
 type gpuBook struct {
 	inv *gpu.Refresher
 
-	// mu makes a placement (read the book, pick, reserve) one step, so two
-	// spawns racing for one GPU cannot both pass the preflight.
-	mu      sync.Mutex
+	// place makes a placement (read the inventory and the book, pick,
+	// reserve) one step, so two spawns racing for one GPU cannot both pass
+	// the preflight. It may be held across a run of nvidia-smi.
+	place sync.Mutex
+	// pendMu guards pending; it is never held for long, so readers of the
+	// book (status, metrics) do not wait for a placement's inventory read.
+	pendMu  sync.Mutex
 	pending map[string]gpu.Reservation // by worker id
 
 	useMu   sync.Mutex
@@ -127,9 +131,11 @@ func (h *Hive) placeGPU(ctx context.Context, id string, req *apiv1.SpawnRequest,
 		asked = req.Device
 	}
 	b := h.gpu
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.place.Lock()
+	defer b.place.Unlock()
 	snap := b.inv.Fresh(ctx, gpuFreshness)
+	b.pendMu.Lock()
+	defer b.pendMu.Unlock()
 	a, err := gpu.Pick(h.accounts(snap), asked, need, snap.Source)
 	if err != nil {
 		var de *gpu.InvalidDeviceError
@@ -140,9 +146,9 @@ func (h *Hive) placeGPU(ctx context.Context, id string, req *apiv1.SpawnRequest,
 	}
 	b.pending[id] = gpu.Reservation{WorkerID: id, UUID: a.UUID, Bytes: need}
 	return a, func() {
-		b.mu.Lock()
+		b.pendMu.Lock()
 		delete(b.pending, id)
-		b.mu.Unlock()
+		b.pendMu.Unlock()
 	}, nil
 }
 
@@ -176,9 +182,9 @@ func (g GPUHolder) Frees() int64 { return max(g.EstimateBytes, g.UsedBytes) }
 // use.
 func (h *Hive) GPUAccounts() []GPUAccount {
 	snap := h.gpu.inv.Snapshot()
-	h.gpu.mu.Lock()
+	h.gpu.pendMu.Lock()
 	accts := h.accounts(snap)
-	h.gpu.mu.Unlock()
+	h.gpu.pendMu.Unlock()
 	use := h.gpuUse(snap)
 	out := make([]GPUAccount, len(accts))
 	idx := map[string]int{}
@@ -211,9 +217,11 @@ func (h *Hive) GPUAccounts() []GPUAccount {
 
 // accounts books the reservations against snap: every registered worker
 // placed on a GPU that has not finished loading (spawning, loading,
-// backoff) holds its estimate minus what it is seen to use already; a
-// placement whose worker is not registered yet holds its whole estimate.
-// Call with h.gpu.mu held.
+// backoff) holds its estimate minus what it is seen to use already (a
+// ready worker's memory is in the driver's used figure); with a static
+// inventory (a JSON file, which does not see workers load) every live
+// worker does. A placement whose worker is not registered yet holds its
+// whole estimate. Call with h.gpu.pendMu held.
 func (h *Hive) accounts(snap *gpu.Snapshot) []gpu.DeviceAccount {
 	use := h.gpuUse(snap)
 	var res []gpu.Reservation
@@ -228,8 +236,9 @@ func (h *Hive) accounts(snap *gpu.Snapshot) []gpu.DeviceAccount {
 		if info.GPUUUID == "" || info.Estimate == nil {
 			continue
 		}
-		switch info.State {
-		case state.Spawning, state.Loading, state.Backoff:
+		switch {
+		case info.State == state.Spawning, info.State == state.Loading, info.State == state.Backoff,
+			snap.Static && !info.State.Ended():
 			if left := info.Estimate.VRAMBytes - use[id]; left > 0 {
 				res = append(res, gpu.Reservation{WorkerID: id, UUID: info.GPUUUID, Bytes: left})
 			}

@@ -19,7 +19,7 @@ var (
 	descGPUTotal     = prometheus.NewDesc(ns+"_gpu_memory_total_bytes", "A GPU's memory, as its driver reports it.", gpuLabels, nil)
 	descGPUUsed      = prometheus.NewDesc(ns+"_gpu_memory_used_bytes", "A GPU's memory in use (by anyone), as its driver reports it.", gpuLabels, nil)
 	descGPUFree      = prometheus.NewDesc(ns+"_gpu_memory_free_bytes", "A GPU's memory not in use.", gpuLabels, nil)
-	descGPUReserved  = prometheus.NewDesc(ns+"_gpu_memory_reserved_bytes", "A GPU's memory reserved by workers still loading (their estimate minus what they already hold).", gpuLabels, nil)
+	descGPUReserved  = prometheus.NewDesc(ns+"_gpu_memory_reserved_bytes", "A GPU's memory reserved for the hive's workers: their estimates minus what they are seen to hold, for workers still loading (with a JSON inventory, for every live worker).", gpuLabels, nil)
 	descGPUUtil      = prometheus.NewDesc(ns+"_gpu_utilization_percent", "Percent of the last sample period a kernel ran on the GPU (absent when the driver does not say).", gpuLabels, nil)
 	descWorkerGPUMem = prometheus.NewDesc(ns+"_worker_gpu_memory_bytes", "GPU memory held by a live worker's processes (summed over its process tree).", []string{"worker_id", "model_ref", "uuid"}, nil)
 	gpuDescs         = []*prometheus.Desc{descGPUTotal, descGPUUsed, descGPUFree, descGPUReserved, descGPUUtil, descWorkerGPUMem}

@@ -418,3 +418,32 @@ func TestGPUEstimateFromTheGGUFFile(t *testing.T) {
 		t.Fatalf("worker get: %+v", got.Estimate)
 	}
 }
+
+// The memory preflight uses the estimate from the GGUF file (not the file
+// size × 1.2), or memory_bytes when set.
+func TestMemoryPreflightUsesTheGGUFEstimate(t *testing.T) {
+	reserve := int64(1) << 50 // 1 PiB must stay free: never true
+	h := hivetest.Start(t, hivetest.Options{MemoryReserve: &reserve, Config: "gpu_inventory: none\n"})
+	model, err := os.ReadFile(filepath.Join("..", "internal", "modelsize", "testdata", "stories260K.gguf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(h.Models, "stories260K.gguf")
+	if err := os.WriteFile(path, model, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.Spawn(apiv1.SpawnRequest{ModelRef: "file:" + path, Settings: json.RawMessage(`{"ctx":512}`)})
+	ae := apiErr(t, err)
+	if ae.Status != 507 || ae.Code != "INSUFFICIENT_MEMORY" || !strings.Contains(ae.Message, "needs about 14.3 MiB (estimate from the GGUF file)") {
+		t.Fatalf("got %+v", ae)
+	}
+	_, err = h.Spawn(apiv1.SpawnRequest{ModelRef: "file:" + path, Settings: json.RawMessage(`{"memory_bytes":104857600}`)})
+	if ae := apiErr(t, err); ae.Status != 507 || !strings.Contains(ae.Message, "needs about 100.0 MiB (memory_bytes)") {
+		t.Fatalf("memory_bytes: %+v", ae)
+	}
+	// No GPUs here: a cuda worker cannot be placed.
+	_, err = h.Spawn(apiv1.SpawnRequest{Backend: "cuda"})
+	if ae := apiErr(t, err); ae.Status != 400 || ae.Code != "INVALID_DEVICE" || !strings.Contains(ae.Message, "no GPUs") {
+		t.Fatalf("cuda without GPUs: %+v", ae)
+	}
+}

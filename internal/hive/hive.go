@@ -334,6 +334,18 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	}
 	onGPU := wantsGPU(req.Backend, prof)
 	est := estimate(path, size, prof, settings, onGPU)
+	id := "worker-" + uuid.NewString()
+	device, gpuUUID := req.Device, ""
+	if onGPU {
+		dev, release, err := h.placeGPU(ctx, id, req, est.VRAMBytes)
+		if err != nil {
+			return nil, err
+		}
+		defer release() // the registered worker's own state holds the reservation from then on
+		device, gpuUUID = dev.Index, dev.UUID
+	} else if device == apiv1.DeviceAuto {
+		device = 0
+	}
 	if err := h.preflightRAM(est); err != nil {
 		return nil, err
 	}
@@ -347,18 +359,6 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	h.mu.RUnlock()
 	if closing {
 		return nil, ErrShuttingDown
-	}
-	id := "worker-" + uuid.NewString()
-	device, gpuUUID := req.Device, ""
-	if onGPU {
-		dev, release, err := h.placeGPU(ctx, id, req, est.VRAMBytes)
-		if err != nil {
-			return nil, err
-		}
-		defer release() // the registered worker's own state holds the reservation from then on
-		device, gpuUUID = dev.Index, dev.UUID
-	} else if device == apiv1.DeviceAuto {
-		device = 0
 	}
 	port, err := h.ports.Acquire(id)
 	if err != nil {

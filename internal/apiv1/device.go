@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"strconv"
 )
 
 // DeviceAuto in SpawnRequest.Device asks the hive to pick the GPU: the one
 // with the most free VRAM that holds the worker (SPEC §11). On the wire it
-// is the string "auto".
-const DeviceAuto = -1
+// is the string "auto". It is a value no wire number decodes to (those are
+// 32-bit), so "device": -1 stays an invalid index.
+const DeviceAuto = math.MinInt
 
 // spawnRequestWire is SpawnRequest with device as it comes on the wire.
 type spawnRequestWire struct {

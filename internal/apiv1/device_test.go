@@ -34,6 +34,10 @@ func TestSpawnRequestDeviceIsAnIndexOrAuto(t *testing.T) {
 			t.Errorf("%s: round trip %s gave %+v, %v", c.body, b, back, err)
 		}
 	}
+	var neg SpawnRequest
+	if err := json.Unmarshal([]byte(`{"device":-1}`), &neg); err != nil || neg.Device != -1 || neg.Device == DeviceAuto {
+		t.Fatalf(`"device":-1 must stay the invalid index -1, got %d (%v)`, neg.Device, err)
+	}
 	for _, bad := range []string{`{"device":"gpu0"}`, `{"device":1.5}`, `{"device":1e30}`, `{"device":true}`, `{"bogus":1}`} {
 		var r SpawnRequest
 		if err := json.Unmarshal([]byte(bad), &r); err == nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -38,6 +39,11 @@ type gpuBook struct {
 	// book (status, metrics) do not wait for a placement's inventory read.
 	pendMu  sync.Mutex
 	pending map[string]gpu.Reservation // by worker id
+
+	// freedAt is when a GPU worker last ended (UnixNano): a placement
+	// reads the inventory again if its reading is older, so a spawn right
+	// after an eviction sees the memory the evicted worker gave back.
+	freedAt atomic.Int64
 
 	useMu   sync.Mutex
 	useSnap *gpu.Snapshot    // the reading use was attributed from
@@ -134,6 +140,9 @@ func (h *Hive) placeGPU(ctx context.Context, id string, req *apiv1.SpawnRequest,
 	b.place.Lock()
 	defer b.place.Unlock()
 	snap := b.inv.Fresh(ctx, gpuFreshness)
+	if snap.At.UnixNano() < b.freedAt.Load() {
+		snap = b.inv.Refresh(ctx)
+	}
 	b.pendMu.Lock()
 	defer b.pendMu.Unlock()
 	a, err := gpu.Pick(h.accounts(snap), asked, need, snap.Source)
@@ -150,6 +159,18 @@ func (h *Hive) placeGPU(ctx context.Context, id string, req *apiv1.SpawnRequest,
 		delete(b.pending, id)
 		b.pendMu.Unlock()
 	}, nil
+}
+
+// gpuChanged is told of a GPU worker's state change: memory it held is
+// free once it ended, or in use once it is ready, so the inventory is read
+// again (SPEC §11: around every spawn and stop).
+func (h *Hive) gpuChanged(to state.State) {
+	if to.Ended() {
+		h.gpu.freedAt.Store(time.Now().UnixNano())
+	}
+	if to.Ended() || to == state.Idle || to == state.Backoff {
+		h.gpu.inv.Kick()
+	}
 }
 
 // GPUAccount is one device's VRAM book with the workers placed on it: what

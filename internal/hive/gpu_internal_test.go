@@ -12,6 +12,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/gpu"
+	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
 )
@@ -142,5 +143,26 @@ func TestWithGPUEnvReplacesEveryOtherValue(t *testing.T) {
 	env := withGPUEnv([]string{"A=1", "CUDA_VISIBLE_DEVICES=0,1", "B=2", "CUDA_VISIBLE_DEVICES=3"}, "GPU-x")
 	if !slices.Equal(env, []string{"A=1", "B=2", "CUDA_VISIBLE_DEVICES=GPU-x"}) {
 		t.Fatalf("got %v", env)
+	}
+}
+
+// Regression: a spawn right after an eviction must see the memory the
+// evicted worker gave back, not the reading (under a second old) from
+// before it ended.
+func TestPlaceGPUAfterAWorkerEndedReadsTheInventoryAgain(t *testing.T) {
+	h := gpuOnlyHive(t, twoGPUInventory)
+	req := &apiv1.SpawnRequest{Device: 0, DeviceGiven: true}
+	if _, _, err := h.placeGPU(context.Background(), "w1", req, 3<<30); !errors.Is(err, gpu.ErrInsufficientVRAM) {
+		t.Fatalf("before: %v", err)
+	}
+	// The worker holding GPU 0's memory ends: the driver now reports 1 GiB used.
+	path := h.gpu.inv.Source().Name()[len("file:"):]
+	freed := `{"gpus":[{"index":0,"uuid":"GPU-a","name":"A","memory_total_bytes":8589934592,"memory_used_bytes":1073741824,"utilization_percent":1}]}`
+	if err := os.WriteFile(path, []byte(freed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.gpuChanged(state.Terminated)
+	if a, _, err := h.placeGPU(context.Background(), "w2", req, 3<<30); err != nil || a.UUID != "GPU-a" {
+		t.Fatalf("after the worker ended: %+v %v", a, err)
 	}
 }

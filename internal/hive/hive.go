@@ -243,8 +243,8 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 		h.persist(w, ev)
 	}
 	if ev != nil {
-		if info.GPUUUID != "" && (ev.To.Ended() || ev.To == state.Idle || ev.To == state.Backoff) {
-			h.gpu.inv.Kick() // its memory is freed or in use now: read the inventory again (SPEC §11)
+		if info.GPUUUID != "" {
+			h.gpuChanged(ev.To)
 		}
 		h.events.Publish(*ev)
 		// Crash detection: from the reaper seeing an exit nobody asked for

@@ -181,26 +181,41 @@ type GPUAccount struct {
 	Holders []GPUHolder
 }
 
+// Budget is the VRAM the hive's workers may hold on this device together:
+// what is available now plus what the holders count for in the book. With
+// it, eviction by VRAM is the same problem as eviction by RAM: a spawn
+// needing N fits once Σ Booked of the remaining holders + N ≤ Budget.
+func (a GPUAccount) Budget() int64 {
+	b := a.Available
+	for _, h := range a.Holders {
+		b += h.Booked
+	}
+	return b
+}
+
 // GPUHolder is a live worker on a device.
 type GPUHolder struct {
 	WorkerID string
 	ModelRef string
 	State    state.State
-	// EstimateBytes is its booked VRAM need; UsedBytes what its processes
-	// are seen to hold (0 when the inventory cannot tell).
+	// EstimateBytes is its VRAM need as booked at its spawn; UsedBytes what
+	// its processes are seen to hold (0 when the inventory cannot tell).
 	EstimateBytes, UsedBytes int64
+	// Booked is what it counts for in the device's book: what it is seen
+	// to use (in the driver's used memory) plus what it still has reserved.
+	// Stopping it gives this back.
+	Booked int64
 }
 
-// Frees is what stopping the worker gives back: what it holds, or will
-// hold once loaded.
-func (g GPUHolder) Frees() int64 { return max(g.EstimateBytes, g.UsedBytes) }
-
 // GPUAccounts returns every device's book from the latest inventory
-// reading (at most a few seconds old; it does not wait for a read). For
-// eviction by VRAM: a spawn that fails with *gpu.InsufficientVRAMError on
-// device UUID can fit once idle holders on that device whose Frees add up
-// to Need − (Free − Reserve − Reserved) are stopped. Safe for concurrent
-// use.
+// reading (at most a few seconds old; it does not wait for a read), with
+// the live workers on each. For eviction by VRAM (SPEC §10): a worker of a
+// model needing N bytes of VRAM (Estimate) fits on a device once idle
+// holders there whose Booked add up to N − Available are stopped
+// (equivalently: Plan(N, a.Budget(), holders as their Booked)); spawn it
+// with that device asked (Device, DeviceGiven), and placement, which
+// reads the inventory again after a GPU worker ended, sees the memory
+// given back. Safe for concurrent use.
 func (h *Hive) GPUAccounts() []GPUAccount {
 	snap := h.gpu.inv.Snapshot()
 	h.gpu.pendMu.Lock()
@@ -231,6 +246,10 @@ func (h *Hive) GPUAccounts() []GPUAccount {
 		if info.Estimate != nil {
 			g.EstimateBytes = info.Estimate.VRAMBytes
 		}
+		g.Booked = g.UsedBytes
+		if reserves(info.State, snap.Static) {
+			g.Booked = max(g.EstimateBytes, g.UsedBytes)
+		}
 		out[i].Holders = append(out[i].Holders, g)
 	}
 	return out
@@ -258,8 +277,7 @@ func (h *Hive) accounts(snap *gpu.Snapshot) []gpu.DeviceAccount {
 			continue
 		}
 		switch {
-		case info.State == state.Spawning, info.State == state.Loading, info.State == state.Backoff,
-			snap.Static && !info.State.Ended():
+		case reserves(info.State, snap.Static):
 			if left := info.Estimate.VRAMBytes - use[id]; left > 0 {
 				res = append(res, gpu.Reservation{WorkerID: id, UUID: info.GPUUUID, Bytes: left})
 			}
@@ -273,6 +291,17 @@ func (h *Hive) accounts(snap *gpu.Snapshot) []gpu.DeviceAccount {
 	}
 	sort.Slice(res, func(i, j int) bool { return res[i].WorkerID < res[j].WorkerID })
 	return gpu.Account(snap, h.cfg.VRAMReserveBytes, res)
+}
+
+// reserves reports whether a GPU worker in state st keeps its estimate
+// (less what it is seen to use) reserved: until it is ready, or, with a
+// static inventory, while it lives.
+func reserves(st state.State, static bool) bool {
+	switch st {
+	case state.Spawning, state.Loading, state.Backoff:
+		return true
+	}
+	return static && !st.Ended()
 }
 
 // gpuUse returns the GPU memory of each live worker's process tree in
@@ -370,4 +399,33 @@ func withGPUEnv(env []string, uuid string) []string {
 		}
 	}
 	return append(out, "CUDA_VISIBLE_DEVICES="+uuid)
+}
+
+// Estimate returns the memory need Spawn would book for req (its profile,
+// settings and model, as Spawn resolves them), and whether the worker
+// would be a GPU worker — for the front door to plan evictions before it
+// spawns. It starts nothing and reserves nothing. Safe for concurrent use.
+func (h *Hive) Estimate(req *apiv1.SpawnRequest) (apiv1.Estimate, bool, error) {
+	probe, err := config.Override(h.cfg.Defaults, req.Settings)
+	if err != nil {
+		return apiv1.Estimate{}, false, &validate.Error{Code: "INVALID_SETTINGS", Message: err.Error()}
+	}
+	name := probe.Profile
+	if req.Profile != "" {
+		name = req.Profile
+	}
+	prof, ok := h.cfg.Profiles[name]
+	if !ok {
+		return apiv1.Estimate{}, false, &validate.Error{Code: "INVALID_PROFILE", Message: fmt.Sprintf("no profile named %q", clip(name))}
+	}
+	path, size, err := h.resolver.Resolve(req.ModelRef, req.ModelPath)
+	if err != nil {
+		return apiv1.Estimate{}, false, err
+	}
+	backend := req.Backend
+	if backend == "" {
+		backend = "cpu"
+	}
+	onGPU := wantsGPU(backend, prof)
+	return estimate(path, size, prof, probe, onGPU), onGPU, nil
 }

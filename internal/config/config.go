@@ -169,7 +169,7 @@ const (
 // Profile says how to run one kind of worker.
 type Profile struct {
 	// Command is the argv template. {port}, {model}, {worker_id},
-	// {model_ref}, {backend}, {device} and {hive_url} are substituted token
+	// {model_ref}, {backend}, {device}, {gpu_uuid} and {hive_url} are substituted token
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
@@ -192,6 +192,9 @@ type Profile struct {
 	// VRAMBytes, when set, is the GPU memory need of this profile's
 	// workers in bytes (a spawn's vram_bytes wins); 0: estimate.
 	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
+	// MemoryBytes, when set, is the memory need of this profile's workers
+	// in bytes (a model entry's or spawn's memory_bytes wins); 0: estimate.
+	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
 }
 
 // Ports is the inclusive range workers' ports come from.
@@ -407,8 +410,8 @@ func (c *Config) Validate() error {
 		if p.StopTimeout < 0 {
 			bad("profiles.%s.stop_timeout must not be negative", name)
 		}
-		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 {
-			bad("profiles.%s: gpu_layers and vram_bytes must not be negative", name)
+		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
+			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
 		}
 		for _, pr := range []Probe{p.Readiness, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {

@@ -73,7 +73,8 @@ func (h *Hive) GPUInventory() *gpu.Refresher { return h.gpu.inv }
 func wantsGPU(backend string, prof config.Profile) bool { return backend == "cuda" || prof.GPU }
 
 // estimate books a worker's memory need (SPEC §11): memory_bytes /
-// vram_bytes when set (the spawn's settings, else the profile's), else the
+// vram_bytes when set (the spawn's settings — which a model entry's
+// settings feed — else the profile's), else the
 // estimate from the GGUF file at the settings' ctx with the profile's
 // gpu_layers (all by default) offloaded for a GPU worker; a file that is
 // not GGUF falls back to file size × 1.2 for RAM and no VRAM figure.
@@ -96,11 +97,15 @@ func estimate(path string, size int64, prof config.Profile, s config.Settings, o
 	if vram == 0 {
 		vram = prof.VRAMBytes
 	}
-	if s.MemoryBytes > 0 || (onGPU && vram > 0) {
+	ram := s.MemoryBytes
+	if ram == 0 {
+		ram = prof.MemoryBytes
+	}
+	if ram > 0 || (onGPU && vram > 0) {
 		e.Source = "settings"
 	}
-	if s.MemoryBytes > 0 {
-		e.RAMBytes = s.MemoryBytes
+	if ram > 0 {
+		e.RAMBytes = ram
 	}
 	if onGPU && vram > 0 {
 		e.VRAMBytes = vram

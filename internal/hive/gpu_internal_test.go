@@ -127,6 +127,9 @@ func TestEstimateOverrides(t *testing.T) {
 	if e := estimate(model, 0, prof, config.Settings{VRAMBytes: 1 << 30, MemoryBytes: 2 << 30}, true); e.VRAMBytes != 1<<30 || e.RAMBytes != 2<<30 {
 		t.Fatalf("settings win: %+v", e)
 	}
+	if e := estimate(model, 0, config.Profile{MemoryBytes: 5 << 20}, config.Settings{}, false); e.RAMBytes != 5<<20 || e.Source != "settings" {
+		t.Fatalf("profile memory_bytes: %+v", e)
+	}
 	if e := estimate(model, 0, prof, config.Settings{VRAMBytes: 1 << 30}, false); e.VRAMBytes != 0 {
 		t.Fatalf("a CPU worker books no VRAM: %+v", e)
 	}

@@ -243,7 +243,7 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 		h.persist(w, ev)
 	}
 	if ev != nil {
-		if info.GPUUUID != "" {
+		if info != nil && info.GPUUUID != "" {
 			h.gpuChanged(ev.To)
 		}
 		h.events.Publish(*ev)

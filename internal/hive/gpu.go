@@ -78,7 +78,9 @@ func wantsGPU(backend string, prof config.Profile) bool { return backend == "cud
 // estimate from the GGUF file at the settings' ctx with the profile's
 // gpu_layers (all by default) offloaded for a GPU worker; a file that is
 // not GGUF falls back to file size × 1.2 for RAM and no VRAM figure.
-func estimate(path string, size int64, prof config.Profile, s config.Settings, onGPU bool) apiv1.Estimate {
+// ramBasis says where the RAM figure came from, for the memory preflight's
+// message.
+func estimate(path string, size int64, prof config.Profile, s config.Settings, onGPU bool) (e apiv1.Estimate, ramBasis string) {
 	layers := 0
 	if onGPU {
 		layers = modelsize.AllLayers
@@ -86,10 +88,12 @@ func estimate(path string, size int64, prof config.Profile, s config.Settings, o
 			layers = prof.GPULayers
 		}
 	}
-	e := apiv1.Estimate{Source: "gguf"}
+	e = apiv1.Estimate{Source: "gguf"}
+	ramBasis = "estimate from the GGUF file"
 	b, err := modelsize.Detail(path, s.Ctx, layers)
 	if err != nil {
 		e = apiv1.Estimate{Source: "file_size", RAMBytes: models.NeedBytes(size)}
+		ramBasis = "" // file size × 1.2
 	} else {
 		e.RAMBytes, e.VRAMBytes, e.Ctx = b.RAM, b.VRAM, b.Ctx
 	}
@@ -105,7 +109,7 @@ func estimate(path string, size int64, prof config.Profile, s config.Settings, o
 		e.Source = "settings"
 	}
 	if ram > 0 {
-		e.RAMBytes = ram
+		e.RAMBytes, ramBasis = ram, "memory_bytes"
 	}
 	if onGPU && vram > 0 {
 		e.VRAMBytes = vram
@@ -113,12 +117,12 @@ func estimate(path string, size int64, prof config.Profile, s config.Settings, o
 	if !onGPU {
 		e.VRAMBytes = 0
 	}
-	return e
+	return e, ramBasis
 }
 
 // preflightRAM is the memory preflight (SPEC §3) with the estimate's RAM
-// figure.
-func (h *Hive) preflightRAM(e apiv1.Estimate) error {
+// figure, found as basis says.
+func (h *Hive) preflightRAM(e apiv1.Estimate, basis string) error {
 	if h.cfg.MemoryReserveBytes < 0 {
 		return nil
 	}
@@ -126,7 +130,6 @@ func (h *Hive) preflightRAM(e apiv1.Estimate) error {
 	if err != nil {
 		return fmt.Errorf("memory preflight: %w", err)
 	}
-	basis := map[string]string{"gguf": "estimate from the GGUF file", "settings": "memory_bytes", "file_size": ""}[e.Source]
 	return models.PreflightNeed(e.RAMBytes, avail, h.cfg.MemoryReserveBytes, basis)
 }
 
@@ -432,5 +435,6 @@ func (h *Hive) Estimate(req *apiv1.SpawnRequest) (apiv1.Estimate, bool, error) {
 		backend = "cpu"
 	}
 	onGPU := wantsGPU(backend, prof)
-	return estimate(path, size, prof, probe, onGPU), onGPU, nil
+	e, _ := estimate(path, size, prof, probe, onGPU)
+	return e, onGPU, nil
 }

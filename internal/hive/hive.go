@@ -333,7 +333,7 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		}
 	}
 	onGPU := wantsGPU(req.Backend, prof)
-	est := estimate(path, size, prof, settings, onGPU)
+	est, ramBasis := estimate(path, size, prof, settings, onGPU)
 	id := "worker-" + uuid.NewString()
 	device, gpuUUID := req.Device, ""
 	if onGPU {
@@ -346,7 +346,7 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	} else if device == apiv1.DeviceAuto {
 		device = 0
 	}
-	if err := h.preflightRAM(est); err != nil {
+	if err := h.preflightRAM(est, ramBasis); err != nil {
 		return nil, err
 	}
 	cmd, err := resolveCommand(prof.Command)

@@ -67,13 +67,22 @@ func gpuHive(t *testing.T, inv gpu.FileInventory, extra string) (*hivetest.Hive,
 	invPath := filepath.Join(dir, "gpus.json")
 	writeGPUs(t, invPath, inv)
 	script := envDumper(t, dir)
+	// gpuhang never answers its readiness probe: it stays loading.
+	hang := filepath.Join(dir, "hang.sh")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nexec sleep 300\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf(`gpu_inventory: %s
 profiles:
   gpuenv:
     command: [%s, "%s/{worker_id}", "{port}", "{model}", "{device}", "{gpu_uuid}"]
     protocol: http
     gpu: true
-%s`, invPath, script, dir, extra)
+  gpuhang:
+    command: [%s]
+    protocol: http
+    gpu: true
+%s`, invPath, script, dir, hang, extra)
 	h := hivetest.Start(t, hivetest.Options{Config: cfg})
 	return h, invPath, dir
 }
@@ -221,9 +230,9 @@ func TestGPUModelThatFitsNowhereIs507WithTheNumbers(t *testing.T) {
 
 // Regression: two spawns racing for one GPU must not both pass the
 // preflight. GPU 0 has 2 GiB free, 1.5 GiB after the reserve: room for one
-// 1 GiB worker. The workers (the reference worker, backend cuda) never get
-// ready, so the winner keeps its reservation; once it is stopped, there is
-// room again.
+// 1 GiB worker. The workers (a GPU profile whose server never answers) stay
+// loading, so the winner keeps its reservation; once it is stopped, there
+// is room again.
 func TestGPURacingSpawnsDoNotBothPassThePreflight(t *testing.T) {
 	one := gpu.FileInventory{GPUs: twoGPUs().GPUs[:1]}
 	h, _, _ := gpuHive(t, one, "")
@@ -238,7 +247,7 @@ func TestGPURacingSpawnsDoNotBothPassThePreflight(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			body := fmt.Sprintf(`{"model_ref":%q,"backend":"cuda","device":0,"env":{"LLMW_FAKE_NEVER_READY":"1"},"settings":{"vram_bytes":%d}}`, h.Ref, 1<<30)
+			body := fmt.Sprintf(`{"model_ref":%q,"profile":"gpuhang","device":0,"settings":{"vram_bytes":%d}}`, h.Ref, 1<<30)
 			resp, err := http.Post(h.URL+"/v1/workers/spawn", "application/json", strings.NewReader(body))
 			if err != nil {
 				msgs[i] = err.Error()
@@ -381,6 +390,12 @@ func TestGPUFakeNvidiaSMI(t *testing.T) {
 		t.Fatalf("auto on the fixture: %+v", r)
 	}
 	info := h.WaitState(r.WorkerID, wait, "idle")
+	// nvidia-smi sees what runs: a ready worker's memory is in the used
+	// figure, so it no longer holds a reservation.
+	if st, err := h.Client.Status(context.Background()); err != nil || st.GPUs[0].ReservedBytes != 0 ||
+		strings.Join(st.GPUs[0].Workers, ",") != r.WorkerID {
+		t.Fatalf("book after ready: %+v %v", st.GPUs, err)
+	}
 	apps := fmt.Sprintf("%d, 2048, %s\n4243, 24, %s\n", info.PID, r.GPUUUID, r.GPUUUID)
 	if err := os.WriteFile(filepath.Join(dir, "query-compute-apps.csv"), []byte(apps), 0o644); err != nil {
 		t.Fatal(err)

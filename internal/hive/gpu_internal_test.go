@@ -187,3 +187,15 @@ func TestEstimateRAMBasis(t *testing.T) {
 		}
 	}
 }
+
+func TestReservesUntilReadyUnlessTheInventoryIsStatic(t *testing.T) {
+	for _, st := range state.All {
+		want := st == state.Spawning || st == state.Loading || st == state.Backoff
+		if got := reserves(st, false); got != want {
+			t.Errorf("live inventory, %s: %v", st, got)
+		}
+		if got := reserves(st, true); got != !st.Ended() {
+			t.Errorf("static inventory, %s: %v", st, got)
+		}
+	}
+}

@@ -413,14 +413,7 @@ func TestGPUFakeNvidiaSMI(t *testing.T) {
 // at ctx 512 (numbers as internal/modelsize pins them).
 func TestGPUEstimateFromTheGGUFFile(t *testing.T) {
 	h, _, _ := gpuHive(t, twoGPUs(), "")
-	model, err := os.ReadFile(filepath.Join("..", "internal", "modelsize", "testdata", "stories260K.gguf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(h.Models, "stories260K.gguf")
-	if err := os.WriteFile(path, model, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := h.Model // the built-in stories260K
 	r := h.MustSpawn(apiv1.SpawnRequest{ModelRef: "file:" + path, Settings: json.RawMessage(`{"ctx":512}`)})
 	if e := r.Estimate; e == nil || e.Source != "gguf" || e.RAMBytes != 15046624 || e.VRAMBytes != 0 || e.Ctx != 512 || r.GPUUUID != "" {
 		t.Fatalf("cpu estimate: %+v %+v", r, r.Estimate)
@@ -439,15 +432,8 @@ func TestGPUEstimateFromTheGGUFFile(t *testing.T) {
 func TestMemoryPreflightUsesTheGGUFEstimate(t *testing.T) {
 	reserve := int64(1) << 50 // 1 PiB must stay free: never true
 	h := hivetest.Start(t, hivetest.Options{MemoryReserve: &reserve, Config: "gpu_inventory: none\n"})
-	model, err := os.ReadFile(filepath.Join("..", "internal", "modelsize", "testdata", "stories260K.gguf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(h.Models, "stories260K.gguf")
-	if err := os.WriteFile(path, model, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, err = h.Spawn(apiv1.SpawnRequest{ModelRef: "file:" + path, Settings: json.RawMessage(`{"ctx":512}`)})
+	path := h.Model // the built-in stories260K
+	_, err := h.Spawn(apiv1.SpawnRequest{ModelRef: "file:" + path, Settings: json.RawMessage(`{"ctx":512}`)})
 	ae := apiErr(t, err)
 	if ae.Status != 507 || ae.Code != "INSUFFICIENT_MEMORY" || !strings.Contains(ae.Message, "needs about 14.3 MiB (estimate from the GGUF file)") {
 		t.Fatalf("got %+v", ae)

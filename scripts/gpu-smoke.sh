@@ -30,7 +30,7 @@ go build -o bin/rbee-hive ./cmd/rbee-hive && go build -o bin/llm-worker-rbee ./c
 dir=$(mktemp -d /tmp/rbee-gpu-smoke.XXXXXX)
 chmod 700 "$dir"
 mkdir -p "$dir/models"
-cp internal/modelsize/testdata/stories260K.gguf "$dir/models/"
+cp internal/builtinmodel/stories260K.gguf "$dir/models/"
 port=$((19200 + $$ % 500))
 url=http://127.0.0.1:$port
 cat > "$dir/hive.yaml" <<YAML

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/gpu"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -111,7 +112,10 @@ func TestPlaceGPUMissingDeviceIsInvalidDevice(t *testing.T) {
 // The spawn's settings win over the profile, which wins over the estimate
 // from the file; a file that is not GGUF falls back to file size × 1.2.
 func TestEstimateOverrides(t *testing.T) {
-	model := filepath.Join("..", "modelsize", "testdata", "stories260K.gguf")
+	model, err := builtinmodel.WriteTo(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	cpu := est1(estimate(model, 0, config.Profile{}, config.Settings{Ctx: 512}, false))
 	if cpu != (apiv1.Estimate{RAMBytes: 15046624, Ctx: 512, Source: "gguf"}) {
 		t.Fatalf("cpu: %+v", cpu)
@@ -173,7 +177,10 @@ func TestPlaceGPUAfterAWorkerEndedReadsTheInventoryAgain(t *testing.T) {
 func est1(e apiv1.Estimate, _ string) apiv1.Estimate { return e }
 
 func TestEstimateRAMBasis(t *testing.T) {
-	model := filepath.Join("..", "modelsize", "testdata", "stories260K.gguf")
+	model, err := builtinmodel.WriteTo(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		s    config.Settings
 		want string

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -55,8 +56,8 @@ func TestGPUAccountsForEviction(t *testing.T) {
 		defer cancel()
 		h.Shutdown(ctx)
 	}()
-	model := filepath.Join(dir, "models", "m.gguf")
-	if err := os.WriteFile(model, []byte("weights"), 0o600); err != nil {
+	model, err := builtinmodel.WriteTo(filepath.Join(dir, "models"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	req := &apiv1.SpawnRequest{ModelRef: "file:" + model, Backend: "cuda", Settings: json.RawMessage(`{"vram_bytes":2147483648}`)}

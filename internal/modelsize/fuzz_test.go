@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 )
 
 // FuzzDetail: a model file is outside input (anything an operator puts
@@ -11,11 +13,7 @@ import (
 // panics are turned into errors) and accepted files give no negative
 // figure.
 func FuzzDetail(f *testing.F) {
-	seed, err := os.ReadFile("testdata/stories260K.gguf")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(seed[:4096])
+	f.Add(builtinmodel.Bytes()[:4096])
 	f.Add([]byte("GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, b []byte) {

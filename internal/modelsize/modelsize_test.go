@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 )
 
 // ggufWriter writes a minimal GGUF v3 file: metadata and a tensor table
@@ -242,7 +244,10 @@ func TestEstimateGeneratedModelOfKnownShape(t *testing.T) {
 // here to compare them, so they are pinned as measured (a change in the
 // dependency shows up here).
 func TestEstimateStories260K(t *testing.T) {
-	const path = "testdata/stories260K.gguf"
+	path, err := builtinmodel.WriteTo(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	cpu, err := Detail(path, 512, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -78,6 +78,7 @@ profiles:
     command: [%s, "%s/{worker_id}", "{port}", "{model}", "{device}", "{gpu_uuid}"]
     protocol: http
     gpu: true
+    env: {CUDA_VISIBLE_DEVICES: "0,1"}
   gpuhang:
     command: [%s]
     protocol: http
@@ -136,7 +137,7 @@ func TestGPUAutoPicksTheFreerDeviceAndTheWorkerSeesIt(t *testing.T) {
 	h, _, dir := gpuHive(t, twoGPUs(), "")
 	ref := fmt.Sprintf("%q", h.Ref)
 
-	code, r, e := spawnRaw(t, h, `{"model_ref":`+ref+`,"profile":"gpuenv","env":{"CUDA_VISIBLE_DEVICES":"0,1"},"settings":{"vram_bytes":1073741824}}`)
+	code, r, e := spawnRaw(t, h, `{"model_ref":`+ref+`,"profile":"gpuenv","settings":{"vram_bytes":1073741824}}`)
 	if code != 201 {
 		t.Fatalf("spawn: %d %+v", code, e)
 	}
@@ -145,7 +146,7 @@ func TestGPUAutoPicksTheFreerDeviceAndTheWorkerSeesIt(t *testing.T) {
 	}
 	env := readEnv(t, filepath.Join(dir, r.WorkerID+".env"))
 	if env["CUDA_VISIBLE_DEVICES"] != gpu1 {
-		t.Fatalf("worker saw CUDA_VISIBLE_DEVICES=%q, want %s (the hive's value wins over the request's)", env["CUDA_VISIBLE_DEVICES"], gpu1)
+		t.Fatalf("worker saw CUDA_VISIBLE_DEVICES=%q, want %s (the hive's value wins over the profile's 0,1)", env["CUDA_VISIBLE_DEVICES"], gpu1)
 	}
 	args, _ := os.ReadFile(filepath.Join(dir, r.WorkerID+".args"))
 	if f := strings.Fields(string(args)); len(f) != 4 || f[2] != "1" || f[3] != gpu1 {

@@ -45,6 +45,8 @@ type gpuBook struct {
 	// after an eviction sees the memory the evicted worker gave back.
 	freedAt atomic.Int64
 
+	estimates modelsize.Cache // model estimates, so a model's header is parsed once
+
 	useMu   sync.Mutex
 	useSnap *gpu.Snapshot    // the reading use was attributed from
 	use     map[string]int64 // GPU memory by worker id
@@ -80,7 +82,8 @@ func wantsGPU(backend string, prof config.Profile) bool { return backend == "cud
 // not GGUF falls back to file size × 1.2 for RAM and no VRAM figure.
 // ramBasis says where the RAM figure came from, for the memory preflight's
 // message.
-func estimate(path string, size int64, prof config.Profile, s config.Settings, onGPU bool) (e apiv1.Estimate, ramBasis string) {
+// c caches the estimates (nil: none).
+func estimate(c *modelsize.Cache, path string, size int64, prof config.Profile, s config.Settings, onGPU bool) (e apiv1.Estimate, ramBasis string) {
 	layers := 0
 	if onGPU {
 		layers = modelsize.AllLayers
@@ -90,7 +93,11 @@ func estimate(path string, size int64, prof config.Profile, s config.Settings, o
 	}
 	e = apiv1.Estimate{Source: "gguf"}
 	ramBasis = "estimate from the GGUF file"
-	b, err := modelsize.Detail(path, s.Ctx, layers)
+	detail := modelsize.Detail
+	if c != nil {
+		detail = c.Detail
+	}
+	b, err := detail(path, s.Ctx, layers)
 	if err != nil {
 		e = apiv1.Estimate{Source: "file_size", RAMBytes: models.NeedBytes(size)}
 		ramBasis = "" // file size × 1.2
@@ -435,6 +442,6 @@ func (h *Hive) Estimate(req *apiv1.SpawnRequest) (apiv1.Estimate, bool, error) {
 		backend = "cpu"
 	}
 	onGPU := wantsGPU(backend, prof)
-	e, _ := estimate(path, size, prof, probe, onGPU)
+	e, _ := estimate(&h.gpu.estimates, path, size, prof, probe, onGPU)
 	return e, onGPU, nil
 }

@@ -116,32 +116,32 @@ func TestEstimateOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpu := est1(estimate(model, 0, config.Profile{}, config.Settings{Ctx: 512}, false))
+	cpu := est1(estimate(nil, model, 0, config.Profile{}, config.Settings{Ctx: 512}, false))
 	if cpu != (apiv1.Estimate{RAMBytes: 15046624, Ctx: 512, Source: "gguf"}) {
 		t.Fatalf("cpu: %+v", cpu)
 	}
-	g := est1(estimate(model, 0, config.Profile{}, config.Settings{Ctx: 512}, true))
+	g := est1(estimate(nil, model, 0, config.Profile{}, config.Settings{Ctx: 512}, true))
 	if g.VRAMBytes != 11331328 || g.Source != "gguf" {
 		t.Fatalf("gpu: %+v", g)
 	}
 	prof := config.Profile{VRAMBytes: 3 << 30}
-	if e := est1(estimate(model, 0, prof, config.Settings{}, true)); e.VRAMBytes != 3<<30 || e.Source != "settings" {
+	if e := est1(estimate(nil, model, 0, prof, config.Settings{}, true)); e.VRAMBytes != 3<<30 || e.Source != "settings" {
 		t.Fatalf("profile vram_bytes: %+v", e)
 	}
-	if e := est1(estimate(model, 0, prof, config.Settings{VRAMBytes: 1 << 30, MemoryBytes: 2 << 30}, true)); e.VRAMBytes != 1<<30 || e.RAMBytes != 2<<30 {
+	if e := est1(estimate(nil, model, 0, prof, config.Settings{VRAMBytes: 1 << 30, MemoryBytes: 2 << 30}, true)); e.VRAMBytes != 1<<30 || e.RAMBytes != 2<<30 {
 		t.Fatalf("settings win: %+v", e)
 	}
-	if e := est1(estimate(model, 0, config.Profile{MemoryBytes: 5 << 20}, config.Settings{}, false)); e.RAMBytes != 5<<20 || e.Source != "settings" {
+	if e := est1(estimate(nil, model, 0, config.Profile{MemoryBytes: 5 << 20}, config.Settings{}, false)); e.RAMBytes != 5<<20 || e.Source != "settings" {
 		t.Fatalf("profile memory_bytes: %+v", e)
 	}
-	if e := est1(estimate(model, 0, prof, config.Settings{VRAMBytes: 1 << 30}, false)); e.VRAMBytes != 0 {
+	if e := est1(estimate(nil, model, 0, prof, config.Settings{VRAMBytes: 1 << 30}, false)); e.VRAMBytes != 0 {
 		t.Fatalf("a CPU worker books no VRAM: %+v", e)
 	}
 	junk := filepath.Join(t.TempDir(), "junk.gguf")
 	if err := os.WriteFile(junk, make([]byte, 1000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if e := est1(estimate(junk, 1000, config.Profile{}, config.Settings{}, true)); e != (apiv1.Estimate{RAMBytes: 1200, Source: "file_size"}) {
+	if e := est1(estimate(nil, junk, 1000, config.Profile{}, config.Settings{}, true)); e != (apiv1.Estimate{RAMBytes: 1200, Source: "file_size"}) {
 		t.Fatalf("not GGUF: %+v", e)
 	}
 }
@@ -189,7 +189,7 @@ func TestEstimateRAMBasis(t *testing.T) {
 		{config.Settings{VRAMBytes: 1 << 30}, "estimate from the GGUF file"}, // a VRAM override says nothing of RAM
 		{config.Settings{MemoryBytes: 1 << 30}, "memory_bytes"},
 	} {
-		if _, basis := estimate(model, 0, config.Profile{}, c.s, true); basis != c.want {
+		if _, basis := estimate(nil, model, 0, config.Profile{}, c.s, true); basis != c.want {
 			t.Errorf("%+v: basis %q, want %q", c.s, basis, c.want)
 		}
 	}

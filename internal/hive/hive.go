@@ -333,7 +333,7 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		}
 	}
 	onGPU := wantsGPU(req.Backend, prof)
-	est, ramBasis := estimate(path, size, prof, settings, onGPU)
+	est, ramBasis := estimate(&h.gpu.estimates, path, size, prof, settings, onGPU)
 	id := "worker-" + uuid.NewString()
 	device, gpuUUID := req.Device, ""
 	if onGPU {

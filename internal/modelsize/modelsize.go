@@ -57,12 +57,28 @@ var ErrNotGGUF = errors.New("not a GGUF model")
 // 0: none, and then VRAM is 0). Weights are counted resident (no mmap
 // sharing), so the RAM figure is what a CPU worker holds once loaded.
 //
-// It reads the file's header only (milliseconds) and caches the result per
-// file (path, size, modification time) and arguments. Safe for concurrent
-// use.
+// It reads the file's header only (milliseconds); a Cache avoids reading
+// it again. Safe for concurrent use.
 func Estimate(path string, ctx, gpuLayers int) (ram, vram int64, err error) {
 	b, err := Detail(path, ctx, gpuLayers)
 	return b.RAM, b.VRAM, err
+}
+
+// Detail is Estimate with the parts.
+func Detail(path string, ctx, gpuLayers int) (Breakdown, error) {
+	if _, err := os.Stat(path); err != nil {
+		return Breakdown{}, fmt.Errorf("modelsize: %w", err)
+	}
+	return detail(path, ctx, gpuLayers)
+}
+
+// Cache remembers estimates per file (path, size, modification time) and
+// arguments, so that spawning the same model again does not parse its
+// header again; a changed file is estimated afresh. At most 256 entries
+// (then it starts over). The zero value is ready; safe for concurrent use.
+type Cache struct {
+	mu sync.Mutex
+	m  map[cacheKey]Breakdown
 }
 
 type cacheKey struct {
@@ -72,21 +88,16 @@ type cacheKey struct {
 	ctx, gpuLayers int
 }
 
-var (
-	cacheMu sync.Mutex
-	cache   = map[cacheKey]Breakdown{}
-)
-
-// Detail is Estimate with the parts.
-func Detail(path string, ctx, gpuLayers int) (Breakdown, error) {
+// Detail is the package's Detail, cached.
+func (c *Cache) Detail(path string, ctx, gpuLayers int) (Breakdown, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return Breakdown{}, fmt.Errorf("modelsize: %w", err)
 	}
 	k := cacheKey{path, fi.Size(), fi.ModTime(), ctx, gpuLayers}
-	cacheMu.Lock()
-	b, ok := cache[k]
-	cacheMu.Unlock()
+	c.mu.Lock()
+	b, ok := c.m[k]
+	c.mu.Unlock()
 	if ok {
 		return b, nil
 	}
@@ -94,12 +105,12 @@ func Detail(path string, ctx, gpuLayers int) (Breakdown, error) {
 	if err != nil {
 		return Breakdown{}, err
 	}
-	cacheMu.Lock()
-	if len(cache) > 256 {
-		clear(cache)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= 256 {
+		c.m = map[cacheKey]Breakdown{}
 	}
-	cache[k] = b
-	cacheMu.Unlock()
+	c.m[k] = b
+	c.mu.Unlock()
 	return b, nil
 }
 

@@ -283,6 +283,28 @@ func TestEstimateStories260K(t *testing.T) {
 	}
 }
 
+func TestCacheReadsAChangedFileAgain(t *testing.T) {
+	s := shape{embd: 64, layers: 2, heads: 4, headsKV: 4, ff: 128, vocab: 100, trainCtx: 256}
+	path, _, _, _ := llamaFile(t, s)
+	var c Cache
+	a, err := c.Detail(path, 256, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := c.Detail(path, 256, 0); err != nil || b != a {
+		t.Fatalf("cached: %+v %v", b, err)
+	}
+	s.layers = 4
+	bigger, _, _, _ := llamaFile(t, s)
+	if err := os.Rename(bigger, path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Detail(path, 256, 0)
+	if err != nil || b.Layers != 4 || b.RAM <= a.RAM {
+		t.Fatalf("after the file changed: %+v (was %+v) %v", b, a, err)
+	}
+}
+
 func TestEstimateRefusesWhatIsNotAModel(t *testing.T) {
 	dir := t.TempDir()
 	junk := filepath.Join(dir, "junk.gguf")

@@ -139,13 +139,20 @@ type Settings struct {
 	StopTimeout       Duration  `yaml:"stop_timeout" json:"stop_timeout"` // default 10s
 	Restart           Restart   `yaml:"restart" json:"restart"`
 	Limits            Limits    `yaml:"limits" json:"limits"`
-	// Ctx is the context size, in tokens, substituted for {ctx} in argv
-	// templates and used by memory estimates; 0: the model's own default
-	// (SPEC §10 model entries set it).
+
+	// GPU and memory estimates (SPEC §11).
+
+	// Ctx is the context size, in tokens, the model's memory is estimated
+	// for and {ctx} in argv templates (SPEC §6, §10: model entries set
+	// it); 0: llama.cpp's default 4096, capped at the model's trained
+	// context.
 	Ctx int `yaml:"ctx" json:"ctx"`
-	// MemoryBytes is the worker's memory need in bytes, overriding the
-	// estimate from the model file (SPEC §11); 0: estimate.
+	// MemoryBytes is the worker's RAM need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
 	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
+	// VRAMBytes is the worker's GPU memory need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
 }
 
 // Probe is an HTTP probe of a generic worker.
@@ -163,7 +170,7 @@ const (
 // Profile says how to run one kind of worker.
 type Profile struct {
 	// Command is the argv template. {port}, {model}, {worker_id},
-	// {model_ref}, {backend}, {device} and {hive_url} are substituted token
+	// {model_ref}, {backend}, {device}, {gpu_uuid} and {hive_url} are substituted token
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
@@ -180,6 +187,16 @@ type Profile struct {
 	// the front door (SPEC §6, §10); 0: 1 for the http protocol, the
 	// worker's reported slots_total (at least 1) for rbee.
 	MaxConcurrency int `yaml:"max_concurrency" json:"max_concurrency"`
+	// GPU makes every worker of this profile a GPU worker (SPEC §11), as
+	// backend cuda does: it gets a device, CUDA_VISIBLE_DEVICES and a VRAM
+	// preflight. Default false.
+	GPU bool `yaml:"gpu" json:"gpu"`
+	// GPULayers is how many of the model's layers a GPU worker offloads
+	// (llama.cpp's -ngl), for the VRAM estimate; 0: all of them.
+	GPULayers int `yaml:"gpu_layers" json:"gpu_layers"`
+	// VRAMBytes, when set, is the GPU memory need of this profile's
+	// workers in bytes (a spawn's vram_bytes wins); 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
 	// MemoryBytes, when set, is the memory need of this profile's workers
 	// in bytes (a model entry's or spawn's memory_bytes wins); 0: estimate.
 	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
@@ -235,6 +252,14 @@ type Config struct {
 	InferenceTokensFile string `yaml:"inference_tokens_file" json:"inference_tokens_file"`
 	// MaxInferenceBodyBytes bounds an inference request's body; default 16 MiB.
 	MaxInferenceBodyBytes int64 `yaml:"max_inference_body_bytes" json:"max_inference_body_bytes"`
+
+	// GPUInventory says where the GPU inventory comes from (SPEC §11):
+	// "auto" (default: nvidia-smi when it is on PATH, else no GPUs),
+	// "none", or the absolute path of a JSON file.
+	GPUInventory string `yaml:"gpu_inventory" json:"gpu_inventory"`
+	// VRAMReserveBytes is the GPU memory the VRAM preflight leaves free on
+	// every device; default 512 MiB.
+	VRAMReserveBytes int64 `yaml:"vram_reserve_bytes" json:"vram_reserve_bytes"`
 }
 
 // Model is one entry of `models:` (SPEC §10): the name clients put in
@@ -318,6 +343,8 @@ func Default() Config {
 			"stories": {ModelRef: "file:stories260K.gguf", Ctx: 256, MaxWorkers: 1},
 		},
 		MaxInferenceBodyBytes: 16 << 20,
+		GPUInventory:          "auto",
+		VRAMReserveBytes:      512 << 20,
 		Profiles: map[string]Profile{
 			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
@@ -476,6 +503,12 @@ func (c *Config) Validate() error {
 			bad("%v", err)
 		}
 	}
+	if g := c.GPUInventory; g != "auto" && g != "none" && g != "" && !filepath.IsAbs(g) {
+		bad("gpu_inventory: want auto, none or an absolute path to a JSON file, got %q", g)
+	}
+	if c.VRAMReserveBytes < 0 {
+		bad("vram_reserve_bytes must not be negative")
+	}
 	if _, ok := c.Profiles[c.Defaults.Profile]; !ok {
 		bad("defaults.profile: no profile named %q", c.Defaults.Profile)
 	}
@@ -495,8 +528,8 @@ func (c *Config) Validate() error {
 		if p.MaxConcurrency < 0 || p.MaxConcurrency > 1<<16 {
 			bad("profiles.%s.max_concurrency must be 0..65536", name)
 		}
-		if p.MemoryBytes < 0 {
-			bad("profiles.%s.memory_bytes must not be negative", name)
+		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
+			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
 		}
 		for _, pr := range []Probe{p.Readiness, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {
@@ -626,6 +659,12 @@ func (s *Settings) Validate() error {
 	if s.Restart.MaxDelay < s.Restart.BaseDelay {
 		bad("restart.max_delay (%s) must be at least restart.base_delay (%s)", s.Restart.MaxDelay, s.Restart.BaseDelay)
 	}
+	if s.Ctx < 0 || s.Ctx > 1<<24 {
+		bad("ctx must be 0..16777216 (got %d)", s.Ctx)
+	}
+	if s.MemoryBytes < 0 || s.VRAMBytes < 0 {
+		bad("memory_bytes and vram_bytes must not be negative")
+	}
 	l := s.Limits
 	if l.MemoryMaxBytes < 0 || (l.MemoryMaxBytes > 0 && l.MemoryMaxBytes < 4<<20) {
 		bad("limits.memory_max_bytes must be 0 or at least 4 MiB (got %d)", l.MemoryMaxBytes)
@@ -638,12 +677,6 @@ func (s *Settings) Validate() error {
 	}
 	if l.Nofile > 1<<20 || (l.Nofile > 0 && l.Nofile < 16) {
 		bad("limits.nofile must be 0 or 16..1048576 (got %d)", l.Nofile)
-	}
-	if s.Ctx < 0 || s.Ctx > 1<<24 {
-		bad("ctx must be 0..16777216 (got %d)", s.Ctx)
-	}
-	if s.MemoryBytes < 0 {
-		bad("memory_bytes must not be negative (got %d)", s.MemoryBytes)
 	}
 	return errors.Join(errs...)
 }

@@ -387,6 +387,6 @@ func (b *Bench) fdSwap() error {
 	}
 	sec := Result{Section: "frontdoor", Unit: "ms"}
 	b.add(sec, "swap: evict an idle reference worker, cold start another → first byte", swap, nil,
-		fmt.Sprintf("answers by status: %v (the reference worker's own OpenAI routes come with its model)", status))
+		fmt.Sprintf("answers by status: %v; the real stories260K model", status))
 	return nil
 }

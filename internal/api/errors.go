@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/gpu"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
@@ -41,10 +43,17 @@ func toAPIError(err error) *Error {
 	var me *models.Error
 	var se *supervisor.SpawnError
 	var ime *models.InsufficientMemoryError
+	var fe *frontdoor.Error
 	var ive *gpu.InsufficientVRAMError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &fe):
+		e := errorf(fe.Status, fe.Code, "%s", fe.Message)
+		if fe.RetryAfter > 0 {
+			e.Header = http.Header{"Retry-After": {strconv.Itoa(fe.RetryAfter)}}
+		}
+		return e
 	case errors.As(err, &ve):
 		return errorf(http.StatusBadRequest, ve.Code, "%s", ve.Message)
 	case errors.As(err, &me):
@@ -70,7 +79,11 @@ func toAPIError(err error) *Error {
 }
 
 // writeError renders err in the one error shape.
-func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
+func writeError(w http.ResponseWriter, log *slog.Logger, err error) { writeErrorAs(w, log, err, false) }
+
+// writeErrorAs renders err; withType adds the OpenAI-style "type" (the
+// front door's routes, SPEC §10).
+func writeErrorAs(w http.ResponseWriter, log *slog.Logger, err error, withType bool) {
 	ae := toAPIError(err)
 	if ae.Status >= 500 && ae.Code == apiv1.CodeInternal {
 		log.Error("API internal error", "error", err)
@@ -80,7 +93,11 @@ func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
 			w.Header().Add(k, v)
 		}
 	}
-	writeJSON(w, ae.Status, apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: ae.Code, Message: ae.Message}})
+	d := apiv1.ErrorDetail{Code: ae.Code, Message: ae.Message}
+	if withType {
+		d.Type = apiv1.ErrorType(ae.Status, ae.Code)
+	}
+	writeJSON(w, ae.Status, apiv1.ErrorBody{Error: d})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -73,6 +73,7 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"GET", "/v1/events"}, {"GET", "/v1/models"}, {"POST", "/v1/models"}, {"DELETE", "/v1/models"},
 	{"POST", "/v1/workers/ready"}, {"POST", "/v1/heartbeat"}, {"PUT", "/v1/workers/spawn"}, {"GET", "/{id}"},
 	{"PATCH", "/v1/heartbeat"}, {"OPTIONS", "/v1/workers/list"}, {"HEAD", "/v1/workers/{id}"},
+	{"GET", "/v1/catalog"}, {"POST", "/v1/chat/completions"}, {"POST", "/v1/completions"}, {"POST", "/v1/embeddings"},
 }
 
 // FuzzRoutes sends arbitrary requests (route, path segment, query, auth
@@ -147,7 +148,7 @@ func FuzzRoutes(f *testing.F) {
 			}
 		}
 		if w.Code < 300 && e == op && mode&3 != 1 && !isPublic(r.URL.Path) {
-			t.Fatalf("%s %s answered %d without the operator token", rt.method, rt.path, w.Code)
+			t.Fatalf("%s %s answered %d without the operator token (mode %d auth %q)", rt.method, rt.path, w.Code, mode, auth)
 		}
 		if n := len(e.hive.List(true)); n != 0 {
 			t.Fatalf("a fuzzed request created a worker")

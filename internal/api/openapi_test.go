@@ -234,8 +234,10 @@ func workerToken(t *testing.T, pid int) string {
 func TestOpenAPIMatchesServer(t *testing.T) {
 	registerSSE()
 	doc := loadDoc(t)
+	gw := hivetest.GenericWorker(t)
 	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token},
-		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\n"})
+		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\nprofiles:\n  gen:\n    command: [" + gw + `, --port, "{port}", --model, "{model}"]` +
+			"\nmodels:\n  m1: {model_ref: file:stories260K.gguf, profile: gen}\n"})
 	doc.Servers = openapi3.Servers{{URL: h.URL}}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {
@@ -338,10 +340,20 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	waitState(t, cl, silent.WorkerID, "terminated")
 	c.do(call{method: "GET", path: "/v1/workers/list?all=true", tok: token, want: 200}) // ended workers in the list
 
-	// Models.
-	c.do(call{method: "GET", path: "/v1/models", tok: token, want: 200})
+	// The catalog.
+	c.do(call{method: "GET", path: "/v1/catalog", tok: token, want: 200})
 	c.do(call{method: "POST", path: "/v1/models", tok: token, want: 201, body: apiv1.ModelAddRequest{Ref: "hf:org/tiny", Path: h.Model}})
+	c.do(call{method: "GET", path: "/v1/catalog", tok: token, want: 200})
+
+	// The front door.
 	c.do(call{method: "GET", path: "/v1/models", tok: token, want: 200})
+	c.do(call{method: "POST", path: "/v1/chat/completions", tok: token, want: 200, body: map[string]any{"model": "m1", "messages": []any{}}})
+	c.do(call{method: "POST", path: "/v1/chat/completions", tok: token, want: 200, stream: true, body: map[string]any{"model": "m1", "stream": true}})
+	c.do(call{method: "POST", path: "/v1/completions", tok: token, want: 200, body: map[string]any{"model": "m1", "prompt": "x"}})
+	c.do(call{method: "POST", path: "/v1/embeddings", tok: token, want: 200, body: map[string]any{"model": "m1", "input": "x"}})
+	c.do(call{method: "POST", path: "/v1/embeddings", tok: token, want: 404, code: "MODEL_NOT_FOUND", body: map[string]any{"model": "nope"}})
+	c.do(call{method: "POST", path: "/v1/completions", tok: token, want: 400, code: "INVALID_REQUEST", body: "[1]", badRequest: true})
+	c.do(call{method: "GET", path: "/v1/models", want: 401, code: "MISSING_API_KEY"})
 	c.do(call{method: "POST", path: "/v1/models", tok: token, want: 404, code: "MODEL_NOT_FOUND", body: apiv1.ModelAddRequest{Ref: "hf:org/gone", Path: h.Models + "/gone.gguf"}})
 	c.do(call{method: "POST", path: "/v1/models", tok: token, want: 400, body: apiv1.ModelAddRequest{Ref: "no-provider", Path: h.Model}})
 	c.do(call{method: "DELETE", path: "/v1/models?ref=hf:org/tiny", tok: token, want: 200})

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -56,6 +57,13 @@ type Options struct {
 	Observe func(route string, status int, d time.Duration)
 	// OpenAPI, when set, is served at /v1/openapi.json.
 	OpenAPI []byte
+	// FrontDoor serves the inference routes (SPEC §10); nil: no models
+	// are served (GET /v1/models lists none, inference is 404).
+	FrontDoor *frontdoor.FrontDoor
+	// InferenceTokens are good for the inference routes only; the
+	// operator token is good there too. With neither, those routes are
+	// open (dev mode on loopback).
+	InferenceTokens []string
 }
 
 // Server is the API's http.Handler.
@@ -90,9 +98,14 @@ func New(o Options) *Server {
 	s.handle("POST /v1/workers/{id}/restart", op(s.restart))
 	s.handle("GET /v1/workers/{id}/logs", op(s.logs))
 	s.handle("GET /v1/events", op(s.eventsStream))
-	s.handle("GET /v1/models", op(s.modelList))
+	s.handle("GET /v1/catalog", op(s.modelList))
 	s.handle("POST /v1/models", op(s.modelAdd))
 	s.handle("DELETE /v1/models", op(s.modelRemove))
+	inf := s.inference
+	s.handle("GET /v1/models", inf(s.openaiModels))
+	s.handle("POST /v1/chat/completions", inf(s.infer))
+	s.handle("POST /v1/completions", inf(s.infer))
+	s.handle("POST /v1/embeddings", inf(s.infer))
 	s.handle("POST /v1/workers/ready", wk(s.ready))
 	s.handle("POST /v1/heartbeat", wk(s.heartbeat))
 	s.handle("/", pub(s.noRoute))

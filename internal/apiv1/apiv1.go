@@ -53,6 +53,58 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Type is set on the front door's routes (SPEC §10) so that OpenAI
+	// clients show the error: see ErrorType.
+	Type string `json:"type,omitempty"`
+}
+
+// Front-door error codes (SPEC §10).
+const (
+	CodeQueueFull     = "QUEUE_FULL"
+	CodeQueueTimeout  = "QUEUE_TIMEOUT"
+	CodeWorkerFailed  = "WORKER_FAILED"
+	CodeWorkerCrashed = "WORKER_CRASHED"
+)
+
+// ErrorType is the OpenAI-style error type for a front-door error.
+func ErrorType(status int, code string) string {
+	switch {
+	case status == 401:
+		return "authentication_error"
+	case status == 403:
+		return "permission_error"
+	case status == 404:
+		return "not_found_error"
+	case code == CodeQueueFull || code == CodeQueueTimeout:
+		return "rate_limit_error"
+	case status < 500:
+		return "invalid_request_error"
+	}
+	return "server_error"
+}
+
+// OpenAIModelList is the body of GET /v1/models (SPEC §10).
+type OpenAIModelList struct {
+	Object string        `json:"object"` // "list"
+	Data   []OpenAIModel `json:"data"`
+}
+
+// OpenAIModel is one served model in OpenAI's shape, with the hive's
+// view of it under "rbee".
+type OpenAIModel struct {
+	ID      string          `json:"id"`
+	Object  string          `json:"object"` // "model"
+	OwnedBy string          `json:"owned_by"`
+	Created int64           `json:"created"` // Unix seconds
+	Rbee    ModelServeState `json:"rbee"`
+}
+
+// ModelServeState is a served model's workers (by state), requests in
+// flight and requests queued.
+type ModelServeState struct {
+	Workers  map[string]int `json:"workers"`
+	InFlight int            `json:"in_flight"`
+	Queued   int            `json:"queued"`
 }
 
 // SpawnRequest is the body of POST /v1/workers/spawn.
@@ -254,7 +306,7 @@ type ModelEntry struct {
 	AddedAt   time.Time `json:"added_at"`
 }
 
-// ModelList is the body of GET /v1/models.
+// ModelList is the body of GET /v1/catalog (the model catalog).
 type ModelList struct {
 	Models []ModelEntry `json:"models"`
 }

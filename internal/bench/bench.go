@@ -41,7 +41,7 @@ type Options struct {
 	// SIGTERM; then it is SIGKILLed (and the figure says so).
 	SupervisordStopTimeout time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
-	// forcekill, shutdown, scale, supervisord, model).
+	// forcekill, shutdown, scale, supervisord, model, frontdoor).
 	Only []string
 	// Keep leaves each hive's temporary directory (with its log).
 	Keep bool
@@ -144,6 +144,7 @@ func (b *Bench) Run() error {
 		{"scale", b.scale},
 		{"supervisord", b.supervisord},
 		{"model", b.model},
+		{"frontdoor", b.frontdoor},
 	}
 	for _, s := range steps {
 		if !b.want(s.name) {

@@ -24,7 +24,7 @@ type Target struct {
 
 // Result is one measured figure.
 type Result struct {
-	Section string  `json:"section"`          // "supervision", "scale", "supervisord"
+	Section string  `json:"section"`          // "supervision", "scale", "supervisord", "frontdoor"
 	Name    string  `json:"name"`             // what was measured
 	System  string  `json:"system"`           // "rbee-hive" or "supervisord"
 	N       int     `json:"n,omitempty"`      // workers under the supervisor; 0: not applicable
@@ -232,6 +232,7 @@ func (r *Report) Markdown() []byte {
 		{"scale", "Scale: idle reference workers under one hive (issue 8)"},
 		{"supervisord", "supervisord, same worker binary (issue 8.2)"},
 		{"model", "The reference worker's model: stories260K on the CPU (issue 15)"},
+		{"frontdoor", "Front door: OpenAI routes through the hive vs straight to the worker (issue 14)"},
 	}
 	for _, s := range sections {
 		var rows []Result

@@ -219,10 +219,10 @@ func (c *Client) Events(ctx context.Context, onOpen func(), fn func(apiv1.Event)
 	return errors.New("event stream ended")
 }
 
-// Models calls GET /v1/models.
+// Models calls GET /v1/catalog (the model catalog).
 func (c *Client) Models(ctx context.Context) ([]apiv1.ModelEntry, error) {
 	var l apiv1.ModelList
-	return l.Models, c.do(ctx, http.MethodGet, "/v1/models", nil, &l)
+	return l.Models, c.do(ctx, http.MethodGet, "/v1/catalog", nil, &l)
 }
 
 // AddModel calls POST /v1/models.

@@ -143,7 +143,8 @@ type Settings struct {
 	// GPU and memory estimates (SPEC §11).
 
 	// Ctx is the context size, in tokens, the model's memory is estimated
-	// for; 0: llama.cpp's default 4096, capped at the model's trained
+	// for and {ctx} in argv templates (SPEC §6, §10: model entries set
+	// it); 0: llama.cpp's default 4096, capped at the model's trained
 	// context.
 	Ctx int `yaml:"ctx" json:"ctx"`
 	// MemoryBytes is the worker's RAM need in bytes, replacing the
@@ -182,6 +183,10 @@ type Profile struct {
 	// profile's workers (a spawn's settings still win).
 	StopTimeout Duration          `yaml:"stop_timeout" json:"stop_timeout"`
 	Env         map[string]string `yaml:"env" json:"env"`
+	// MaxConcurrency is how many requests a worker takes at once through
+	// the front door (SPEC §6, §10); 0: 1 for the http protocol, the
+	// worker's reported slots_total (at least 1) for rbee.
+	MaxConcurrency int `yaml:"max_concurrency" json:"max_concurrency"`
 	// GPU makes every worker of this profile a GPU worker (SPEC §11), as
 	// backend cuda does: it gets a device, CUDA_VISIBLE_DEVICES and a VRAM
 	// preflight. Default false.
@@ -230,6 +235,24 @@ type Config struct {
 	Defaults  Settings           `yaml:"defaults" json:"defaults"`
 	Profiles  map[string]Profile `yaml:"profiles" json:"profiles"`
 
+	// The front door (SPEC §10).
+
+	// Models are the models served by name on the inference routes.
+	Models map[string]Model `yaml:"models" json:"models"`
+	// Queue bounds each model's request queue.
+	Queue Queue `yaml:"queue" json:"queue"`
+	// MemoryBudgetBytes is what the front door's workers may hold together,
+	// by their estimates; 0: total memory minus memory_reserve_bytes.
+	MemoryBudgetBytes int64 `yaml:"memory_budget_bytes" json:"memory_budget_bytes"`
+	// InferenceTokens are bearer tokens good for the inference routes only
+	// (SPEC §4); the operator token is good there too.
+	InferenceTokens []string `yaml:"inference_tokens" json:"-"`
+	// InferenceTokensFile names a file with one inference token per line
+	// (blank lines and lines starting with # are skipped).
+	InferenceTokensFile string `yaml:"inference_tokens_file" json:"inference_tokens_file"`
+	// MaxInferenceBodyBytes bounds an inference request's body; default 16 MiB.
+	MaxInferenceBodyBytes int64 `yaml:"max_inference_body_bytes" json:"max_inference_body_bytes"`
+
 	// GPUInventory says where the GPU inventory comes from (SPEC §11):
 	// "auto" (default: nvidia-smi when it is on PATH, else no GPUs),
 	// "none", or the absolute path of a JSON file.
@@ -237,6 +260,53 @@ type Config struct {
 	// VRAMReserveBytes is the GPU memory the VRAM preflight leaves free on
 	// every device; default 512 MiB.
 	VRAMReserveBytes int64 `yaml:"vram_reserve_bytes" json:"vram_reserve_bytes"`
+}
+
+// Model is one entry of `models:` (SPEC §10): the name clients put in
+// "model" maps to a model reference, a profile and per-worker settings.
+type Model struct {
+	// ModelRef is the model's reference. A relative file: reference
+	// (file:stories260K.gguf) names a file in the first model root.
+	ModelRef string `yaml:"model_ref" json:"model_ref"`
+	// Profile runs the model's workers; empty: defaults.profile.
+	Profile string `yaml:"profile" json:"profile,omitempty"`
+	// Ctx is the context size ({ctx} in argv templates; estimates); 0: none given.
+	Ctx int `yaml:"ctx" json:"ctx,omitempty"`
+	// MinWorkers are started when the hive starts and kept running; default 0.
+	MinWorkers int `yaml:"min_workers" json:"min_workers"`
+	// MaxWorkers bounds the workers started on demand; default 1.
+	MaxWorkers int `yaml:"max_workers" json:"max_workers"`
+	// MaxConcurrency, when set, overrides the profile's max_concurrency.
+	MaxConcurrency int `yaml:"max_concurrency" json:"max_concurrency,omitempty"`
+	// Aliases are other names for the model.
+	Aliases []string `yaml:"aliases" json:"aliases,omitempty"`
+	// Settings are any other keys: per-worker settings (idle_timeout,
+	// restart, limits, memory_bytes, …) overriding `defaults` for this
+	// model's workers. Checked by Validate.
+	Settings map[string]any `yaml:",inline" json:"settings,omitempty"`
+}
+
+// SettingsJSON returns the model's per-worker settings (its extra keys,
+// with ctx) as the JSON object a spawn request's `settings` carries.
+func (m Model) SettingsJSON() (json.RawMessage, error) {
+	s := map[string]any{}
+	for k, v := range m.Settings {
+		s[k] = v
+	}
+	if m.Ctx > 0 {
+		s["ctx"] = m.Ctx
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("settings: %w", err)
+	}
+	return b, nil
+}
+
+// Queue bounds the front door's per-model FIFO queues.
+type Queue struct {
+	Max     int      `yaml:"max" json:"max"`         // requests waiting per model; default 128
+	Timeout Duration `yaml:"timeout" json:"timeout"` // longest wait, plus any cold start; default 60s
 }
 
 // DefaultSettings returns the per-worker defaults of SPEC §3.
@@ -266,8 +336,15 @@ func Default() Config {
 		LogFormat:          "text",
 		LogLevel:           "info",
 		Defaults:           DefaultSettings(),
-		GPUInventory:       "auto",
-		VRAMReserveBytes:   512 << 20,
+		Queue:              Queue{Max: 128, Timeout: Duration(60 * time.Second)},
+		Models: map[string]Model{
+			// The demo model the hive writes into the default model
+			// root; `make run` serves it by this name.
+			"stories": {ModelRef: "file:stories260K.gguf", Ctx: 256, MaxWorkers: 1},
+		},
+		MaxInferenceBodyBytes: 16 << 20,
+		GPUInventory:          "auto",
+		VRAMReserveBytes:      512 << 20,
 		Profiles: map[string]Profile{
 			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
@@ -280,6 +357,9 @@ func Parse(data []byte) (Config, error) {
 	cfg := Default()
 	builtin := cfg.Profiles["rbee"]
 	cfg.Profiles = nil
+	// A config file's models: replace the embedded demo model; without
+	// the key the demo stays.
+	cfg.Models = nil
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
@@ -287,6 +367,15 @@ func Parse(data []byte) (Config, error) {
 	}
 	if cfg.Profiles == nil {
 		cfg.Profiles = map[string]Profile{}
+	}
+	if cfg.Models == nil {
+		cfg.Models = Default().Models
+	}
+	for name, m := range cfg.Models {
+		if m.MaxWorkers == 0 {
+			m.MaxWorkers = 1
+		}
+		cfg.Models[name] = m
 	}
 	if _, ok := cfg.Profiles["rbee"]; !ok {
 		cfg.Profiles["rbee"] = builtin
@@ -388,6 +477,32 @@ func (c *Config) Validate() error {
 	if err := c.Defaults.Validate(); err != nil {
 		bad("defaults: %v", err)
 	}
+	if c.Queue.Max < 1 || c.Queue.Max > 1<<20 {
+		bad("queue.max must be 1..1048576 (got %d)", c.Queue.Max)
+	}
+	if c.Queue.Timeout <= 0 || c.Queue.Timeout > maxDuration {
+		bad("queue.timeout must be positive and at most %s (got %s)", maxDuration, c.Queue.Timeout)
+	}
+	if c.MemoryBudgetBytes < 0 {
+		bad("memory_budget_bytes must not be negative")
+	}
+	if c.MaxInferenceBodyBytes < 0 {
+		bad("max_inference_body_bytes must not be negative")
+	}
+	if len(c.InferenceTokens) > 0 && c.InferenceTokensFile != "" {
+		bad("inference_tokens and inference_tokens_file are both set; use one")
+	}
+	for i, t := range c.InferenceTokens {
+		if t == "" || strings.IndexFunc(t, func(r rune) bool { return r < 0x21 || r == 0x7f }) >= 0 {
+			bad("inference_tokens[%d] is empty or contains spaces or control characters", i)
+		}
+	}
+	names := map[string]string{}
+	for name, m := range c.Models {
+		if err := c.validateModel(name, m, names); err != nil {
+			bad("%v", err)
+		}
+	}
 	if g := c.GPUInventory; g != "auto" && g != "none" && g != "" && !filepath.IsAbs(g) {
 		bad("gpu_inventory: want auto, none or an absolute path to a JSON file, got %q", g)
 	}
@@ -410,6 +525,9 @@ func (c *Config) Validate() error {
 		if p.StopTimeout < 0 {
 			bad("profiles.%s.stop_timeout must not be negative", name)
 		}
+		if p.MaxConcurrency < 0 || p.MaxConcurrency > 1<<16 {
+			bad("profiles.%s.max_concurrency must be 0..65536", name)
+		}
 		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
 			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
 		}
@@ -423,6 +541,64 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateModel checks one models: entry; names collects every name and
+// alias seen so far, so that two models cannot claim one name.
+func (c *Config) validateModel(name string, m Model, names map[string]string) error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("models.%s: "+format, append([]any{name}, a...)...))
+	}
+	for _, n := range append([]string{name}, m.Aliases...) {
+		if !validModelName(n) {
+			bad("name %q must be 1-128 characters of [A-Za-z0-9_.:/-]", n)
+			continue
+		}
+		if other, ok := names[n]; ok && other != name {
+			bad("name %q is also a name of model %s", n, other)
+		}
+		names[n] = name
+	}
+	if m.ModelRef == "" {
+		bad("model_ref is required")
+	}
+	if m.Profile != "" {
+		if _, ok := c.Profiles[m.Profile]; !ok {
+			bad("profile: no profile named %q", m.Profile)
+		}
+	}
+	if m.Ctx < 0 || m.Ctx > 1<<24 {
+		bad("ctx must be 0..16777216 (got %d)", m.Ctx)
+	}
+	if m.MinWorkers < 0 || m.MaxWorkers < 1 || m.MinWorkers > m.MaxWorkers || m.MaxWorkers > 1024 {
+		bad("want 0 <= min_workers <= max_workers, 1 <= max_workers <= 1024 (got %d, %d)", m.MinWorkers, m.MaxWorkers)
+	}
+	if m.MaxConcurrency < 0 || m.MaxConcurrency > 1<<16 {
+		bad("max_concurrency must be 0..65536")
+	}
+	raw, err := m.SettingsJSON()
+	if err != nil {
+		bad("%v", err)
+	} else if _, err := Override(c.Defaults, raw); err != nil {
+		bad("%v", err)
+	}
+	return errors.Join(errs...)
+}
+
+func validModelName(n string) bool {
+	if n == "" || len(n) > 128 {
+		return false
+	}
+	for _, r := range n {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case strings.ContainsRune("_.:/-", r):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Bounds on settings, so a typo cannot ask for something absurd.

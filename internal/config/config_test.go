@@ -101,3 +101,63 @@ func TestOverrideChangesOnlyGivenKeys(t *testing.T) {
 		t.Fatalf("empty override: %v", err)
 	}
 }
+
+func TestModelsEntries(t *testing.T) {
+	cfg, err := Parse([]byte(`
+profiles:
+  llama: {command: [llama-server, --port, "{port}", -c, "{ctx}"], max_concurrency: 4}
+models:
+  tiny:
+    model_ref: file:stories260K.gguf
+    profile: llama
+    ctx: 512
+    aliases: [t]
+    idle_timeout: 10s
+    memory_bytes: 1000
+    restart: {policy: never}
+queue: {max: 5, timeout: 2s}
+memory_budget_bytes: 4096
+inference_tokens: [abc]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.Models["tiny"]
+	if m.MaxWorkers != 1 || m.Ctx != 512 || m.Profile != "llama" || len(m.Aliases) != 1 {
+		t.Fatalf("model %+v", m)
+	}
+	if _, ok := cfg.Models["stories"]; ok {
+		t.Fatal("a config's models: did not replace the embedded demo model")
+	}
+	raw, err := m.SettingsJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Override(cfg.Defaults, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.IdleTimeout.D() != 10*time.Second || s.MemoryBytes != 1000 || s.Ctx != 512 || s.Restart.Policy != RestartNever {
+		t.Fatalf("settings %+v", s)
+	}
+	if cfg.Queue.Max != 5 || cfg.MemoryBudgetBytes != 4096 || cfg.Profiles["llama"].MaxConcurrency != 4 {
+		t.Fatalf("config %+v", cfg)
+	}
+	if d := Default(); d.Models["stories"].ModelRef != "file:stories260K.gguf" || d.Queue.Max != 128 {
+		t.Fatalf("defaults %+v", d.Models)
+	}
+	for _, bad := range []string{
+		"models:\n  a: {profile: rbee}\n",                                                 // no model_ref
+		"models:\n  a: {model_ref: 'file:x', bogus_key: 1}\n",                             // unknown setting
+		"models:\n  a: {model_ref: 'file:x', aliases: [b]}\n  b: {model_ref: 'file:y'}\n", // name clash
+		"models:\n  a: {model_ref: 'file:x', min_workers: 2, max_workers: 1}\n",           // min > max
+		"models:\n  a: {model_ref: 'file:x', profile: nope}\n",                            // unknown profile
+		"models:\n  'a b': {model_ref: 'file:x'}\n",                                       // bad name
+		"queue: {max: 0}\n",                 // bad queue
+		"inference_tokens: ['has space']\n", // bad token
+	} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/metrics"
 	"github.com/rbee/rbee-hive/internal/process"
@@ -91,6 +92,25 @@ func LoadConfig(o Options) (config.Config, error) {
 	cfg.APIToken = strings.TrimSpace(cfg.APIToken)
 	if err := checkToken(cfg.APIToken); err != nil {
 		return cfg, err
+	}
+	if cfg.InferenceTokensFile != "" {
+		b, err := readTokenFile(cfg.InferenceTokensFile)
+		if err != nil {
+			return cfg, fmt.Errorf("inference_tokens_file: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				cfg.InferenceTokens = append(cfg.InferenceTokens, line)
+			}
+		}
+		if len(cfg.InferenceTokens) == 0 {
+			return cfg, fmt.Errorf("inference_tokens_file %s holds no token", cfg.InferenceTokensFile)
+		}
+	}
+	for _, t := range cfg.InferenceTokens {
+		if err := checkToken(t); err != nil {
+			return cfg, fmt.Errorf("inference token: %w", err)
+		}
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = config.DefaultStateDir()
@@ -251,11 +271,25 @@ func Run(ctx context.Context, o Options) error {
 		log.Error("Recovering workers failed", "error", err)
 	}
 	mx.WatchWorkers(h)
+	fdm := frontdoor.NewMetrics()
+	if err := mx.Register(fdm.Collectors()...); err != nil {
+		return fmt.Errorf("front door metrics: %w", err)
+	}
+	fd, err := frontdoor.New(frontdoor.Options{Source: frontdoor.HiveSource{H: h}, Config: cfg, Logger: log, Metrics: fdm})
+	if err != nil {
+		h.Shutdown(ctx)
+		ln.Close()
+		return err
+	}
+	fd.Start()
+	log.Info("Front door serving models", "models", strings.Join(fd.Names(), ","), "memory_budget_bytes", fd.Budget(),
+		"inference_tokens", len(cfg.InferenceTokens))
 	srv := &http.Server{
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
 			MetricsPublic: cfg.MetricsPublic || loopback,
 			Metrics:       mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
+			FrontDoor: fd, InferenceTokens: cfg.InferenceTokens,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -329,6 +363,9 @@ func Run(ctx context.Context, o Options) error {
 		case <-budget.Done():
 		}
 	}()
+	// The front door stops starting workers (and answers what waits)
+	// before the workers are stopped.
+	fd.Close()
 	if o.KeepWorkers {
 		h.Detach(budget)
 	} else {

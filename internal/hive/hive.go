@@ -430,6 +430,32 @@ func resolveCommand(cmd []string) ([]string, error) {
 	return out, nil
 }
 
+// ResolveModel resolves a model reference (as a spawn would) to its file
+// and size.
+func (h *Hive) ResolveModel(ref string) (string, int64, error) { return h.resolver.Resolve(ref, "") }
+
+// ModelRoots returns the directories model files must lie in; the first
+// is where relative file: references of `models:` entries point.
+func (h *Hive) ModelRoots() []string {
+	if len(h.cfg.ModelRoots) > 0 {
+		return append([]string(nil), h.cfg.ModelRoots...)
+	}
+	return []string{filepath.Join(h.stateDir, "models")}
+}
+
+// LiveWorkers returns the workers that have not ended.
+func (h *Hive) LiveWorkers() []*supervisor.Worker {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*supervisor.Worker, 0, len(h.workers))
+	for _, w := range h.workers {
+		if info := w.Info(); info != nil && !info.State.Ended() {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // Worker returns the worker with id, live or retained.
 func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
 	h.mu.RLock()

@@ -57,8 +57,15 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if rec == nil {
 		return
 	}
+	// An idle ⇄ busy flip is not written at all: it happens twice per
+	// front-door request, and a restarted hive has no request running
+	// through it (a worker is adopted idle; an rbee worker's next heartbeat
+	// says busy if it is).
 	flip := ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle))
-	if err := h.store.Put(rec, !flip); err != nil {
+	if flip {
+		return
+	}
+	if err := h.store.Put(rec, true); err != nil {
 		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
 			"worker_id", w.ID(), "state", rec.Info.State, "error", err)
 	}

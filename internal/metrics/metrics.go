@@ -134,6 +134,17 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
+// Register adds other parts' collectors (the front door's per-model
+// metrics) to the hive's registry.
+func (m *Metrics) Register(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := m.reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // WatchWorkers makes scrapes read workers from l (the hive, which is built
 // after its Metrics). Until it is called the per-worker and by-state
 // families are empty.

@@ -108,6 +108,9 @@ const (
 	Killed       Reason = "killed"
 	IdleTimeout  Reason = "idle_timeout"
 	HiveShutdown Reason = "hive_shutdown"
+	// Evicted: stopped by the front door to make room for another model's
+	// worker (SPEC §10).
+	Evicted Reason = "evicted"
 	// Ending in failed: something went wrong.
 	Exited            Reason = "exited"
 	Crashed           Reason = "crashed"
@@ -123,7 +126,7 @@ const (
 )
 
 // Reasons lists every reason that can end a worker.
-var Reasons = []Reason{Stopped, Killed, IdleTimeout, HiveShutdown, Exited, Crashed,
+var Reasons = []Reason{Stopped, Killed, IdleTimeout, HiveShutdown, Evicted, Exited, Crashed,
 	OOMKilled, ReadyTimeout, HealthCheckFailed, HeartbeatTimeout, SpawnFailed, CrashLoop}
 
 func (r Reason) String() string { return string(r) }
@@ -145,7 +148,7 @@ func ParseReason(s string) (Reason, error) {
 // terminated, and never leads to a restart).
 func (r Reason) Asked() bool {
 	switch r {
-	case Stopped, Killed, IdleTimeout, HiveShutdown:
+	case Stopped, Killed, IdleTimeout, HiveShutdown, Evicted:
 		return true
 	}
 	return false

@@ -60,6 +60,7 @@ type owner struct {
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
+	inflight         int            // front-door requests running through this incarnation (activity.go)
 	wg               sync.WaitGroup // probe and shutdown-request goroutines
 	finished         bool
 }
@@ -275,6 +276,7 @@ func (o *owner) startProcess() error {
 	vars := map[string]string{
 		"port": strconv.Itoa(port), "model": spec.ModelPath, "model_ref": spec.ModelRef,
 		"worker_id": spec.ID, "backend": spec.Backend, "device": strconv.Itoa(spec.Device), "hive_url": spec.HiveURL,
+		"ctx":      strconv.Itoa(o.s.Ctx),
 		"gpu_uuid": spec.GPUUUID,
 	}
 	args := argv.Expand(spec.Argv, vars)
@@ -331,6 +333,7 @@ func (o *owner) startProcess() error {
 		return err
 	}
 	o.proc, o.procDone = p, false
+	o.inflight = 0
 	now := o.now()
 	o.spawnedAt = now
 	o.cur.PID = p.PID
@@ -413,6 +416,8 @@ func (o *owner) handle(r request) error {
 	case reqDetach:
 		o.detach()
 		return nil
+	case reqActivity:
+		return o.onActivity(r.begin)
 	}
 	return fmt.Errorf("unknown request %d", r.kind)
 }
@@ -469,7 +474,9 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 			o.transition(state.Busy, state.None)
 		}
 	case state.Busy:
-		if hb.State == "idle" {
+		// Requests running through the front door keep the worker busy
+		// whatever its own report says (activity.go).
+		if hb.State == "idle" && o.inflight == 0 {
 			o.cur.LastActivity = &now
 			o.idle.arm(o.s.IdleTimeout.D())
 			o.transition(state.Idle, state.None)

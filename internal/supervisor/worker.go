@@ -145,6 +145,7 @@ const (
 	reqHeartbeat
 	reqRestart
 	reqDetach
+	reqActivity
 )
 
 type request struct {
@@ -152,6 +153,7 @@ type request struct {
 	reason state.Reason
 	ready  *apiv1.ReadyRequest
 	hb     *apiv1.HeartbeatRequest
+	begin  bool // reqActivity: a request starts (true) or ends
 	reply  chan error
 }
 

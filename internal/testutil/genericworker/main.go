@@ -3,10 +3,15 @@
 // worker contract. It serves GET /health (503 until "loaded", then 200) and
 // POST /completion, and exits 0 on SIGTERM.
 //
+// It also serves OpenAI's routes like llama-server and vLLM do (openai.go):
+// POST /v1/chat/completions, /v1/completions (streaming as SSE with
+// "stream":true, else one JSON answer) and /v1/embeddings.
+//
 // Flags: --port P --model PATH. Env: GENERIC_LOAD_MS (time before /health
 // turns 200), GENERIC_IGNORE_TERM=1 (ignore SIGTERM), GENERIC_EXIT_AFTER_MS
 // (exit 4 after that long), GENERIC_READY_FILE (write a line with the
-// wall-clock time, in Unix nanoseconds, at which /health turned 200).
+// wall-clock time, in Unix nanoseconds, at which /health turned 200), and
+// the OpenAI knobs listed in openai.go.
 package main
 
 import (
@@ -25,6 +30,7 @@ import (
 func main() {
 	port := flag.Int("port", 0, "port")
 	model := flag.String("model", "", "model path")
+	flag.Int("ctx", 0, "context size (ignored; tests check that {ctx} reaches argv)")
 	flag.Parse()
 	if _, err := os.Stat(*model); err != nil {
 		fmt.Fprintln(os.Stderr, "genericworker: model:", err)
@@ -64,6 +70,7 @@ func main() {
 	mux.HandleFunc("POST /completion", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, `{"content":"hello"}`)
 	})
+	serveOpenAI(mux, ln, *port)
 	sigs := make(chan os.Signal, 1)
 	if os.Getenv("GENERIC_IGNORE_TERM") == "1" {
 		signal.Ignore(syscall.SIGTERM)
@@ -75,5 +82,10 @@ func main() {
 		fmt.Println("genericworker: SIGTERM, exiting")
 		os.Exit(0)
 	}()
-	_ = http.Serve(ln, mux)
+	err = http.Serve(ln, mux)
+	if os.Getenv("GENERIC_REFUSE_AFTER") != "" {
+		select {} // the listener was closed on purpose: keep running, refusing connections
+	}
+	fmt.Fprintln(os.Stderr, "genericworker:", err)
+	os.Exit(2)
 }

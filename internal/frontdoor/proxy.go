@@ -1,0 +1,317 @@
+package frontdoor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+)
+
+// attempt is one try of relaying a request to one worker; the reverse
+// proxy's hooks find it in the request's context.
+type attempt struct {
+	target   *url.URL
+	err      error // the round trip's error (nothing was relayed)
+	reused   bool  // the request went out on a kept-alive connection
+	header   bool  // the worker's response head was received
+	sse      bool  // the response is an event stream
+	at       time.Time
+	firstAt  time.Time
+	workerID string
+}
+
+type attemptKey struct{}
+
+func attemptOf(r *http.Request) *attempt {
+	a, _ := r.Context().Value(attemptKey{}).(*attempt)
+	return a
+}
+
+// rewrite points the outgoing request at the attempt's worker. The
+// client's credentials are the hive's business, not the worker's.
+func rewrite(pr *httputil.ProxyRequest) {
+	a := attemptOf(pr.In)
+	pr.SetURL(a.target)
+	pr.Out.Host = a.target.Host
+	pr.Out.Header.Del("Authorization")
+}
+
+func proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if a := attemptOf(r); a != nil {
+		a.err = err
+	}
+}
+
+func gotResponse(resp *http.Response) error {
+	if a := attemptOf(resp.Request); a != nil {
+		a.header = true
+		a.firstAt = time.Now()
+		a.sse = strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	}
+	return nil
+}
+
+// ServeInference serves POST /v1/chat/completions, /v1/completions and
+// /v1/embeddings: the body goes unchanged to a worker of its "model" and
+// the answer comes back unchanged, chunk by chunk. It blocks while the
+// request waits in the model's queue or through a cold start. Errors before
+// anything was relayed are returned (*Error, or the context's error when
+// the client went away) for the API to render.
+func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) error {
+	start := time.Now()
+	limit := fd.cfg.MaxInferenceBodyBytes
+	if limit <= 0 {
+		limit = 16 << 20
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errorf(http.StatusRequestEntityTooLarge, apiv1.CodeBodyTooLarge, "request body over %d bytes", limit)
+		}
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
+	}
+	var head struct {
+		Model json.RawMessage `json:"model"`
+	}
+	if err := json.Unmarshal(body, &head); err != nil {
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must be a JSON object with a \"model\": %s", clip(err.Error()))
+	}
+	var name string
+	if err := json.Unmarshal(head.Model, &name); err != nil || name == "" {
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must name a \"model\" (a string)")
+	}
+	m := fd.lookup(name)
+	if m == nil {
+		names := fd.Names()
+		sort.Strings(names)
+		return errorf(http.StatusNotFound, apiv1.CodeModelNotFound, "model %q is not served here; models: %s",
+			clip(name), strings.Join(names, ", "))
+	}
+	code := 0
+	worker := ""
+	defer func() {
+		if fd.metrics != nil {
+			fd.metrics.request(m.name, code, time.Since(start))
+		}
+		fd.log.Debug("Inference request", "model", m.name, "path", r.URL.Path, "status", code,
+			"worker_id", worker, "duration", time.Since(start).String())
+	}()
+	// Answers may stream for far longer than the server's write timeout.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	exclude := ""
+	notReady := 0
+	for try := 0; ; try++ {
+		s, waited, err := fd.acquire(r.Context(), m, exclude)
+		if fd.metrics != nil {
+			fd.metrics.queueWait(m.name, waited)
+		}
+		if err != nil {
+			code = statusOf(err, r)
+			return err
+		}
+		worker = s.id
+		a, err := fd.relay(w, r, body, s)
+		if errors.Is(err, errNotReady) && notReady < 8 {
+			// Picked as it stopped being ready (a crash or a stop the
+			// event of which is on its way): pick again, or wait in the
+			// queue for a restart. Not a try.
+			notReady++
+			fd.notReady(s)
+			try--
+			continue
+		}
+		if err == nil && a.header && fd.metrics != nil {
+			fd.metrics.firstByte(m.name, a.firstAt.Sub(start))
+		}
+		if errors.Is(err, errRefused) && notReady < 8 && fd.wentDown(s, 200*time.Millisecond) {
+			// The worker died (or is stopping) and the hive has now seen
+			// it: as above, pick again or wait for its restart.
+			notReady++
+			fd.notReady(s)
+			try--
+			continue
+		}
+		retry := errors.Is(err, errRefused) && try == 0
+		if retry {
+			fd.log.Info("Worker refused the connection; retrying once on another", "model", m.name, "worker_id", s.id)
+			exclude = s.id
+			continue
+		}
+		switch {
+		case err == nil:
+			code = a.status
+		case errors.Is(err, errRefused), errors.Is(err, errCrashed):
+			code = http.StatusBadGateway
+			return errorf(http.StatusBadGateway, apiv1.CodeWorkerCrashed, "worker %s of %s failed before answering: %v",
+				s.id, m.name, a.err)
+		default:
+			code = statusOf(err, r)
+		}
+		return err
+	}
+}
+
+var (
+	errNotReady = errors.New("worker is no longer ready")
+	errRefused  = errors.New("worker refused the connection")
+	errCrashed  = errors.New("worker failed before answering")
+)
+
+// relayed is what relay saw.
+type relayed struct {
+	*attempt
+	status int
+}
+
+// relay sends the request through s and the answer back. It takes care of
+// the worker's busy/idle bracket and releases s.
+func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, s *slot) (res relayed, err error) {
+	defer fd.release(s)
+	info := s.w.Info()
+	target, perr := url.Parse(info.URL)
+	if perr != nil || info.URL == "" {
+		return res, errRefused
+	}
+	a := &attempt{target: target, at: time.Now(), workerID: s.id}
+	res.attempt = a
+	if err := s.w.BeginRequest(r.Context()); err != nil {
+		if r.Context().Err() != nil {
+			return res, r.Context().Err()
+		}
+		// Stopping or gone since it was picked.
+		a.err = err
+		return res, errNotReady
+	}
+	sw := &statusRecorder{ResponseWriter: w}
+	defer func() {
+		// The answer is complete (or cut): flush it before telling the
+		// owner, so that the client does not wait for the bookkeeping.
+		// (Nothing written yet: the caller writes an error.)
+		if sw.status != 0 {
+			_ = http.NewResponseController(w).Flush()
+		}
+		_ = s.w.EndRequest(context.Background())
+	}()
+	ctx := context.WithValue(r.Context(), attemptKey{}, a)
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { a.reused = ci.Reused }})
+	out := r.WithContext(ctx)
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.ContentLength = int64(len(body))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p != http.ErrAbortHandler {
+			panic(p)
+		}
+		// The worker's answer broke off after its head was relayed.
+		res.status = sw.status
+		if r.Context().Err() != nil {
+			err = r.Context().Err()
+			return
+		}
+		fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name)
+		if a.sse {
+			// Cut the stream with an error event the client can read.
+			b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeWorkerCrashed,
+				Message: fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name),
+				Type:    apiv1.ErrorType(http.StatusBadGateway, apiv1.CodeWorkerCrashed)}})
+			_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+			err = nil
+			return
+		}
+		panic(p) // nothing else to say: the connection is cut
+	}()
+	fd.proxy.ServeHTTP(sw, out)
+	res.status = sw.status
+	if a.err != nil {
+		if r.Context().Err() != nil {
+			return res, r.Context().Err()
+		}
+		// Refused, or a kept-alive connection the worker had already
+		// dropped (it died or restarted since): the request never reached
+		// a worker that could answer it.
+		if isRefused(a.err) || (!a.header && (a.reused || errors.Is(a.err, syscall.ECONNRESET))) {
+			return res, errRefused
+		}
+		return res, errCrashed
+	}
+	return res, nil
+}
+
+// wentDown waits up to d for the hive to see s's worker stop being ready
+// (its exit is noticed within milliseconds) and reports whether it did.
+func (fd *FrontDoor) wentDown(s *slot, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if info := s.w.Info(); info == nil || !info.State.Ready() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func isRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// statusOf is the status an error will be answered with (for metrics).
+func statusOf(err error, r *http.Request) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	if r.Context().Err() != nil {
+		return 499 // client closed the request
+	}
+	return http.StatusInternalServerError
+}
+
+// statusRecorder remembers the status relayed to the client.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush.
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
+}

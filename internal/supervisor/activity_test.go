@@ -1,0 +1,74 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/state"
+)
+
+// Front-door requests make a worker busy while any runs, whatever its own
+// heartbeats say; the end of the last one is its last activity, and the
+// idle timeout counts from there (the llama-server case: a worker that
+// never reports its own state was idled out while answering requests).
+func TestRequestsKeepAWorkerBusyAndTheIdleTimeoutCountsFromTheLastEnd(t *testing.T) {
+	p := startSleeper(t)
+	rec := recordOf(p, state.Idle)
+	rec.Spec.Settings.IdleTimeout = config.Duration(400 * time.Millisecond)
+	rec.Spec.Settings.Heartbeat.Timeout = 0
+	a := adopt(t, testDeps(t), rec)
+	if !a.Alive() {
+		t.Fatalf("not adopted: %s", a.Why())
+	}
+	a.Start()
+	w := a.Worker()
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if err := w.BeginRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := w.Info().State; st != state.Busy {
+		t.Fatalf("state %s with requests running", st)
+	}
+	// The worker's own report of idle does not end requests that run
+	// through the front door.
+	if err := w.Heartbeat(ctx, &apiv1.HeartbeatRequest{WorkerID: w.ID(), HealthStatus: "healthy", State: "idle"}); err != nil {
+		t.Fatal(err)
+	}
+	// Longer than the idle timeout: a busy worker is not idled out.
+	time.Sleep(600 * time.Millisecond)
+	if st := w.Info().State; st != state.Busy {
+		t.Fatalf("state %s after an idle heartbeat with requests running", st)
+	}
+	if err := w.EndRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Info().State; st != state.Busy {
+		t.Fatalf("state %s with one request still running", st)
+	}
+	if err := w.EndRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now()
+	info := w.Info()
+	if info.State != state.Idle || info.LastActivity == nil || info.LastActivity.Before(end.Add(-50*time.Millisecond)) {
+		t.Fatalf("after the last request: %s, last_activity %v (ended %v)", info.State, info.LastActivity, end)
+	}
+	// An end with none running (a request of an earlier incarnation) is
+	// ignored.
+	if err := w.EndRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info = waitState(t, w, 5*time.Second, state.Terminated)
+	if took := info.EndedAt.Sub(end); info.Reason != state.IdleTimeout || took < 350*time.Millisecond || took > 1500*time.Millisecond {
+		t.Fatalf("ended %s %s after the last request", info.Reason, took)
+	}
+	if err := w.BeginRequest(ctx); !errors.Is(err, ErrInvalidState) {
+		t.Fatalf("BeginRequest on an ended worker: %v", err)
+	}
+}

@@ -145,7 +145,18 @@ type Settings struct {
 type Probe struct {
 	Path   string `yaml:"path" json:"path"`     // default /health
 	Status int    `yaml:"status" json:"status"` // expected status; default 200
+	// MaxInterval (readiness only) is the longest wait between two
+	// readiness probes of a loading worker: probing starts every 25 ms and
+	// backs off to this (SPEC §6). Default 50ms; at least 25ms.
+	MaxInterval Duration `yaml:"max_interval,omitempty" json:"max_interval,omitempty"`
 }
+
+// ReadinessFirstInterval is the wait before the first readiness probe and
+// between the first few (SPEC §6).
+const ReadinessFirstInterval = Duration(25 * time.Millisecond)
+
+// DefaultReadinessMaxInterval is readiness.max_interval's default.
+const DefaultReadinessMaxInterval = Duration(50 * time.Millisecond)
 
 // Protocols a profile may speak.
 const (
@@ -291,6 +302,9 @@ func (p Profile) withDefaults(name string) Profile {
 	if p.Readiness.Status == 0 {
 		p.Readiness.Status = 200
 	}
+	if p.Readiness.MaxInterval == 0 {
+		p.Readiness.MaxInterval = DefaultReadinessMaxInterval
+	}
 	if p.Liveness.Path == "" {
 		p.Liveness.Path = "/health"
 	}
@@ -367,6 +381,9 @@ func (c *Config) Validate() error {
 		}
 		if p.StopTimeout < 0 {
 			bad("profiles.%s.stop_timeout must not be negative", name)
+		}
+		if p.Readiness.MaxInterval < ReadinessFirstInterval || p.Readiness.MaxInterval > maxDuration {
+			bad("profiles.%s.readiness.max_interval %s: want %s to %s", name, p.Readiness.MaxInterval, ReadinessFirstInterval, maxDuration)
 		}
 		for _, pr := range []Probe{p.Readiness, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {

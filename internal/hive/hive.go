@@ -231,10 +231,12 @@ func (h *Hive) StateDir() string { return h.stateDir }
 
 // Changed implements supervisor.Observer.
 func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool) {
-	// A change is durable before anyone hears of it (recover.go), except a
-	// failure: the process is already dead, a restarted hive finds that out
-	// again by itself, and a slow fsync must not delay the news of a crash.
-	failed := ev != nil && ev.To == state.Failed
+	// A change is durable before anyone hears of it (recover.go), except an
+	// end (failed, terminated): the process is already dead, a restarted hive
+	// finds that out again by itself (a dead worker recorded stopping ends
+	// as asked), and a slow fsync must not delay the news of a crash or of
+	// a stop.
+	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
 	if durable && !failed {
 		h.persist(w, ev)
 	}

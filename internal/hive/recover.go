@@ -48,7 +48,9 @@ type Recovery struct {
 // Changes without an event (heartbeat details, health-check counts) are not
 // written: a later hive re-learns them from the next heartbeat or probe.
 // Idle ⇄ busy flips are written without fsync (a machine crash may lose
-// them; heartbeats re-establish them).
+// them; heartbeats re-establish them), and so is the move to spawning: it
+// comes before the process starts, where an fsync would delay the start,
+// and a machine crash that loses it loses no process.
 func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if h.store == nil {
 		return
@@ -57,7 +59,8 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if rec == nil {
 		return
 	}
-	flip := ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle))
+	flip := ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle) ||
+		ev.To == state.Spawning)
 	if err := h.store.Put(rec, !flip); err != nil {
 		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
 			"worker_id", w.ID(), "state", rec.Info.State, "error", err)

@@ -51,7 +51,14 @@ type owner struct {
 	backoffUntil     time.Time // when the pending restart is due (state backoff); recorded for adoption
 
 	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
-	readyProbeDelay                                                           time.Duration
+	// readyProbeDelay is the current gap between readiness probe starts
+	// (25 ms, growing to readiness.max_interval); readyProbeAt when the
+	// last one started.
+	readyProbeDelay time.Duration
+	readyProbeAt    time.Time
+	// hbHealthy: the last heartbeat said healthy (a fresh one stands in
+	// for a liveness probe).
+	hbHealthy bool
 
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
@@ -237,7 +244,8 @@ func (o *owner) startIncarnation() {
 	o.stall.arm(o.s.ReadyStallTimeout.D())
 	o.readyCap.arm(o.s.ReadyTimeout.D())
 	if spec.Profile.Protocol == config.ProtocolHTTP {
-		o.readyProbeDelay = 25 * time.Millisecond
+		o.readyProbeDelay = config.ReadinessFirstInterval.D()
+		o.readyProbeAt = o.now()
 		o.readyProbe.arm(o.readyProbeDelay)
 	}
 	if o.firstStart != nil {
@@ -447,6 +455,7 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 	}
 	now := o.now()
 	o.cur.LastHeartbeat = &now
+	o.hbHealthy = hb.HealthStatus == "healthy"
 	if hb.SlotsTotal != nil {
 		o.cur.SlotsTotal = *hb.SlotsTotal
 	}
@@ -484,11 +493,11 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 // progress is new output while loading: it resets the stall clock.
 //
 // For a generic (http) worker it also probes readiness at once: servers
-// print a line when they start listening or finish loading, so probing on
-// output notices readiness within milliseconds, where the back-off alone
-// (25 ms doubling to 1 s, SPEC §6) could leave a ready server waiting up to
-// a second. At most one probe is in flight, so a chatty loader costs no
-// more than a probe at a time.
+// often print a line when they start listening or finish loading, so
+// probing on output notices readiness within a millisecond or two, sooner
+// than the next scheduled probe (every 25–50 ms, SPEC §6). At most one
+// probe is in flight, so a chatty loader costs no more than a probe at a
+// time.
 func (o *owner) progress() {
 	if o.cur.State != state.Loading {
 		return
@@ -497,7 +506,7 @@ func (o *owner) progress() {
 	if o.w.spec.Profile.Protocol != config.ProtocolHTTP {
 		return
 	}
-	o.readyProbeDelay = 25 * time.Millisecond
+	o.readyProbeDelay = config.ReadinessFirstInterval.D()
 	if o.probing {
 		o.outputSinceProbe = true // probe again as soon as this one fails
 		return

@@ -57,7 +57,9 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 		o.forceKill()
 		return
 	}
-	o.stopT.arm(o.s.StopTimeout.D())
+	// The deadline counts from the stop's start, not from here: sending
+	// the request or signal took a moment already.
+	o.stopT.arm(max(o.stopAsked.Add(o.s.StopTimeout.D()).Sub(o.now()), time.Nanosecond))
 }
 
 // requestShutdown asks an rbee worker to drain and exit; when the request
@@ -127,15 +129,19 @@ func (o *owner) onExit() {
 		"oom_killed", facts.OOMKilled, "state", o.cur.State)
 
 	if o.cur.State == state.Stopping {
-		o.cleanupTree()
+		// Stop latency ends when the process was reaped; the end is
+		// recorded and announced next, and only then does finish make
+		// sure the rest of the tree is gone and remove the cgroup, so
+		// that neither delays `terminated`.
 		if m := o.d.Metrics; m != nil {
-			m.StopLatency(o.now().Sub(o.stopAsked))
+			m.StopLatency(ex.At.Sub(o.stopAsked))
 		}
 		o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
-			"after", o.now().Sub(o.stopAsked).String(), "forced", o.forced)
+			"after", ex.At.Sub(o.stopAsked).String(), "forced", o.forced)
 		o.endGrace(nil)
 		if o.restartAfterStop {
 			o.restartAfterStop = false
+			o.cleanupTree() // the next incarnation's cgroup has the same name
 			o.restartNow(state.Restarting)
 			return
 		}

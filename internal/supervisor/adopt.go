@@ -256,7 +256,7 @@ func (o *owner) resumeLive(rec *Record) {
 			o.hbStale.arm(o.s.Heartbeat.Timeout.D()) // a full timeout of grace from now
 		}
 		if iv := o.s.Health.Interval.D(); iv > 0 {
-			o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+			o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 		}
 	case state.Stopping:
 		o.resumeStop(rec, now)

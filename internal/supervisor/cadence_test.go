@@ -96,3 +96,32 @@ func TestLivenessProbeSkippedWhileHeartbeatsFreshAndHealthy(t *testing.T) {
 		t.Fatalf("failures %d, want 2", o.cur.FailedHealthChecks)
 	}
 }
+
+// Twenty idle workers woke the hive sixty times per 30 s for their health
+// probes (each at its own random moment); the probe times now fall on a
+// shared grid, so they share a handful of wake-ups.
+func TestHealthProbesOfManyWorkersShareWakeups(t *testing.T) {
+	base := time.Unix(1000, 123456789)
+	s := config.DefaultSettings()
+	s.Health.Interval = config.Duration(10 * time.Second)
+	slots := map[time.Time]bool{}
+	for i := range 20 {
+		now := base.Add(time.Duration(i) * 377 * time.Millisecond)
+		w := newWorker(Deps{Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }},
+			Spec{ID: "w", Settings: s, Profile: config.Profile{Protocol: config.ProtocolHTTP}})
+		o := newOwner(w)
+		for _, d := range []time.Duration{3 * time.Second, 10 * time.Second} {
+			o.armHealth(d)
+			o.health.stop()
+			at := now.Add(d)
+			due := now.Add(o.health.last)
+			if due.Before(at) || due.Sub(at) > 2*time.Second {
+				t.Fatalf("worker %d: probe due %s after %s, asked %s", i, due.Sub(now), d, d)
+			}
+			slots[due] = true
+		}
+	}
+	if len(slots) > 12 {
+		t.Fatalf("40 probe times fell on %d distinct instants; want them on a shared 2 s grid", len(slots))
+	}
+}

@@ -19,7 +19,7 @@ func (o *owner) healthTick() {
 	if !o.cur.State.Ready() {
 		return
 	}
-	o.health.arm(o.s.Health.Interval.D())
+	o.armHealth(o.s.Health.Interval.D())
 	if o.heartbeatVouches() {
 		if o.cur.FailedHealthChecks != 0 {
 			o.cur.FailedHealthChecks = 0
@@ -31,6 +31,31 @@ func (o *owner) healthTick() {
 		o.startProbe(probeLiveness)
 	}
 }
+
+// armHealth arms the health timer to fire d from now, rounded up to the
+// health grid: a fifth of the interval, at most 2 s, on the wall clock, the
+// same for every worker. Workers' probes then come in a few shared wake-ups
+// per interval rather than one each: an idle hive's CPU goes mostly to
+// waking up (the Go runtime spins a little after every wake-up), not to the
+// probes themselves. With the default 10 s interval there are at most five
+// probe wake-ups per interval however many workers there are.
+func (o *owner) armHealth(d time.Duration) {
+	if d <= 0 {
+		o.health.stop()
+		return
+	}
+	now := o.now()
+	at := now.Add(d)
+	if g := healthGrid(o.s.Health.Interval.D()); g > 0 {
+		if t := at.Truncate(g); t.Before(at) {
+			at = t.Add(g)
+		}
+	}
+	o.health.arm(at.Sub(now))
+}
+
+// healthGrid is the rounding of health probe times for interval iv.
+func healthGrid(iv time.Duration) time.Duration { return min(iv/5, 2*time.Second) }
 
 // heartbeatVouches reports whether the last heartbeat is fresh and said
 // healthy. Fresh: at most two heartbeat intervals old (one late heartbeat

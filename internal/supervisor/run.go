@@ -443,8 +443,8 @@ func (o *owner) markReady() {
 	}
 	if iv := o.s.Health.Interval.D(); iv > 0 {
 		// Spread the first probe over one interval so that many workers
-		// made ready together are not probed in the same millisecond.
-		o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+		// made ready together are spread over the grid's slots.
+		o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 	}
 }
 

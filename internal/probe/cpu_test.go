@@ -74,3 +74,26 @@ func BenchmarkProbeClosingServer(b *testing.B) {
 	}
 	b.ReportMetric(float64(cpuNow()-c0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/probe")
 }
+
+// BenchmarkProbeIdleClosingServer is the same with the process idle
+// between probes (as in a hive): the CPU per probe then includes waking up
+// from idle.
+func BenchmarkProbeIdleClosingServer(b *testing.B) {
+	addr := closingServer(b)
+	p := New(addr)
+	defer p.Close()
+	if err := p.Get("/health", 200, 5*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	c0 := cpuNow()
+	for b.Loop() {
+		if err := p.Get("/health", 200, 5*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Everything the process spent, sleeps included: waking up, the
+	// runtime's spinning after a wake-up, the probe.
+	b.ReportMetric(float64(cpuNow()-c0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/probe")
+}

@@ -3,15 +3,15 @@
 //
 // A probe is the hive's most frequent piece of work (every worker, every
 // health interval; every 25–50 ms while a generic worker loads), and many
-// servers close the connection after every answer, so each probe is a new
-// TCP connection. It is therefore done with a handful of plain blocking
-// system calls on one socket — socket, connect, write, read, close — rather
-// than through net/http or the net package (netpoller registration,
-// keep-alive options, address lookups, a goroutine hand-off per read):
-// about half the CPU per probe. A server that has not answered within
-// blockingRead is waited for through the Go runtime's network poller
-// instead, so a hung server does not hold an OS thread for the whole
-// timeout.
+// servers close the connection after every answer, so each probe is often a
+// new TCP connection. It is done with few system calls: a blocking socket
+// and connect (immediate on loopback), then the socket handed to the Go
+// runtime's network poller for the write and the wait for the answer (so
+// the hive goes fully idle while the server thinks, rather than keeping a
+// thread in a read and the runtime spinning), and a small response parser —
+// none of net/http's transport, the net package's keep-alive options and
+// address lookups, or their allocations. About half the CPU per probe of
+// the net/http version (BenchmarkProbeClosingServer).
 package probe
 
 import (
@@ -35,10 +35,6 @@ const maxBody = 64 << 10
 // maxHead bounds the status line and headers of a response.
 const maxHead = 8 << 10
 
-// blockingRead is how long a probe waits for an answer in a blocking read
-// (on its own thread) before it hands the wait to the network poller.
-const blockingRead = 50 * time.Millisecond
-
 // ErrTimeout: the server did not answer within the probe's timeout.
 var ErrTimeout = errors.New("probe timed out")
 
@@ -47,18 +43,18 @@ var ErrTimeout = errors.New("probe timed out")
 // usable; use New.
 type Prober struct {
 	addr string
-	sa   syscall.Sockaddr // nil when addr is not an IP:port (saErr says why)
+	sa   syscall.Sockaddr // nil when addr is not an IP:port (err says why)
 	err  error
-	fd   int    // the held connection; -1 when none
-	buf  []byte // response buffer, kept between probes
-	req  []byte // the last request, kept while path stays the same
+	conn *os.File // the held connection (non-blocking, in the poller); nil when none
+	buf  []byte   // response buffer, kept between probes
+	req  []byte   // the last request, kept while path stays the same
 	path string
 }
 
 // New returns a prober for ip:port (a literal address, no name lookup). It
 // does not connect yet.
 func New(addr string) *Prober {
-	p := &Prober{addr: addr, fd: -1}
+	p := &Prober{addr: addr}
 	ap, err := netip.ParseAddrPort(addr)
 	switch {
 	case err != nil:
@@ -83,7 +79,7 @@ func (p *Prober) Get(path string, want int, timeout time.Duration) error {
 		return p.err
 	}
 	deadline := time.Now().Add(timeout)
-	reused := p.fd >= 0
+	reused := p.conn != nil
 	status, err := p.get(path, deadline)
 	if err != nil && reused && staleConn(err) && time.Now().Before(deadline) {
 		status, err = p.get(path, deadline)
@@ -106,9 +102,9 @@ func staleConn(err error) bool {
 
 // Close closes the held connection, if any. The Prober stays usable.
 func (p *Prober) Close() {
-	if p.fd >= 0 {
-		syscall.Close(p.fd)
-		p.fd = -1
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
 	}
 }
 
@@ -122,12 +118,12 @@ func (p *Prober) request(path string) []byte {
 
 // get does one exchange. On any error the connection is closed.
 func (p *Prober) get(path string, deadline time.Time) (int, error) {
-	if p.fd < 0 {
-		fd, err := dial(p.sa, deadline)
+	if p.conn == nil {
+		c, err := dial(p.sa, deadline)
 		if err != nil {
 			return 0, fmt.Errorf("probe %s: %w", p.addr, err)
 		}
-		p.fd = fd
+		p.conn = c
 	}
 	status, keep, err := p.exchange(path, deadline)
 	if err != nil || !keep {
@@ -139,20 +135,21 @@ func (p *Prober) get(path string, deadline time.Time) (int, error) {
 	return status, nil
 }
 
-// dial connects a blocking socket to sa. On loopback, connect completes
-// at once (or is refused at once); the send timeout bounds it otherwise.
-func dial(sa syscall.Sockaddr, deadline time.Time) (int, error) {
+// dial connects a blocking socket to sa — on loopback, connect completes
+// (or is refused) at once; the send timeout bounds it otherwise — and
+// returns it non-blocking, registered with the network poller.
+func dial(sa syscall.Sockaddr, deadline time.Time) (*os.File, error) {
 	family := syscall.AF_INET
 	if _, ok := sa.(*syscall.SockaddrInet6); ok {
 		family = syscall.AF_INET6
 	}
 	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return nil, os.NewSyscallError("socket", err)
 	}
 	if err := setTimeout(fd, syscall.SO_SNDTIMEO, time.Until(deadline)); err != nil {
 		syscall.Close(fd)
-		return -1, err
+		return nil, err
 	}
 	err = syscall.Connect(fd, sa)
 	if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EINPROGRESS) || errors.Is(err, syscall.EAGAIN) {
@@ -165,9 +162,13 @@ func dial(sa syscall.Sockaddr, deadline time.Time) (int, error) {
 		if errors.Is(err, syscall.EAGAIN) {
 			err = ErrTimeout
 		}
-		return -1, os.NewSyscallError("connect", err)
+		return nil, os.NewSyscallError("connect", err)
 	}
-	return fd, nil
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, os.NewSyscallError("set non-blocking", err)
+	}
+	return os.NewFile(uintptr(fd), "probe"), nil
 }
 
 func waitConnected(fd int, deadline time.Time) error {
@@ -177,7 +178,7 @@ func waitConnected(fd int, deadline time.Time) error {
 			return ErrTimeout
 		}
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, err := unix.Poll(pfd, min(ms, int(blockingRead.Milliseconds())))
+		n, err := unix.Poll(pfd, min(ms, 100))
 		if errors.Is(err, syscall.EINTR) || n == 0 && err == nil {
 			continue
 		}
@@ -201,28 +202,19 @@ func setTimeout(fd, opt int, d time.Duration) error {
 	return os.NewSyscallError("setsockopt", syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, opt, &tv))
 }
 
-// exchange writes the request and reads the response on p.fd. keep reports
-// whether the connection can serve the next probe.
+// exchange writes the request and reads the response on p.conn. keep
+// reports whether the connection can serve the next probe.
 func (p *Prober) exchange(path string, deadline time.Time) (status int, keep bool, err error) {
-	req := p.request(path)
-	for len(req) > 0 {
-		n, err := syscall.Write(p.fd, req)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if err != nil {
-			if errors.Is(err, syscall.EAGAIN) {
-				err = ErrTimeout
-			}
-			return 0, false, err
-		}
-		req = req[n:]
+	c := p.conn
+	if err := c.SetDeadline(deadline); err != nil {
+		return 0, false, err
+	}
+	if _, err := c.Write(p.request(path)); err != nil {
+		return 0, false, timeoutErr(err)
 	}
 	if p.buf == nil {
 		p.buf = make([]byte, 4096)
 	}
-	r := reader{fd: p.fd, deadline: deadline}
-	defer r.release()
 	// Status line and headers.
 	buf := p.buf[:0]
 	end := -1
@@ -233,19 +225,17 @@ func (p *Prober) exchange(path string, deadline time.Time) (status int, keep boo
 			}
 			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
 		}
-		n, err := r.read(buf[len(buf):cap(buf)])
+		n, err := c.Read(buf[len(buf):cap(buf)])
 		if err != nil {
 			if err == io.EOF && len(buf) > 0 {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, false, err
+			return 0, false, timeoutErr(err)
 		}
 		buf = buf[:len(buf)+n]
 		end = bytes.Index(buf, []byte("\r\n\r\n"))
 	}
-	if cap(buf) <= 2*maxHead {
-		p.buf = buf[:0:cap(buf)]
-	}
+	p.buf = buf[:0:cap(buf)]
 	h, err := parseHead(buf[:end+2])
 	if err != nil {
 		return 0, false, err
@@ -257,16 +247,23 @@ func (p *Prober) exchange(path string, deadline time.Time) (status int, keep boo
 	}
 	left := h.length - (len(buf) - (end + 4))
 	for left > 0 {
-		n, err := r.read(p.buf[:min(left, cap(p.buf))])
+		n, err := c.Read(p.buf[:min(left, cap(p.buf))])
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, false, err
+			return 0, false, timeoutErr(err)
 		}
 		left -= n
 	}
 	return h.status, h.keepAlive && left == 0, nil
+}
+
+func timeoutErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrTimeout
+	}
+	return err
 }
 
 type head struct {
@@ -326,83 +323,4 @@ func clip(b []byte) string {
 		b = b[:64]
 	}
 	return string(b)
-}
-
-// reader reads from a blocking socket with a receive timeout of at most
-// blockingRead; past that it waits in the network poller (a dup of the
-// socket, registered there), so a hung server parks a goroutine, not a
-// thread.
-type reader struct {
-	fd       int
-	deadline time.Time
-	timeout  time.Duration // the SO_RCVTIMEO set, 0 if none yet
-	polled   *os.File      // the dup in the poller, once needed
-}
-
-func (r *reader) read(b []byte) (int, error) {
-	if r.polled != nil {
-		n, err := r.polled.Read(b)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = ErrTimeout
-		}
-		return n, err
-	}
-	for {
-		left := time.Until(r.deadline)
-		if left <= 0 {
-			return 0, ErrTimeout
-		}
-		if t := min(left, blockingRead); t != r.timeout {
-			if err := setTimeout(r.fd, syscall.SO_RCVTIMEO, t); err != nil {
-				return 0, err
-			}
-			r.timeout = t
-		}
-		n, err := syscall.Read(r.fd, b)
-		switch {
-		case errors.Is(err, syscall.EINTR):
-			continue
-		case errors.Is(err, syscall.EAGAIN):
-			if time.Until(r.deadline) <= 0 {
-				return 0, ErrTimeout
-			}
-			if err := r.poll(); err != nil {
-				return 0, err
-			}
-			return r.read(b)
-		case err != nil:
-			return 0, os.NewSyscallError("read", err)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
-	}
-}
-
-// poll moves the rest of the wait to the network poller.
-func (r *reader) poll() error {
-	fd, err := unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return os.NewSyscallError("dup", err)
-	}
-	if err := syscall.SetNonblock(fd, true); err != nil { // the flag is shared with r.fd
-		syscall.Close(fd)
-		return os.NewSyscallError("set non-blocking", err)
-	}
-	f := os.NewFile(uintptr(fd), "probe")
-	if err := f.SetReadDeadline(r.deadline); err != nil {
-		f.Close()
-		return err
-	}
-	r.polled = f
-	return nil
-}
-
-// release closes the poller's dup and makes the socket blocking again.
-func (r *reader) release() {
-	if r.polled != nil {
-		r.polled.Close()
-		r.polled = nil
-		_ = syscall.SetNonblock(r.fd, false)
-	}
 }

@@ -593,10 +593,14 @@ func (h *Hive) close() {
 	h.client.CloseIdleConnections()
 }
 
+// pruneEvery is how often ended workers past retention are dropped: rare,
+// so an idle hive is not woken for it (retention is counted in minutes).
+const pruneEvery = 30 * time.Second
+
 // pruneLoop drops ended workers past the retention window.
 func (h *Hive) pruneLoop() {
 	defer close(h.pruneDone)
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
 	for {
 		select {

@@ -115,13 +115,13 @@ func TestHealthProbesOfManyWorkersShareWakeups(t *testing.T) {
 			o.health.stop()
 			at := now.Add(d)
 			due := now.Add(o.health.last)
-			if due.Before(at) || due.Sub(at) > 2*time.Second {
+			if due.Before(at) || due.Sub(at) > 5*time.Second {
 				t.Fatalf("worker %d: probe due %s after %s, asked %s", i, due.Sub(now), d, d)
 			}
 			slots[due] = true
 		}
 	}
-	if len(slots) > 12 {
-		t.Fatalf("40 probe times fell on %d distinct instants; want them on a shared 2 s grid", len(slots))
+	if len(slots) > 4 {
+		t.Fatalf("40 probe times fell on %d distinct instants; want them on a shared 5 s grid", len(slots))
 	}
 }

@@ -33,12 +33,12 @@ func (o *owner) healthTick() {
 }
 
 // armHealth arms the health timer to fire d from now, rounded up to the
-// health grid: a fifth of the interval, at most 2 s, on the wall clock, the
-// same for every worker. Workers' probes then come in a few shared wake-ups
-// per interval rather than one each: an idle hive's CPU goes mostly to
-// waking up (the Go runtime spins a little after every wake-up), not to the
-// probes themselves. With the default 10 s interval there are at most five
-// probe wake-ups per interval however many workers there are.
+// health grid: half the interval, at most 5 s, on the wall clock, the same
+// for every worker. Workers' probes then come in two shared wake-ups per
+// interval rather than one each: an idle hive's CPU goes mostly to waking
+// up (a wake-up of the Go runtime costs more context switches than the
+// probe it serves), not to the probes themselves. Each worker is still
+// probed every interval; only the phase is rounded.
 func (o *owner) armHealth(d time.Duration) {
 	if d <= 0 {
 		o.health.stop()
@@ -55,7 +55,7 @@ func (o *owner) armHealth(d time.Duration) {
 }
 
 // healthGrid is the rounding of health probe times for interval iv.
-func healthGrid(iv time.Duration) time.Duration { return min(iv/5, 2*time.Second) }
+func healthGrid(iv time.Duration) time.Duration { return min(iv/2, 5*time.Second) }
 
 // heartbeatVouches reports whether the last heartbeat is fresh and said
 // healthy. Fresh: at most two heartbeat intervals old (one late heartbeat

@@ -129,10 +129,12 @@ func (o *owner) onExit() {
 		"oom_killed", facts.OOMKilled, "state", o.cur.State)
 
 	if o.cur.State == state.Stopping {
-		// Stop latency ends when the process was reaped; the end is
-		// recorded and announced next, and only then does finish make
-		// sure the rest of the tree is gone and remove the cgroup, so
-		// that neither delays `terminated`.
+		// `terminated` promises the whole tree is gone (no grandchild
+		// survives a stop), so the tree is checked first — in the common
+		// case one read per hierarchy finds the cgroup empty — and the
+		// cgroup's removal comes after the announcement. Stop latency
+		// ends when the process was reaped.
+		o.cleanupTree()
 		if m := o.d.Metrics; m != nil {
 			m.StopLatency(ex.At.Sub(o.stopAsked))
 		}
@@ -141,7 +143,6 @@ func (o *owner) onExit() {
 		o.endGrace(nil)
 		if o.restartAfterStop {
 			o.restartAfterStop = false
-			o.cleanupTree() // the next incarnation's cgroup has the same name
 			o.restartNow(state.Restarting)
 			return
 		}
@@ -262,12 +263,17 @@ func (o *owner) cleanupTree() {
 		}
 	}
 	if o.cg != nil {
-		_ = o.cg.Kill()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := o.cg.WaitEmpty(ctx); err != nil {
-			o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+		// Usually the reaped process was the last one: one read of each
+		// hierarchy's cgroup.procs says so, and there is nothing to kill
+		// or wait for.
+		if pids, err := o.cg.Pids(); err != nil || len(pids) > 0 {
+			_ = o.cg.Kill()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := o.cg.WaitEmpty(ctx); err != nil {
+				o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+			}
+			cancel()
 		}
-		cancel()
 	} else if o.proc != nil {
 		deadline := time.Now().Add(5 * time.Second)
 		for o.proc.GroupAlive() && time.Now().Before(deadline) {

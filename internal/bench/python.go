@@ -85,7 +85,7 @@ func (b *Bench) python() error {
 		if err != nil {
 			return err
 		}
-		if sv, err = startPySupervisord(bin, py, script, b.o.PyIdleN); err != nil {
+		if sv, err = startPySupervisord(bin, py, script, b.o.PyIdleN, b.pyStopWait()); err != nil {
 			return err
 		}
 		defer sv.Close()
@@ -351,12 +351,20 @@ func gone(pid int) (<-chan time.Time, error) {
 	return ch, nil
 }
 
-const pyStopWait = 2 * time.Second
+// pyStopWait is the grace of the stop figure (stop_timeout, stopwaitsecs):
+// 2 s as in issue 19, 1 s in a smoke run.
+func (b *Bench) pyStopWait() time.Duration {
+	if b.o.Smoke {
+		return time.Second
+	}
+	return 2 * time.Second
+}
 
 // pyStop: stop of a worker that ignores SIGTERM, grace 2 s: the process
 // gone (the benchmark's pidfd) and the manager reporting it ended, each
 // minus the 2 s.
 func (b *Bench) pyStop(py, script string, sv *Supervisord) error {
+	pyStopWait := b.pyStopWait()
 	h, err := b.startPyHive(py, script, fmt.Sprintf("  idle_timeout: 0s\n  stop_timeout: %s\n", pyStopWait), 32)
 	if err != nil {
 		return err
@@ -412,7 +420,7 @@ func (b *Bench) pyStop(py, script string, sv *Supervisord) error {
 			if err != nil {
 				return 0, err
 			}
-			time.Sleep(time.Second + time.Duration(i)*50*time.Millisecond) // let Python install its SIG_IGN
+			time.Sleep(500*time.Millisecond + time.Duration(i)*50*time.Millisecond) // let Python install its SIG_IGN
 			g, err := gone(p.PID)
 			if err != nil {
 				return 0, err
@@ -433,7 +441,8 @@ func (b *Bench) pyStop(py, script string, sv *Supervisord) error {
 			return err
 		}
 	}
-	const gname, ename = "stop past the grace (2 s, SIGTERM ignored): process gone − 2 s", "stop past the grace (2 s, SIGTERM ignored): ended reported − 2 s"
+	gname := fmt.Sprintf("stop past the grace (%s, SIGTERM ignored): process gone − grace", pyStopWait)
+	ename := fmt.Sprintf("stop past the grace (%s, SIGTERM ignored): ended reported − grace", pyStopWait)
 	b.addPy("rbee-hive", gname, "ms", hGone, nil, "stop request → the worker's pidfd readable in the benchmark")
 	b.addPy("rbee-hive", ename, "ms", hEnd, nil, "stop request → `terminated` event `at`")
 	if sv != nil {
@@ -562,8 +571,9 @@ func cpuNsBoth(a, b int, window time.Duration) (ca, cb time.Duration, err error)
 // startPySupervisord starts a private supervisord with the Python worker
 // as programs: "launch" (not started), group "stop" of ten that ignore
 // SIGTERM (not started; stopwaitsecs 2, stop and kill as a group) and
-// group "idle" of idle (started, and running once this returns).
-func startPySupervisord(bin, py, script string, idle int) (*Supervisord, error) {
+// group "idle" of idle (started, and running once this returns); stopWait
+// is stopwaitsecs.
+func startPySupervisord(bin, py, script string, idle int, stopWait time.Duration) (*Supervisord, error) {
 	dir, err := os.MkdirTemp("", "hivebench-pysupervisord-")
 	if err != nil {
 		return nil, err
@@ -602,7 +612,7 @@ redirect_stderr=true
 stdout_logfile=%[6]s/%[1]s.log
 stdout_logfile_maxbytes=0
 environment=HIVEBENCH_MARKER="%[7]s"%[8]s
-`, name, py, script, autostart, int(pyStopWait/time.Second), dir, s.Marker, env)
+`, name, py, script, autostart, int(stopWait/time.Second), dir, s.Marker, env)
 	}
 	prog("launch", fmt.Sprintf(`,PYW_START_FILE="%s/launch-start"`, dir), false)
 	var stops, idles []string

@@ -200,12 +200,20 @@ func (b *Bench) pyLaunch(py, script string, sv *Supervisord) error {
 	if sv != nil {
 		b.addPy("supervisord", name, "ms", super, nil, "XML-RPC startProcess(wait=false) → the script's first line")
 	}
-	dh, dd := Summarize(hive), Summarize(direct)
-	b.addPy("rbee-hive", "launch cost over direct exec (median − median)", "ms", []float64{dh.Median - dd.Median},
-		target("median", 5, "≤ direct + 5 ms"), "interleaved trials, same machine load")
+	// Each trial's difference to the direct exec just before it: the
+	// machine's load moves both alike.
+	paired := func(xs []float64) []float64 {
+		d := make([]float64, len(xs))
+		for i := range xs {
+			d[i] = xs[i] - direct[i]
+		}
+		return d
+	}
+	b.addPy("rbee-hive", "launch cost over direct exec (per trial)", "ms", paired(hive),
+		target("median", 5, "median ≤ direct + 5 ms"), "rbee-hive trial − the direct trial just before it")
 	if sv != nil {
-		ds := Summarize(super)
-		b.addPy("supervisord", "launch cost over direct exec (median − median)", "ms", []float64{ds.Median - dd.Median}, nil, "")
+		b.addPy("supervisord", "launch cost over direct exec (per trial)", "ms", paired(super), nil,
+			"supervisord trial − the direct trial just before it")
 	}
 	return nil
 }
@@ -413,6 +421,8 @@ func (b *Bench) pyStop(py, script string, sv *Supervisord) error {
 	if sv != nil {
 		_, err = trials(n, n, func(i int) (float64, error) {
 			name := fmt.Sprintf("stop:stop%d", i)
+			ready := filepath.Join(sv.Dir, fmt.Sprintf("ready-stop%d", i))
+			os.Remove(ready)
 			if _, err := sv.rpc.call(30*time.Second, "supervisor.startProcess", name, true); err != nil {
 				return 0, err
 			}
@@ -420,7 +430,12 @@ func (b *Bench) pyStop(py, script string, sv *Supervisord) error {
 			if err != nil {
 				return 0, err
 			}
-			time.Sleep(500*time.Millisecond + time.Duration(i)*50*time.Millisecond) // let Python install its SIG_IGN
+			// Ready means SIGTERM is ignored already (as the hive's
+			// workers are when they are idle).
+			if _, err := readStamp(ready, 0, 30*time.Second); err != nil {
+				return 0, err
+			}
+			time.Sleep(time.Duration(i) * 50 * time.Millisecond)
 			g, err := gone(p.PID)
 			if err != nil {
 				return 0, err
@@ -625,7 +640,7 @@ environment=HIVEBENCH_MARKER="%[7]s"%[8]s
 	fmt.Fprintf(&c, "\n[group:stop]\nprograms=%s\n", strings.Join(stops, ","))
 	fmt.Fprintf(&c, "\n[group:idle]\nprograms=%s\n", strings.Join(idles, ","))
 	for _, n := range stops {
-		prog(n, `,PYW_IGNORE_TERM="1"`, false)
+		prog(n, fmt.Sprintf(`,PYW_IGNORE_TERM="1",PYW_READY_FILE="%s/ready-%s"`, dir, n), false)
 	}
 	for _, n := range idles {
 		prog(n, "", true)

@@ -90,6 +90,13 @@ type Spec struct {
 	// before the target program runs its first instruction (at the exec
 	// stop, or through the launcher shim where ptrace is denied).
 	JoinProcs []string
+	// JoinAfter lists cgroup v1 "cgroup.procs" files the process is moved
+	// into by Start right after its exec, from the outside and without
+	// stopping it: for cgroups that only account (no limit to enforce), so
+	// the program's first instructions, or a child it forks at once, may
+	// run outside them. It costs the start nothing (JoinProcs stops the
+	// program until it has joined).
+	JoinAfter []string
 	// Nofile, when > 0, sets RLIMIT_NOFILE (soft and hard) of the target
 	// program before it runs (like JoinProcs). 0 means inherited (Go's
 	// original soft limit).
@@ -557,6 +564,9 @@ func Start(spec Spec) (*Proc, error) {
 			return abort(err)
 		}
 	}
+	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+		return abort(err)
+	}
 	st, err := readStat(pid)
 	if err != nil {
 		return abort(err) // cannot happen for an unreaped child; be safe
@@ -572,6 +582,17 @@ func Start(spec Spec) (*Proc, error) {
 		traceDenied.Store(true) // the shim worked where ptrace did not
 	}
 	return p, nil
+}
+
+// joinAfter writes pid into each cgroup.procs file of files.
+func joinAfter(files []string, pid int) error {
+	spid := []byte(strconv.Itoa(pid))
+	for _, procs := range files {
+		if err := writeProcs(procs, spid); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", procs, err)
+		}
+	}
+	return nil
 }
 
 // closeOnExecInherited marks every descriptor >= 3 of this process

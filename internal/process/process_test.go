@@ -842,3 +842,28 @@ func statusField(t *testing.T, pid int, key string) string {
 	t.Fatalf("no %s in /proc/%d/status", key, pid)
 	return ""
 }
+
+// Accounting-only v1 cgroups are joined right after the start, without an
+// exec stop (and without the shim).
+func TestJoinAfterV1(t *testing.T) {
+	dir := makeCgroup(t, "/sys/fs/cgroup/pids")
+	spec := sleepSpec()
+	spec.JoinAfter = []string{filepath.Join(dir, "cgroup.procs")}
+	p := start(t, spec)
+	if got, want := cgroupOf(t, p.PID, "pids"), "/"+filepath.Base(dir); got != want {
+		t.Fatalf("pids cgroup %q, want %q", got, want)
+	}
+	if tracer := statusField(t, p.PID, "TracerPid"); tracer != "0" {
+		t.Fatalf("TracerPid %s", tracer)
+	}
+	spec.JoinAfter = []string{"/sys/fs/cgroup/pids/" + randomName(t) + "/cgroup.procs"}
+	if p, err := Start(spec); err == nil {
+		cleanupProc(t, p)
+		t.Fatal("Start succeeded with a missing cgroup")
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("err = %v", err)
+	}
+	if left := children(); len(left) > 1 { // the first sleep is still running
+		t.Fatalf("processes left: %v", left)
+	}
+}

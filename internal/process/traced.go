@@ -124,6 +124,9 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 	if err := unix.PtraceDetach(pid); err != nil {
 		return abort(fmt.Errorf("ptrace detach: %w", err))
 	}
+	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+		return abort(err)
+	}
 	st, err := readStat(pid)
 	if err != nil {
 		return abort(err)

@@ -299,7 +299,7 @@ func (o *owner) startProcess() error {
 	)
 
 	var cgFD = -1
-	var join []string
+	var join, joinAfter []string
 	if o.d.Cgroups != nil && o.d.Cgroups.Mode() != cgroup.ModeNone {
 		g, err := o.d.Cgroups.Create(spec.ID, o.s.Limits)
 		switch {
@@ -320,7 +320,14 @@ func (o *owner) startProcess() error {
 			}
 			cgFD = fd
 			defer syscall.Close(fd)
-			join = g.JoinProcs()
+			// v1 cgroups that enforce a limit are joined before the
+			// program runs; without limits they only account, and are
+			// joined right after the start, off its path.
+			if o.s.Limits.NeedsCgroup() {
+				join = g.JoinProcs()
+			} else {
+				joinAfter = g.JoinProcs()
+			}
 		}
 	}
 	out, err := o.wlog.ChildFile()
@@ -331,7 +338,7 @@ func (o *owner) startProcess() error {
 	defer out.Close()
 	p, err := process.Start(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
-		CgroupFD: cgFD, JoinProcs: join, Nofile: o.s.Limits.Nofile,
+		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile,
 	})
 	if err != nil {
 		o.removeCgroup()

@@ -56,7 +56,7 @@ func TestSilentServerIsNoticedReadyWithinMaxInterval(t *testing.T) {
 // healthy stays up.
 func TestLivenessProbeSkippedWhileHeartbeatsAreFreshAndHealthy(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_HANG_HEALTH": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1"},
 		Settings: settings(`{"health":{"interval":"100ms","timeout":"50ms","failure_threshold":2},"heartbeat":{"interval":"100ms","timeout":"5s"}}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {

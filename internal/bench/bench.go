@@ -46,7 +46,7 @@ type Options struct {
 	PyTrials, PyLongTrials, PyIdleN int
 	PyIdleWindow                    time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
-	// forcekill, shutdown, scale, supervisord, python).
+	// forcekill, shutdown, scale, supervisord, model, python).
 	Only []string
 	// Keep leaves each hive's temporary directory (with its log).
 	Keep bool
@@ -166,6 +166,7 @@ func (b *Bench) Run() error {
 		{"shutdown", b.shutdown},
 		{"scale", b.scale},
 		{"supervisord", b.supervisord},
+		{"model", b.model},
 		{"python", b.python},
 	}
 	for _, s := range steps {

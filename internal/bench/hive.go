@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,9 +17,11 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/refworker"
 )
 
 // Bins are the binaries the benchmark runs.
@@ -127,9 +128,10 @@ func freeRange(width int) (int, error) {
 	return 0, fmt.Errorf("no free range of %d ports in %d-%d", width, lo, hi)
 }
 
-// writeModel writes a small model file.
+// writeModel writes the built-in stories260K model (the reference worker
+// loads it for real).
 func writeModel(path string) error {
-	return os.WriteFile(path, bytes.Repeat([]byte("rbee bench weights\n"), 64<<10/19), 0o600)
+	return os.WriteFile(path, builtinmodel.Bytes(), 0o600)
 }
 
 // StartHive starts bin/rbee-hive on a fresh state directory with a config
@@ -147,7 +149,7 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 	if err := os.MkdirAll(models, 0o700); err != nil {
 		return nil, err
 	}
-	model := filepath.Join(models, "tiny.gguf")
+	model := filepath.Join(models, builtinmodel.FileName)
 	if err := writeModel(model); err != nil {
 		return nil, err
 	}
@@ -162,7 +164,7 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 	if o.Settings != "" {
 		cfg += "defaults:\n" + o.Settings
 	}
-	cfg += o.Extra
+	cfg = refworker.WithTestMode(cfg + o.Extra)
 	h := &Hive{
 		Dir: dir, Model: model, Ref: "file:" + model, URL: "http://" + addr,
 		Marker: hive.InstanceID(state), Config: filepath.Join(dir, "hive.yaml"),

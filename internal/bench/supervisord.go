@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/process"
 )
 
@@ -68,7 +69,7 @@ func StartSupervisord(bin string, bins Bins, n int, stopWait time.Duration) (*Su
 		return nil, 0, err
 	}
 	s := &Supervisord{Dir: dir, Marker: filepath.Base(dir), exited: make(chan struct{})}
-	model := filepath.Join(dir, "tiny.gguf")
+	model := filepath.Join(dir, builtinmodel.FileName)
 	if err := writeModel(model); err != nil {
 		return nil, 0, err
 	}
@@ -110,11 +111,11 @@ serverurl=unix://%[1]s
 		s.Names = append(s.Names, "workers:"+name)
 		env := fmt.Sprintf(`HIVEBENCH_MARKER="%s"`, s.Marker)
 		if ignoreFifth(i) != nil {
-			env += `,RBEE_FAKE_IGNORE_SHUTDOWN="1"`
+			env += `,LLMW_FAKE_IGNORE_SHUTDOWN="1"`
 		}
 		fmt.Fprintf(&c, `
 [program:%[1]s]
-command=%[2]s --worker-id %[1]s --model %[3]s --port 0
+command=%[2]s --test-mode --worker-id %[1]s --model %[3]s --port 0
 autostart=true
 autorestart=true
 startsecs=0

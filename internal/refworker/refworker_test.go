@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/refworker"
 )
 
@@ -27,11 +29,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestSlowLoadAnswersWhileLoadingAndReportsProgress(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	const size = 2 << 20
+	model := writeModel(t)
+	size := modelTensorBytes(t, model)
 	w := startWorker(t, workerOpts{
 		hiveURL: hive.srv.URL,
-		model:   writeModel(t, size),
-		env:     []string{"RBEE_FAKE_LOAD_MS=1500"},
+		model:   model,
+		env:     []string{"LLMW_FAKE_LOAD_MS=1500"},
 	})
 	w.waitListening()
 
@@ -330,7 +333,7 @@ func TestHangHealth(t *testing.T) {
 	t.Parallel()
 	t.Run("always", func(t *testing.T) {
 		t.Parallel()
-		w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_HANG_HEALTH=1"}})
+		w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_HANG_HEALTH=1"}})
 		w.waitReady()
 		assertHealthHangs(t, w)
 		if _, m := w.getJSON("/v1/ready"); m["ready"] != true {
@@ -343,7 +346,7 @@ func TestHangHealth(t *testing.T) {
 	})
 	t.Run("after", func(t *testing.T) {
 		t.Parallel()
-		w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_HANG_HEALTH_AFTER_MS=1000"}})
+		w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_HANG_HEALTH_AFTER_MS=1000"}})
 		w.waitReady()
 		if code, _ := w.getJSON("/health"); code != 200 {
 			t.Fatalf("/health right after ready = %d", code)
@@ -381,6 +384,30 @@ func TestMissingModelExits1(t *testing.T) {
 	}
 }
 
+// A file that is not a loadable GGUF model exits 1 with a message that names
+// the file and says what is wrong (SPEC §5.3).
+func TestUnloadableModelExits1(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.gguf")
+	if err := os.WriteFile(junk, bytes.Repeat([]byte("rbee model weights "), 1<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "truncated.gguf")
+	if err := os.WriteFile(truncated, builtinmodel.Bytes()[:600<<10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, why := range map[string]string{junk: "wrong magic", truncated: "runs past the end", dir: "not a regular file"} {
+		w := startWorker(t, workerOpts{model: path})
+		if code, _ := w.waitExit(5 * time.Second); code != refworker.ExitFailure {
+			t.Fatalf("%s: exit %d, want 1", path, code)
+		}
+		if e := w.stderr(); !strings.Contains(e, path) || !strings.Contains(e, why) || !strings.Contains(e, "cannot load model") {
+			t.Fatalf("stderr does not say %q about %s:\n%s", why, path, e)
+		}
+	}
+}
+
 func TestBindFailureExits2(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -399,7 +426,7 @@ func TestBindFailureExits2(t *testing.T) {
 
 func TestFakeExitCode(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_EXIT_CODE=7"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_EXIT_CODE=7"}})
 	if code, _ := w.waitExit(5 * time.Second); code != 7 {
 		t.Fatalf("exit %d, want 7", code)
 	}
@@ -410,7 +437,7 @@ func TestFakeExitCode(t *testing.T) {
 
 func TestFakeCrashAfterRequests(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_CRASH_AFTER_REQUESTS=2"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_CRASH_AFTER_REQUESTS=2"}})
 	w.waitReady()
 	w.infer("one", 2)
 	if w.exited() {
@@ -428,7 +455,7 @@ func TestFakeCrashAfterRequests(t *testing.T) {
 func TestFakeExitAfterMSExitsZeroUnasked(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_EXIT_AFTER_MS=100"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_EXIT_AFTER_MS=100"}})
 	if code, _ := w.waitExit(10 * time.Second); code != refworker.ExitOK {
 		t.Fatalf("exit %d, want 0", code)
 	}
@@ -442,7 +469,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 	t.Run("exit", func(t *testing.T) {
 		t.Parallel()
 		hive := newFakeHive(t)
-		w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_CRASH_AFTER_MS=100"}})
+		w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_CRASH_AFTER_MS=100"}})
 		if code, _ := w.waitExit(10 * time.Second); code != refworker.ExitCrash {
 			t.Fatalf("exit %d, want 3", code)
 		}
@@ -454,7 +481,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 		name := strings.TrimPrefix(unix.SignalName(sig), "SIG")
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_CRASH_AFTER_MS=50", "RBEE_FAKE_CRASH_SIGNAL=" + name}})
+			w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_CRASH_AFTER_MS=50", "LLMW_FAKE_CRASH_SIGNAL=" + name}})
 			if code, got := w.waitExit(10 * time.Second); code != -1 || got != sig {
 				t.Fatalf("exit %d signal %v, want signal %v", code, got, sig)
 			}
@@ -464,7 +491,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 
 func TestFakeIgnoreShutdown(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_IGNORE_SHUTDOWN=1"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_IGNORE_SHUTDOWN=1"}})
 	w.waitReady()
 	syscall.Kill(-w.pid, syscall.SIGTERM)
 	syscall.Kill(-w.pid, syscall.SIGINT)
@@ -497,7 +524,7 @@ func TestFakeForkChild(t *testing.T) {
 	for _, mode := range []string{"1", "setsid"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_FORK_CHILD=" + mode}})
+			w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_FORK_CHILD=" + mode}})
 			w.waitReady()
 			w.waitLog("fake: child pid")
 			child, _ := strconv.Atoi(childRE.FindStringSubmatch(w.stdout())[1])
@@ -535,7 +562,7 @@ func TestFakeForkChild(t *testing.T) {
 
 func TestFakeForkMany(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_FORK_MANY=3"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_FORK_MANY=3"}})
 	w.waitReady()
 	w.waitLog("fake: fork_many started=3 failed=0")
 	eventually(t, 5*time.Second, "3 children in the worker's group", func() bool {
@@ -563,7 +590,7 @@ func groupMembers(pgid int) []int {
 func TestFakeNeverReadySendsNothing(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_NEVER_READY=1"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_NEVER_READY=1"}})
 	w.waitListening()
 	w.waitLog("fake: never ready")
 	if _, m := w.getJSON("/v1/ready"); m["ready"] != false || m["state"] != "loading" {
@@ -577,7 +604,7 @@ func TestFakeNeverReadySendsNothing(t *testing.T) {
 func TestFakeNoHeartbeatAfterReady(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_NO_HEARTBEAT=1", "RBEE_HEARTBEAT_INTERVAL_MS=20"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_NO_HEARTBEAT=1", "RBEE_HEARTBEAT_INTERVAL_MS=20"}})
 	w.waitReady()
 	w.infer("x", 1)
 	// A negative check needs a window: some 10 intervals.
@@ -595,7 +622,7 @@ func TestFakeNoHeartbeatAfterReady(t *testing.T) {
 
 func TestFakeReadyDelay(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_READY_DELAY_MS=400"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_READY_DELAY_MS=400"}})
 	w.waitListening()
 	w.waitLog("model loaded")
 	if _, m := w.getJSON("/v1/ready"); m["ready"] != false {
@@ -606,7 +633,7 @@ func TestFakeReadyDelay(t *testing.T) {
 
 func TestFakeAllocMB(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_ALLOC_MB=40"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_ALLOC_MB=40"}})
 	w.waitReady()
 	if rss := procStatusKB(t, w.pid, "RssAnon"); rss < 40<<10 {
 		t.Fatalf("RssAnon %d kB after allocating 40 MiB", rss)
@@ -615,7 +642,7 @@ func TestFakeAllocMB(t *testing.T) {
 
 func TestFakeBusyLoop(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_BUSY_LOOP=1"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_BUSY_LOOP=1"}})
 	w.waitReady()
 	eventually(t, 10*time.Second, "300 ms of CPU time", func() bool { return cpuTicks(t, w.pid) >= 30 })
 }
@@ -635,7 +662,7 @@ func cpuTicks(t *testing.T, pid int) int {
 func TestIdleWorkerIsSmall(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, model: writeModel(t, 8<<20), env: []string{"RBEE_HEARTBEAT_INTERVAL_MS=50"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, model: writeModel(t), env: []string{"RBEE_HEARTBEAT_INTERVAL_MS=50"}})
 	w.waitReady()
 	w.infer("warm up", 4)
 	eventually(t, 5*time.Second, "a few heartbeats", func() bool { return len(hive.heartbeatsIn("idle")) >= 4 })
@@ -660,7 +687,7 @@ func TestMainUsageErrorsExit2(t *testing.T) {
 		{"no port", []string{"--worker-id", "w", "--model", "/m"}, nil},
 		{"bad hive url", append(slices.Clone(base), "--hive-url", "ftp://x"), nil},
 		{"bad slots", base, map[string]string{"RBEE_WORKER_SLOTS": "many"}},
-		{"bad signal", base, map[string]string{"RBEE_FAKE_CRASH_SIGNAL": "HUP"}},
+		{"bad signal", append(slices.Clone(base), "--test-mode"), map[string]string{"LLMW_FAKE_CRASH_SIGNAL": "HUP"}},
 		{"stray arg", append(slices.Clone(base), "extra"), nil},
 	} {
 		var out, errb bytes.Buffer
@@ -673,26 +700,23 @@ func TestMainUsageErrorsExit2(t *testing.T) {
 	}
 }
 
-func TestTokensAreDeterministic(t *testing.T) {
+func TestTokensAreTheModelsGreedyOutput(t *testing.T) {
 	t.Parallel()
-	a, b := refworker.Tokens("hello", 50), refworker.Tokens("hello", 50)
-	if !slices.Equal(a, b) || len(a) != 50 {
-		t.Fatalf("%q vs %q", a, b)
+	a := refworker.Tokens("Once upon a time", 48)
+	if got := strings.Join(a, ""); got != ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it," || len(a) != 48 {
+		t.Fatalf("Tokens = %d tokens %q", len(a), got)
 	}
-	if strings.HasPrefix(a[0], " ") || !strings.HasPrefix(a[1], " ") {
-		t.Fatalf("spacing: %q", a[:2])
-	}
-	if slices.Equal(a, refworker.Tokens("hello!", 50)) {
+	if slices.Equal(a, refworker.Tokens("Lily and Ben went to the park", 48)) {
 		t.Fatal("different prompts gave the same tokens")
 	}
-	if !slices.Equal(refworker.Tokens("hello", 10), a[:10]) {
+	if !slices.Equal(refworker.Tokens("Once upon a time", 10), a[:10]) {
 		t.Fatal("a shorter run is not a prefix")
 	}
 }
 
 func TestSIGTERMWhileLoadingExits0(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{model: writeModel(t, 1<<20), env: []string{"RBEE_FAKE_LOAD_MS=60000"}})
+	w := startWorker(t, workerOpts{model: writeModel(t), env: []string{"LLMW_FAKE_LOAD_MS=60000"}})
 	w.waitListening()
 	w.waitLog("loading model")
 	syscall.Kill(w.pid, syscall.SIGTERM)

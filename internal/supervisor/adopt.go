@@ -241,7 +241,8 @@ func (o *owner) resumeLive(rec *Record) {
 		o.stall.arm(o.s.ReadyStallTimeout.D())
 		o.readyCap.arm(remaining(o.s.ReadyTimeout.D(), o.cur.StartedAt, now))
 		if o.w.spec.Profile.Protocol == config.ProtocolHTTP {
-			o.readyProbeDelay = 25 * time.Millisecond
+			o.readyProbeDelay = config.ReadinessFirstInterval.D()
+			o.readyProbeAt = o.now()
 			o.readyProbe.arm(o.readyProbeDelay)
 		}
 	case state.Idle, state.Busy:

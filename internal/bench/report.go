@@ -233,6 +233,7 @@ func (r *Report) Markdown() []byte {
 		{"supervisord", "supervisord, same worker binary (issue 8.2)"},
 		{"model", "The reference worker's model: stories260K on the CPU (issue 15)"},
 		{"frontdoor", "Front door: OpenAI routes through the hive vs straight to the worker (issue 14)"},
+		{"python", "Side by side on a silent Python worker (issue 19)"},
 	}
 	for _, s := range sections {
 		var rows []Result

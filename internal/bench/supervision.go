@@ -161,7 +161,7 @@ func (b *Bench) probeReady() error {
 		{"probe readiness: /health 200 → idle (ready at start)", func() int { return 0 }, target("p99", 50, "p99 < 50 ms"),
 			"first probe 25 ms after start"},
 		{"probe readiness: /health 200 → idle (load 0–2 s)", func() int { return rand.IntN(2000) }, target("p99", 50, "p99 < 50 ms"),
-			"probe on new output, else back-off 25 ms doubling to 1 s (SPEC §6)"},
+			"probe on new output, else every 25 ms backing off to 50 ms (SPEC §6)"},
 	}
 	for _, run := range runs {
 		samples, err := b.parallelTrials(8, func(i int) (float64, error) {

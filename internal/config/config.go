@@ -159,7 +159,18 @@ type Settings struct {
 type Probe struct {
 	Path   string `yaml:"path" json:"path"`     // default /health
 	Status int    `yaml:"status" json:"status"` // expected status; default 200
+	// MaxInterval (readiness only) is the longest wait between two
+	// readiness probes of a loading worker: probing starts every 25 ms and
+	// backs off to this (SPEC §6). Default 50ms; at least 25ms.
+	MaxInterval Duration `yaml:"max_interval,omitempty" json:"max_interval,omitempty"`
 }
+
+// ReadinessFirstInterval is the wait before the first readiness probe and
+// between the first few (SPEC §6).
+const ReadinessFirstInterval = Duration(25 * time.Millisecond)
+
+// DefaultReadinessMaxInterval is readiness.max_interval's default.
+const DefaultReadinessMaxInterval = Duration(50 * time.Millisecond)
 
 // Protocols a profile may speak.
 const (
@@ -416,6 +427,9 @@ func (p Profile) withDefaults(name string) Profile {
 	if p.Readiness.Status == 0 {
 		p.Readiness.Status = 200
 	}
+	if p.Readiness.MaxInterval == 0 {
+		p.Readiness.MaxInterval = DefaultReadinessMaxInterval
+	}
 	if p.Liveness.Path == "" {
 		p.Liveness.Path = "/health"
 	}
@@ -527,6 +541,9 @@ func (c *Config) Validate() error {
 		}
 		if p.MaxConcurrency < 0 || p.MaxConcurrency > 1<<16 {
 			bad("profiles.%s.max_concurrency must be 0..65536", name)
+		}
+		if p.Readiness.MaxInterval < ReadinessFirstInterval || p.Readiness.MaxInterval > maxDuration {
+			bad("profiles.%s.readiness.max_interval %s: want %s to %s", name, p.Readiness.MaxInterval, ReadinessFirstInterval, maxDuration)
 		}
 		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
 			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)

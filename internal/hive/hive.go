@@ -235,10 +235,12 @@ func (h *Hive) StateDir() string { return h.stateDir }
 
 // Changed implements supervisor.Observer.
 func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool) {
-	// A change is durable before anyone hears of it (recover.go), except a
-	// failure: the process is already dead, a restarted hive finds that out
-	// again by itself, and a slow fsync must not delay the news of a crash.
-	failed := ev != nil && ev.To == state.Failed
+	// A change is durable before anyone hears of it (recover.go), except an
+	// end (failed, terminated): the process is already dead, a restarted hive
+	// finds that out again by itself (a dead worker recorded stopping ends
+	// as asked), and a slow fsync must not delay the news of a crash or of
+	// a stop.
+	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
 	if durable && !failed {
 		h.persist(w, ev)
 	}
@@ -640,10 +642,14 @@ func (h *Hive) close() {
 	h.client.CloseIdleConnections()
 }
 
+// pruneEvery is how often ended workers past retention are dropped: rare,
+// so an idle hive is not woken for it (retention is counted in minutes).
+const pruneEvery = 30 * time.Second
+
 // pruneLoop drops ended workers past the retention window.
 func (h *Hive) pruneLoop() {
 	defer close(h.pruneDone)
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
 	for {
 		select {

@@ -21,11 +21,13 @@
 // parent instead, and a Reaper (StartReaper) reaps every exited child that
 // no Proc owns, without ever taking a Proc's exit status.
 //
-// Programs that Start with Spec.JoinProcs or Spec.Nofile set are launched
-// through a shim: the current executable re-executed with a private first
-// argument. Every binary that starts such processes (cmd/rbee-hive, and the
-// test binaries of packages that do) must call LauncherMain first thing in
-// main (or TestMain).
+// Programs that Start with Spec.JoinProcs or Spec.Nofile set are stopped by
+// the kernel right after their exec (ptrace) while Start joins them to their
+// cgroups and sets the limit (traced.go). Where ptrace is denied they are
+// launched through a shim instead: the current executable re-executed with a
+// private first argument. Every binary that starts such processes
+// (cmd/rbee-hive, and the test binaries of packages that do) must call
+// LauncherMain first thing in main (or TestMain).
 package process
 
 import (
@@ -85,16 +87,23 @@ type Spec struct {
 	// never runs a single instruction outside it. 0 or negative: none.
 	CgroupFD int
 	// JoinProcs lists cgroup v1 "cgroup.procs" files the process joins
-	// (by writing its own PID) before the target program runs. Setting it
-	// routes the start through the launcher shim (see LauncherMain).
+	// before the target program runs its first instruction (at the exec
+	// stop, or through the launcher shim where ptrace is denied).
 	JoinProcs []string
+	// JoinAfter lists cgroup v1 "cgroup.procs" files the process is moved
+	// into by Start right after its exec, from the outside and without
+	// stopping it: for cgroups that only account (no limit to enforce), so
+	// the program's first instructions, or a child it forks at once, may
+	// run outside them. It costs the start nothing (JoinProcs stops the
+	// program until it has joined).
+	JoinAfter []string
 	// Nofile, when > 0, sets RLIMIT_NOFILE (soft and hard) of the target
-	// program before it runs. Setting it routes the start through the
-	// launcher shim. 0 means inherited (Go's original soft limit).
+	// program before it runs (like JoinProcs). 0 means inherited (Go's
+	// original soft limit).
 	Nofile uint64
 }
 
-// usesLauncher reports whether the start must go through the shim.
+// usesLauncher reports whether the start needs the exec stop or the shim.
 func (s Spec) usesLauncher() bool { return len(s.JoinProcs) > 0 || s.Nofile > 0 }
 
 // Exit is how a process ended. The zero value means "not ended yet".
@@ -468,6 +477,17 @@ func Start(spec Spec) (*Proc, error) {
 		files[2] = spec.Stderr
 	}
 
+	// Joins and limits at the exec stop where ptrace is allowed (traced.go);
+	// else through the launcher shim.
+	fellBack := false
+	if spec.usesLauncher() && !traceDenied.Load() {
+		p, err := startTraced(spec, argv, files, bootID)
+		if !errors.Is(err, errTraceUnusable) {
+			return p, err
+		}
+		fellBack = true
+	}
+
 	// The launcher reports failure on fd 3 (a close-on-exec pipe: EOF with
 	// no data means the target program was exec'd).
 	var statusR *os.File
@@ -544,6 +564,9 @@ func Start(spec Spec) (*Proc, error) {
 			return abort(err)
 		}
 	}
+	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+		return abort(err)
+	}
 	st, err := readStat(pid)
 	if err != nil {
 		return abort(err) // cannot happen for an unreaped child; be safe
@@ -555,7 +578,21 @@ func Start(spec Spec) (*Proc, error) {
 		untrackChild(pid)
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
+	if fellBack {
+		traceDenied.Store(true) // the shim worked where ptrace did not
+	}
 	return p, nil
+}
+
+// joinAfter writes pid into each cgroup.procs file of files.
+func joinAfter(files []string, pid int) error {
+	spid := []byte(strconv.Itoa(pid))
+	for _, procs := range files {
+		if err := writeProcs(procs, spid); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", procs, err)
+		}
+	}
+	return nil
 }
 
 // closeOnExecInherited marks every descriptor >= 3 of this process

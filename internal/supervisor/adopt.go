@@ -241,7 +241,8 @@ func (o *owner) resumeLive(rec *Record) {
 		o.stall.arm(o.s.ReadyStallTimeout.D())
 		o.readyCap.arm(remaining(o.s.ReadyTimeout.D(), o.cur.StartedAt, now))
 		if o.w.spec.Profile.Protocol == config.ProtocolHTTP {
-			o.readyProbeDelay = 25 * time.Millisecond
+			o.readyProbeDelay = config.ReadinessFirstInterval.D()
+			o.readyProbeAt = o.now()
 			o.readyProbe.arm(o.readyProbeDelay)
 		}
 	case state.Idle, state.Busy:
@@ -256,7 +257,7 @@ func (o *owner) resumeLive(rec *Record) {
 			o.hbStale.arm(o.s.Heartbeat.Timeout.D()) // a full timeout of grace from now
 		}
 		if iv := o.s.Health.Interval.D(); iv > 0 {
-			o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+			o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 		}
 	case state.Stopping:
 		o.resumeStop(rec, now)

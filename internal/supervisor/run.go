@@ -51,7 +51,14 @@ type owner struct {
 	backoffUntil     time.Time // when the pending restart is due (state backoff); recorded for adoption
 
 	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
-	readyProbeDelay                                                           time.Duration
+	// readyProbeDelay is the current gap between readiness probe starts
+	// (25 ms, growing to readiness.max_interval); readyProbeAt when the
+	// last one started.
+	readyProbeDelay time.Duration
+	readyProbeAt    time.Time
+	// hbHealthy: the last heartbeat said healthy (a fresh one stands in
+	// for a liveness probe).
+	hbHealthy bool
 
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
@@ -238,7 +245,8 @@ func (o *owner) startIncarnation() {
 	o.stall.arm(o.s.ReadyStallTimeout.D())
 	o.readyCap.arm(o.s.ReadyTimeout.D())
 	if spec.Profile.Protocol == config.ProtocolHTTP {
-		o.readyProbeDelay = 25 * time.Millisecond
+		o.readyProbeDelay = config.ReadinessFirstInterval.D()
+		o.readyProbeAt = o.now()
 		o.readyProbe.arm(o.readyProbeDelay)
 	}
 	if o.firstStart != nil {
@@ -294,7 +302,7 @@ func (o *owner) startProcess() error {
 	)
 
 	var cgFD = -1
-	var join []string
+	var join, joinAfter []string
 	if o.d.Cgroups != nil && o.d.Cgroups.Mode() != cgroup.ModeNone {
 		g, err := o.d.Cgroups.Create(spec.ID, o.s.Limits)
 		switch {
@@ -315,7 +323,14 @@ func (o *owner) startProcess() error {
 			}
 			cgFD = fd
 			defer syscall.Close(fd)
-			join = g.JoinProcs()
+			// v1 cgroups that enforce a limit are joined before the
+			// program runs; without limits they only account, and are
+			// joined right after the start, off its path.
+			if o.s.Limits.NeedsCgroup() {
+				join = g.JoinProcs()
+			} else {
+				joinAfter = g.JoinProcs()
+			}
 		}
 	}
 	out, err := o.wlog.ChildFile()
@@ -326,7 +341,7 @@ func (o *owner) startProcess() error {
 	defer out.Close()
 	p, err := process.Start(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
-		CgroupFD: cgFD, JoinProcs: join, Nofile: o.s.Limits.Nofile,
+		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile,
 	})
 	if err != nil {
 		o.removeCgroup()
@@ -441,8 +456,8 @@ func (o *owner) markReady() {
 	}
 	if iv := o.s.Health.Interval.D(); iv > 0 {
 		// Spread the first probe over one interval so that many workers
-		// made ready together are not probed in the same millisecond.
-		o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+		// made ready together are spread over the grid's slots.
+		o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 	}
 }
 
@@ -453,6 +468,7 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 	}
 	now := o.now()
 	o.cur.LastHeartbeat = &now
+	o.hbHealthy = hb.HealthStatus == "healthy"
 	if hb.SlotsTotal != nil {
 		o.cur.SlotsTotal = *hb.SlotsTotal
 	}
@@ -492,11 +508,11 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 // progress is new output while loading: it resets the stall clock.
 //
 // For a generic (http) worker it also probes readiness at once: servers
-// print a line when they start listening or finish loading, so probing on
-// output notices readiness within milliseconds, where the back-off alone
-// (25 ms doubling to 1 s, SPEC §6) could leave a ready server waiting up to
-// a second. At most one probe is in flight, so a chatty loader costs no
-// more than a probe at a time.
+// often print a line when they start listening or finish loading, so
+// probing on output notices readiness within a millisecond or two, sooner
+// than the next scheduled probe (every 25–50 ms, SPEC §6). At most one
+// probe is in flight, so a chatty loader costs no more than a probe at a
+// time.
 func (o *owner) progress() {
 	if o.cur.State != state.Loading {
 		return
@@ -505,7 +521,7 @@ func (o *owner) progress() {
 	if o.w.spec.Profile.Protocol != config.ProtocolHTTP {
 		return
 	}
-	o.readyProbeDelay = 25 * time.Millisecond
+	o.readyProbeDelay = config.ReadinessFirstInterval.D()
 	if o.probing {
 		o.outputSinceProbe = true // probe again as soon as this one fails
 		return

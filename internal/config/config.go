@@ -239,15 +239,37 @@ func Default() Config {
 }
 
 // Parse reads a YAML configuration on top of the defaults. Unknown keys are
-// errors naming the key and its line.
+// errors naming the key, its line and the nearest known key; a wrong value
+// names the key, what was given and what is wanted. Sizes ("8GiB") are
+// accepted for every *_bytes key. Profiles' argv templates are checked for
+// unknown placeholders. Parse touches nothing outside data; Load also checks
+// that each configured profile's command can be found.
 func Parse(data []byte) (Config, error) {
+	cfg, _, err := parse(data)
+	return cfg, err
+}
+
+func parse(data []byte) (Config, *yaml.Node, error) {
 	cfg := Default()
 	builtin := cfg.Profiles["rbee"]
 	cfg.Profiles = nil
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := checkNode(&root, Config{}, true, ConfigKeys()); err != nil {
+		return Config{}, nil, prefixErrs("config: ", err)
+	}
+	if root.Kind != 0 {
+		var err error
+		if data, err = yaml.Marshal(&root); err != nil {
+			return Config{}, nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, nil, fmt.Errorf("config: %w", err)
 	}
 	if cfg.Profiles == nil {
 		cfg.Profiles = map[string]Profile{}
@@ -259,18 +281,26 @@ func Parse(data []byte) (Config, error) {
 		cfg.Profiles[name] = p.withDefaults(name)
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
-	return cfg, nil
+	if err := checkPlaceholders(cfg.Profiles, &root); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, &root, nil
 }
 
-// Load reads and parses the file at path.
+// Load reads and parses the file at path, and checks that the command of
+// every profile the file configures is found (beside the rbee-hive binary,
+// then on PATH), as the hive will look for it at spawn time.
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, root, err := parse(data)
+	if err == nil {
+		err = checkCommands(cfg.Profiles, root)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -460,6 +490,23 @@ func (s *Settings) Validate() error {
 func Override(base Settings, raw json.RawMessage) (Settings, error) {
 	s := base
 	if len(bytes.TrimSpace(raw)) > 0 && string(bytes.TrimSpace(raw)) != "null" {
+		// JSON is YAML: check it key by key for readable errors, and
+		// turn sizes such as "8GiB" into numbers.
+		if !json.Valid(raw) {
+			return base, errors.New("settings: not valid JSON (want an object such as {\"idle_timeout\":\"10m\"})")
+		}
+		var n yaml.Node
+		if yaml.Unmarshal(raw, &n) == nil {
+			if err := checkNode(&n, Settings{}, false, SettingsKeys()); err != nil {
+				return base, prefixErrs("settings: ", err)
+			}
+			var v any
+			if n.Decode(&v) == nil {
+				if b, err := json.Marshal(v); err == nil {
+					raw = b
+				}
+			}
+		}
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&s); err != nil {

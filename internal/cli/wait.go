@@ -140,6 +140,7 @@ func (f *follower) until(timeout time.Duration, goal func(*apiv1.WorkerInfo) (bo
 		}
 	}()
 	for {
+		f.pending()
 		w, err := f.cl.Get(f.ctx, f.id)
 		if err != nil {
 			if f.ctx.Err() != nil {
@@ -163,6 +164,18 @@ func (f *follower) until(timeout time.Duration, goal func(*apiv1.WorkerInfo) (bo
 		case ev := <-f.events:
 			f.show(ev)
 		case <-tick.C:
+		}
+	}
+}
+
+// pending prints the state changes already received.
+func (f *follower) pending() {
+	for {
+		select {
+		case ev := <-f.events:
+			f.show(ev)
+		default:
+			return
 		}
 	}
 }

@@ -179,3 +179,38 @@ func TestResolveModel(t *testing.T) {
 		}
 	}
 }
+
+// cliDoc renders docs/cli.md from the same help texts the CLI prints.
+func cliDoc(t *testing.T) string {
+	var b strings.Builder
+	b.WriteString("# The rbee-hive command line\n\n")
+	b.WriteString("This page is the CLI's own `--help`, command by command (a test keeps it equal to\n")
+	b.WriteString("what the binary prints). Global flags go before or after the command; a bad flag\n")
+	b.WriteString("or argument exits 2 before anything is sent to the hive.\n\n")
+	out, _, _ := runMain(t, nil, "--help")
+	b.WriteString("```\n" + out + "```\n")
+	for _, g := range groups {
+		out, _, _ := runMain(t, nil, g.name, "--help")
+		b.WriteString("\n## rbee-hive " + g.name + "\n\n```\n" + out + "```\n")
+	}
+	for _, c := range sortedCommands() {
+		out, _, _ := runMain(t, nil, append(strings.Fields(c.name), "--help")...)
+		b.WriteString("\n## rbee-hive " + c.name + "\n\n```\n" + out + "```\n")
+	}
+	return b.String()
+}
+
+func TestDocsCLIMatchesHelp(t *testing.T) {
+	p := filepath.Join("..", "..", "docs", "cli.md")
+	want := cliDoc(t)
+	if *update {
+		if err := os.WriteFile(p, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	got, err := os.ReadFile(p)
+	if err != nil || string(got) != want {
+		t.Fatalf("docs/cli.md differs from the CLI's help (%v); run go test ./internal/cli -update", err)
+	}
+}

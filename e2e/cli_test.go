@@ -100,7 +100,9 @@ func TestCLITables(t *testing.T) {
 	if !ok {
 		t.Fatalf("events output: %q", buf.String())
 	}
-	if !strings.Contains(buf.String(), "idle → stopping (stopped)") {
+	// Regression: the first event of a worker read "→ spawning  pid 0".
+	if !strings.Contains(buf.String(), "idle → stopping (stopped)") || strings.Contains(buf.String(), "pid 0") ||
+		strings.Contains(buf.String(), "  → ") {
 		t.Fatalf("events output: %q", buf.String())
 	}
 }

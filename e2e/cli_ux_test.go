@@ -217,7 +217,7 @@ func TestCLIWorkerIDPrefix(t *testing.T) {
 // and exited 0.
 func TestCLISpawnWaitPlainLines(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	r := cli(t, h, "worker", "spawn", h.Ref, "--wait", "--env", "RBEE_FAKE_LOAD_MS=600")
+	r := cli(t, h, "worker", "spawn", h.Ref, "--wait", "--env", "LLMW_FAKE_LOAD_MS=600")
 	lines := strings.Split(strings.TrimSpace(r.out), "\n")
 	if r.code != 0 || len(lines) < 4 || !strings.Contains(lines[0], " spawned (pid ") ||
 		!strings.Contains(r.out, "spawning → loading") || !strings.Contains(r.out, "loading → idle") ||
@@ -235,7 +235,7 @@ func TestCLISpawnWaitPlainLines(t *testing.T) {
 func TestCLISpawnWaitTimeout(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
 	start := time.Now()
-	r := cli(t, h, "worker", "spawn", h.Ref, "--wait", "--timeout", "700ms", "--env", "RBEE_FAKE_NEVER_READY=1")
+	r := cli(t, h, "worker", "spawn", h.Ref, "--wait", "--timeout", "700ms", "--env", "LLMW_FAKE_NEVER_READY=1")
 	if r.code != 124 || !strings.Contains(r.err, "keeps loading in the hive; stop it with `rbee-hive worker stop worker-") {
 		t.Fatalf("timeout: %s", r)
 	}
@@ -250,7 +250,7 @@ func TestCLISpawnWaitTimeout(t *testing.T) {
 
 func TestCLISpawnWaitInterrupt(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	cmd := exec.Command(h.Bin, "worker", "spawn", h.Ref, "--wait", "--env", "RBEE_FAKE_NEVER_READY=1")
+	cmd := exec.Command(h.Bin, "worker", "spawn", h.Ref, "--wait", "--env", "LLMW_FAKE_NEVER_READY=1")
 	cmd.Env = append(os.Environ(), "RBEE_HIVE_URL="+h.URL)
 	var out, errb hivetest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -106,11 +105,10 @@ func init() {
 }
 
 type spawnOpts struct {
-	req                 apiv1.SpawnRequest
-	sets, envs, labels  multi
-	wait                bool
-	timeout             time.Duration
-	deviceSet, backends bool
+	req                apiv1.SpawnRequest
+	sets, envs, labels multi
+	wait               bool
+	timeout            time.Duration
 }
 
 func spawnFlags(fs *flag.FlagSet, c *call) func([]string) error {
@@ -649,5 +647,3 @@ func printWorker(tw *tabwriter.Writer, w *apiv1.WorkerInfo, raw bool) {
 		}
 	}
 }
-
-var _ = client.New

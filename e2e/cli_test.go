@@ -92,8 +92,10 @@ func TestCLITables(t *testing.T) {
 		t.Fatalf("events did not connect: %q", errBuf.String())
 	}
 	h.Client.Stop(context.Background(), r.WorkerID)
+	r2 := h.MustSpawn(apiv1.SpawnRequest{})
 	ok := hivetest.Eventually(t, wait, func() bool {
-		return strings.Contains(buf.String(), r.WorkerID+"  stopping → terminated (stopped)")
+		return strings.Contains(buf.String(), r.WorkerID+"  stopping → terminated (stopped)") &&
+			strings.Contains(buf.String(), r2.WorkerID+"  spawning\n") && strings.Contains(buf.String(), r2.WorkerID+"  spawning → loading  pid ")
 	})
 	cmd.Process.Signal(os.Interrupt)
 	process.WaitCmd(cmd)

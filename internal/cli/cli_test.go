@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -214,3 +215,5 @@ func TestDocsCLIMatchesHelp(t *testing.T) {
 		t.Fatalf("docs/cli.md differs from the CLI's help (%v); run go test ./internal/cli -update", err)
 	}
 }
+
+func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }

@@ -289,6 +289,10 @@ func TestCLIEscapesWorkerOutput(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, `bye\x1b[2J`) || strings.Contains(r.err, "\x1b") {
 		t.Fatalf("SPAWN_FAILED: %s", r)
 	}
+	r = cli(t, h, "worker", "spawn", h.Ref, "--profile", "dying", "--raw")
+	if r.code != 1 || !strings.Contains(r.err, "bye\x1b[2J") {
+		t.Fatalf("SPAWN_FAILED --raw: %s", r)
+	}
 	r = cli(t, h, "worker", "spawn", h.Ref, "--profile", "noisy", "-o", "json")
 	var w apiv1.WorkerInfo
 	if r.code != 0 || json.Unmarshal([]byte(r.out), &w) != nil {
@@ -305,6 +309,14 @@ func TestCLIEscapesWorkerOutput(t *testing.T) {
 	got = cli(t, h, "worker", "logs", w.ID, "--raw")
 	if !strings.Contains(got.out, "red\x1b[31m\rover") {
 		t.Fatalf("logs --raw: %q", got.out)
+	}
+	// An ended worker's last lines, in `worker get`.
+	if r := cli(t, h, "worker", "kill", w.ID, "--wait"); r.code != 0 {
+		t.Fatalf("kill: %s", r)
+	}
+	got = cli(t, h, "worker", "get", w.ID)
+	if !strings.Contains(got.out, `red\x1b[31m\x0dover`) || strings.Contains(got.out, "\x1b[31m\r") {
+		t.Fatalf("get not escaped: %q", got.out)
 	}
 }
 
@@ -366,5 +378,18 @@ func TestCLIConfigErrorsAtLoad(t *testing.T) {
 		if err == nil || !strings.Contains(string(b), c.want) || strings.Contains(string(b), "Go struct") {
 			t.Errorf("%q: want %q; got %v %s", c.yaml, c.want, err, b)
 		}
+	}
+}
+
+// The daemon warns when cpu_max exceeds the machine's cores (the limit
+// cannot bind), and the CLI does for --set on a local hive.
+func TestCPUMaxAboveCoresWarns(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Settings: "  limits: {cpu_max: 4096}\n"})
+	if !hivetest.Eventually(t, wait, func() bool { return strings.Contains(h.Log(), "defaults.limits.cpu_max is 4096 cores but this machine has") }) {
+		t.Fatalf("no warning in the log:\n%s", h.Log())
+	}
+	r := cli(t, h, "worker", "spawn", h.Ref, "--set", "limits.cpu_max=4096", "--output", "json")
+	if !strings.Contains(r.err, "warning: limits.cpu_max=4096 is more than this machine's") {
+		t.Fatalf("no CLI warning: %s", r)
 	}
 }

@@ -79,7 +79,7 @@ func Main(args []string, env Env) int {
 	if env.Getenv == nil {
 		env.Getenv = os.Getenv
 	}
-	err := run(args, env)
+	err := run(args, &env)
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -204,12 +204,13 @@ func signalContext() (context.Context, context.CancelFunc) {
 // interrupted reports whether ctx ended by a signal.
 func interrupted(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errInterrupted) }
 
-func run(args []string, env Env) error {
-	g, args, err := takeGlobals(args, env)
+func run(args []string, envp *Env) error {
+	g, args, err := takeGlobals(args, *envp)
 	if err != nil {
 		return err
 	}
-	env.raw = g.raw
+	envp.raw = g.raw
+	env := *envp
 	if len(args) == 0 {
 		fmt.Fprint(env.Stdout, mainHelp())
 		return nil

@@ -350,7 +350,7 @@ func TestCLIModelPaths(t *testing.T) {
 		}
 	}
 	r := cli(t, h, "worker", "spawn", "file:"+h.Models)
-	if r.code != 1 || !strings.Contains(r.err, "is a directory") {
+	if r.code != 1 || !strings.Contains(r.err, "MODEL_PATH_NOT_ALLOWED (400): model_ref: "+h.Models+" is a directory (a model root itself)") {
 		t.Fatalf("model root as MODEL: %s", r)
 	}
 }

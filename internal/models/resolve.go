@@ -142,7 +142,7 @@ func (r *Resolver) check(p, field, prefix string) (string, int64, error) {
 	}
 	if !r.inside(real) {
 		if r.isRoot(real) {
-			return fail(ErrNotFound, "%s is a directory (a model root), not a model file", p)
+			return fail(ErrNotAllowed, "%s is a directory (a model root itself), not a model file inside it", p)
 		}
 		return fail(ErrNotAllowed, "%s is %s", p, r.notInside())
 	}

@@ -79,7 +79,7 @@ func TestResolveFileRefs(t *testing.T) {
 		{"prefix neighbour missing", "file:" + base + "/models2/none.gguf", "", ErrNotAllowed, "", 0},
 		{"missing outside is not an oracle", "file:/etc/none-such-file", "", ErrNotAllowed, "", 0},
 		{"existing outside", "file:/etc/passwd", "", ErrNotAllowed, "", 0},
-		{"root itself is a directory", "file:" + models, "", ErrNotFound, "", 0},
+		{"root itself", "file:" + models, "", ErrNotAllowed, "", 0},
 		{"directory", "file:" + models + "/dir", "", ErrNotFound, "", 0},
 		{"missing", "file:" + models + "/none.gguf", "", ErrNotFound, "", 0},
 		{"missing dir", "file:" + models + "/no/such.gguf", "", ErrNotFound, "", 0},

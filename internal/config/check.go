@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,9 +42,13 @@ func keysOf(v reflect.Value, prefix string) []Key {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if isInline(f) && f.Type.Kind() == reflect.Struct {
+			out = append(out, keysOf(v.Field(i), prefix)...)
+			continue
+		}
 		name := yamlName(f)
 		if name == "" {
-			continue
+			continue // unexported, "-", or an inline map (free-form keys)
 		}
 		path := prefix + name
 		fv := v.Field(i)
@@ -95,9 +100,10 @@ func defaultText(v reflect.Value) string {
 	return s
 }
 
-// yamlName is the YAML key of a struct field, "" when it has none.
+// yamlName is the YAML key of a struct field, "" when it has none (also
+// for ",inline" fields, whose keys are the parent's: see inlineOf).
 func yamlName(f reflect.StructField) string {
-	if !f.IsExported() {
+	if !f.IsExported() || isInline(f) {
 		return ""
 	}
 	tag := f.Tag.Get("yaml")
@@ -109,6 +115,43 @@ func yamlName(f reflect.StructField) string {
 		return strings.ToLower(f.Name)
 	}
 	return name
+}
+
+func isInline(f reflect.StructField) bool {
+	_, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	for _, o := range strings.Split(opts, ",") {
+		if o == "inline" {
+			return true
+		}
+	}
+	return false
+}
+
+// structFields returns the YAML keys of struct type t (inline structs
+// flattened) and whether an inline map takes any other key.
+func structFields(t reflect.Type) (map[string]reflect.StructField, bool) {
+	fields := map[string]reflect.StructField{}
+	open := false
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if isInline(f) {
+			switch f.Type.Kind() {
+			case reflect.Struct:
+				sub, o := structFields(f.Type)
+				for k, v := range sub {
+					fields[k] = v
+				}
+				open = open || o
+			case reflect.Map:
+				open = true
+			}
+			continue
+		}
+		if nm := yamlName(f); nm != "" {
+			fields[nm] = f
+		}
+	}
+	return fields, open
 }
 
 func isSizeKey(name string, t reflect.Type) bool {
@@ -275,18 +318,16 @@ func (c *checker) walk(n *yaml.Node, t reflect.Type, path, name string) {
 			c.bad(n, path, "got %s, want a mapping of keys (%s)", given(n), strings.Join(fieldNames(t), ", "))
 			return
 		}
-		fields := map[string]reflect.StructField{}
-		for i := 0; i < t.NumField(); i++ {
-			if nm := yamlName(t.Field(i)); nm != "" {
-				fields[nm] = t.Field(i)
-			}
-		}
+		fields, open := structFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" {
 				continue
 			}
 			f, ok := fields[k.Value]
+			if !ok && open {
+				continue // an inline map takes it; its owner's Validate checks it
+			}
 			if !ok {
 				c.bad(k, "", "unknown key %q%s%s", k.Value, where(path), c.suggest(path, k.Value, fieldNames(t)))
 				continue
@@ -350,9 +391,15 @@ func where(path string) string {
 }
 
 func fieldNames(t reflect.Type) []string {
-	var out []string
-	for i := 0; i < t.NumField(); i++ {
+	fields, _ := structFields(t)
+	out := make([]string, 0, len(fields))
+	for i := 0; i < t.NumField(); i++ { // declaration order where possible
 		if nm := yamlName(t.Field(i)); nm != "" {
+			out = append(out, nm)
+		}
+	}
+	for nm := range fields {
+		if !slices.Contains(out, nm) {
 			out = append(out, nm)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Regression: config and settings errors leaked Go internals ("json: cannot
@@ -116,5 +118,40 @@ func TestWarnsWhenCPUMaxExceedsCores(t *testing.T) {
 	c.Defaults.Limits.CPUMax = float64(runtime.NumCPU() + 1)
 	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "cpu_max") {
 		t.Fatalf("got %v", w)
+	}
+}
+
+// Keys a ",inline" map takes (free-form per-entry settings) are left to the
+// owner's Validate; inline structs' keys are the parent's.
+func TestCheckerInline(t *testing.T) {
+	type inner struct {
+		B int `yaml:"b"`
+	}
+	type withMap struct {
+		A    int            `yaml:"a"`
+		Rest map[string]any `yaml:",inline"`
+	}
+	type withStruct struct {
+		A     int `yaml:"a"`
+		inner `yaml:",inline"`
+	}
+	parse := func(s string, root any) error {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(s), &n); err != nil {
+			t.Fatal(err)
+		}
+		return checkNode(&n, root, true, nil)
+	}
+	if err := parse("a: 1\nanything: [x]\n", withMap{}); err != nil {
+		t.Errorf("inline map: %v", err)
+	}
+	if err := parse("a: 1\nb: 2\n", withStruct{}); err != nil {
+		t.Errorf("inline struct: %v", err)
+	}
+	if err := parse("a: 1\nb: x\n", withStruct{}); err == nil || !strings.Contains(err.Error(), `b: got "x"`) {
+		t.Errorf("inline struct value: %v", err)
+	}
+	if err := parse("a: 1\nc: 2\n", withStruct{}); err == nil || !strings.Contains(err.Error(), `unknown key "c"`) {
+		t.Errorf("inline struct unknown: %v", err)
 	}
 }

@@ -112,6 +112,7 @@ func TestLoadChecksProfileCommands(t *testing.T) {
 
 func TestWarnsWhenCPUMaxExceedsCores(t *testing.T) {
 	c := Default()
+	c.Profiles = map[string]Profile{"rbee": {Command: []string{"sh"}}}
 	if w := c.Warnings(); len(w) != 0 {
 		t.Fatalf("defaults warn: %v", w)
 	}
@@ -153,5 +154,15 @@ func TestCheckerInline(t *testing.T) {
 	}
 	if err := parse("a: 1\nc: 2\n", withStruct{}); err == nil || !strings.Contains(err.Error(), `unknown key "c"`) {
 		t.Errorf("inline struct unknown: %v", err)
+	}
+}
+
+// The built-in rbee profile is not in the file, so Load does not check it;
+// the daemon warns at start when its worker binary is missing.
+func TestWarnsWhenTheBuiltinWorkerIsMissing(t *testing.T) {
+	c := Default()
+	c.Profiles["rbee"] = Profile{Command: []string{"llm-worker-rbee-none-such"}}
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], `profile rbee: command "llm-worker-rbee-none-such" not found beside`) {
+		t.Fatalf("got %v", w)
 	}
 }

@@ -163,9 +163,19 @@ func checkCommands(ps map[string]Profile, root *yaml.Node) error {
 }
 
 // Warnings returns what in c is allowed but probably not meant, as
-// sentences for the log: a cpu_max above the machine's cores.
+// sentences for the log: a cpu_max above the machine's cores, a profile
+// whose command cannot be found (only the built-in rbee profile can get
+// here: Load refuses the ones a file configures). It looks at the file
+// system and is meant for the daemon's start.
 func (c *Config) Warnings() []string {
 	var out []string
+	for _, name := range sortedProfiles(c.Profiles) {
+		if p := c.Profiles[name]; len(p.Command) > 0 {
+			if _, err := FindCommand(p.Command[0]); err != nil {
+				out = append(out, fmt.Sprintf("profile %s: command %v; spawning with this profile will fail", name, err))
+			}
+		}
+	}
 	if n := runtime.NumCPU(); c.Defaults.Limits.CPUMax > float64(n) {
 		out = append(out, fmt.Sprintf("defaults.limits.cpu_max is %g cores but this machine has %d; the limit cannot bind",
 			c.Defaults.Limits.CPUMax, n))

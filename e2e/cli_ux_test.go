@@ -79,7 +79,7 @@ func TestCLIBadFlagLeavesNoWorker(t *testing.T) {
 		{[]string{"--backend", "a b"}, "--backend"},
 		{[]string{"--device", "-1"}, "--device -1"},
 		{[]string{"--timeout", "5s"}, "--timeout needs --wait"},
-		{[]string{"--wiat"}, "flag provided but not defined: -wiat"},
+		{[]string{"--wiat"}, "flag provided but not defined: -wiat (did you mean --wait?)"},
 		{[]string{"extra"}, "takes at most 1 argument"},
 	} {
 		r := cli(t, h, append([]string{"worker", "spawn", h.Ref}, c.args...)...)

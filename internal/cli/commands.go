@@ -190,7 +190,15 @@ func (c *command) exec(args []string, g globals, env Env) error {
 		return printHelp(env.Stdout, c.help())
 	}
 	if err != nil {
-		return usageErr("%s: %v\nRun `rbee-hive %s --help` for its flags.", c.name, err, c.name)
+		hint := ""
+		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+			known := []string{"hive", "token", "output", "raw"}
+			fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
+			if s := config.Nearest(name, known); s != "" {
+				hint = fmt.Sprintf(" (did you mean --%s?)", s)
+			}
+		}
+		return usageErr("%s: %v%s\nRun `rbee-hive %s --help` for its flags.", c.name, err, hint, c.name)
 	}
 	for _, p := range pos {
 		if isHelp(p) && p != "help" {

@@ -29,8 +29,6 @@ func Escape(s string) string {
 		switch {
 		case r == utf8.RuneError && n <= 1:
 			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r == '\\':
-			b.WriteString(`\`)
 		case escaped(r) && r < 0x80:
 			fmt.Fprintf(&b, `\x%02x`, r)
 		case escaped(r):

@@ -333,7 +333,8 @@ func TestCLIModelPaths(t *testing.T) {
 	if err := os.WriteFile(spaced, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range []string{h.Model, "models/tiny.gguf", "./models/tiny.gguf", "file:models/tiny.gguf", spaced} {
+	rel := filepath.Join("models", filepath.Base(h.Model))
+	for _, m := range []string{h.Model, rel, "./" + rel, "file:" + rel, spaced} {
 		cmd := exec.Command(h.Bin, "worker", "spawn", m, "-o", "json")
 		cmd.Dir = h.Dir
 		cmd.Env = append(os.Environ(), "RBEE_HIVE_URL="+h.URL)

@@ -386,7 +386,9 @@ func TestCLIConfigErrorsAtLoad(t *testing.T) {
 // cannot bind), and the CLI does for --set on a local hive.
 func TestCPUMaxAboveCoresWarns(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  limits: {cpu_max: 4096}\n"})
-	if !hivetest.Eventually(t, wait, func() bool { return strings.Contains(h.Log(), "defaults.limits.cpu_max is 4096 cores but this machine has") }) {
+	if !hivetest.Eventually(t, wait, func() bool {
+		return strings.Contains(h.Log(), "defaults.limits.cpu_max is 4096 cores but this machine has")
+	}) {
 		t.Fatalf("no warning in the log:\n%s", h.Log())
 	}
 	r := cli(t, h, "worker", "spawn", h.Ref, "--set", "limits.cpu_max=4096", "--output", "json")

@@ -164,6 +164,7 @@ func (c *call) status() error {
 		fmt.Fprintf(tw, "workers\t%s\n", strings.Join(parts, ", "))
 		fmt.Fprintf(tw, "memory\t%.1f MiB (all workers)\n", float64(st.Totals.RSSBytes)/(1<<20))
 		fmt.Fprintf(tw, "cpu\t%.1f s (all workers)\n", st.Totals.CPUSeconds)
+		printGPUs(tw, st)
 	})
 }
 

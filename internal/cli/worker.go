@@ -109,12 +109,13 @@ type spawnOpts struct {
 	sets, envs, labels multi
 	wait               bool
 	timeout            time.Duration
+	device             string
 }
 
 func spawnFlags(fs *flag.FlagSet, c *call) func([]string) error {
 	var o spawnOpts
 	fs.StringVar(&o.req.Backend, "backend", "cpu", "`NAME` of the backend the worker uses ([A-Za-z0-9_-])")
-	fs.IntVar(&o.req.Device, "device", 0, "device `INDEX` (0..1023)")
+	fs.StringVar(&o.device, "device", "", "GPU `INDEX` (0..1023) or auto (default: auto for a GPU worker, 0 otherwise)")
 	fs.StringVar(&o.req.Profile, "profile", "", "worker `PROFILE` from the hive's config (default: the config's defaults.profile, rbee)")
 	fs.StringVar(&o.req.ModelPath, "model-path", "", "model `FILE` to load, when MODEL is only a label (it must lie in a model root)")
 	fs.Var(&o.sets, "set", "override one setting for this worker, `KEY=VALUE` (repeatable; keys below)")
@@ -144,8 +145,19 @@ func (c *call) checkSpawn(o *spawnOpts, model string) (*apiv1.SpawnRequest, erro
 	if e := validate.Backend(req.Backend); e != nil {
 		return nil, usageErr("--backend %q: %s", req.Backend, e.Message)
 	}
-	if e := validate.Device(req.Device); e != nil {
-		return nil, usageErr("--device %d: %s", req.Device, e.Message)
+	switch o.device {
+	case "":
+	case "auto":
+		req.Device, req.DeviceGiven = apiv1.DeviceAuto, true
+	default:
+		d, err := strconv.Atoi(o.device)
+		if err != nil {
+			return nil, usageErr("--device %q: want a GPU index such as 0, or auto", o.device)
+		}
+		if e := validate.Device(d); e != nil {
+			return nil, usageErr("--device %d: %s", d, e.Message)
+		}
+		req.Device, req.DeviceGiven = d, true
 	}
 	if req.Profile != "" {
 		if e := validate.WorkerID(req.Profile); e != nil {

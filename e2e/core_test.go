@@ -597,8 +597,8 @@ func TestCLIJSONOutput(t *testing.T) {
 		t.Fatalf("status: %v %s", err, out)
 	}
 	out, err = runCLI(t, h, "worker", "stop", w.ID, "--output", "json")
-	var sr apiv1.StateResponse
-	if err != nil || json.Unmarshal([]byte(out), &sr) != nil || sr.WorkerID != w.ID {
+	var sr apiv1.WorkerInfo // one JSON shape per worker, whatever the command
+	if err != nil || json.Unmarshal([]byte(out), &sr) != nil || sr.ID != w.ID {
 		t.Fatalf("stop: %v %s", err, out)
 	}
 	h.WaitState(w.ID, wait, "terminated")

@@ -159,9 +159,15 @@ type Settings struct {
 type Probe struct {
 	Path   string `yaml:"path" json:"path"`     // default /health
 	Status int    `yaml:"status" json:"status"` // expected status; default 200
-	// MaxInterval (readiness only) is the longest wait between two
-	// readiness probes of a loading worker: probing starts every 25 ms and
-	// backs off to this (SPEC §6). Default 50ms; at least 25ms.
+}
+
+// ReadinessProbe is the readiness probe of an http worker: a Probe and how
+// far its interval backs off.
+type ReadinessProbe struct {
+	Probe `yaml:",inline"`
+	// MaxInterval is the longest wait between two readiness probes of a
+	// loading worker: probing starts every 25 ms and backs off to this
+	// (SPEC §6). Default 50ms; at least 25ms.
 	MaxInterval Duration `yaml:"max_interval,omitempty" json:"max_interval,omitempty"`
 }
 
@@ -185,11 +191,11 @@ type Profile struct {
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
-	Command    []string `yaml:"command" json:"command"`
-	Protocol   string   `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
-	Readiness  Probe    `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
-	Liveness   Probe    `yaml:"liveness" json:"liveness"`       // probed every health.interval
-	StopSignal string   `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
+	Command    []string       `yaml:"command" json:"command"`
+	Protocol   string         `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
+	Readiness  ReadinessProbe `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
+	Liveness   Probe          `yaml:"liveness" json:"liveness"`       // probed every health.interval
+	StopSignal string         `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
 	// StopTimeout, when set, replaces defaults.stop_timeout for this
 	// profile's workers (a spawn's settings still win).
 	StopTimeout Duration          `yaml:"stop_timeout" json:"stop_timeout"`
@@ -328,7 +334,7 @@ func DefaultSettings() Settings {
 		ReadyStallTimeout: Duration(60 * time.Second),
 		ReadyTimeout:      Duration(30 * time.Minute),
 		Health:            Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), FailureThreshold: 3},
-		Heartbeat:         Heartbeat{Interval: Duration(5 * time.Second), Timeout: Duration(15 * time.Second)},
+		Heartbeat:         Heartbeat{Interval: Duration(10 * time.Second), Timeout: Duration(30 * time.Second)},
 		IdleTimeout:       Duration(5 * time.Minute),
 		StopTimeout:       Duration(10 * time.Second),
 		Restart: Restart{Policy: RestartOnFailure, BaseDelay: Duration(time.Second), MaxDelay: Duration(time.Minute),
@@ -363,18 +369,40 @@ func Default() Config {
 }
 
 // Parse reads a YAML configuration on top of the defaults. Unknown keys are
-// errors naming the key and its line.
+// errors naming the key, its line and the nearest known key; a wrong value
+// names the key, what was given and what is wanted. Sizes ("8GiB") are
+// accepted for every *_bytes key. Profiles' argv templates are checked for
+// unknown placeholders. Parse touches nothing outside data; Load also checks
+// that each configured profile's command can be found.
 func Parse(data []byte) (Config, error) {
+	cfg, _, err := parse(data)
+	return cfg, err
+}
+
+func parse(data []byte) (Config, *yaml.Node, error) {
 	cfg := Default()
 	builtin := cfg.Profiles["rbee"]
 	cfg.Profiles = nil
 	// A config file's models: replace the embedded demo model; without
 	// the key the demo stays.
 	cfg.Models = nil
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := checkNode(&root, Config{}, true, ConfigKeys()); err != nil {
+		return Config{}, nil, prefixErrs("config: ", err)
+	}
+	if root.Kind != 0 {
+		var err error
+		if data, err = yaml.Marshal(&root); err != nil {
+			return Config{}, nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, nil, fmt.Errorf("config: %w", err)
 	}
 	if cfg.Profiles == nil {
 		cfg.Profiles = map[string]Profile{}
@@ -395,18 +423,26 @@ func Parse(data []byte) (Config, error) {
 		cfg.Profiles[name] = p.withDefaults(name)
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
-	return cfg, nil
+	if err := checkPlaceholders(cfg.Profiles, &root); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, &root, nil
 }
 
-// Load reads and parses the file at path.
+// Load reads and parses the file at path, and checks that the command of
+// every profile the file configures is found (beside the rbee-hive binary,
+// then on PATH), as the hive will look for it at spawn time.
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, root, err := parse(data)
+	if err == nil {
+		err = checkCommands(cfg.Profiles, root)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -548,7 +584,7 @@ func (c *Config) Validate() error {
 		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
 			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
 		}
-		for _, pr := range []Probe{p.Readiness, p.Liveness} {
+		for _, pr := range []Probe{p.Readiness.Probe, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {
 				bad("profiles.%s: probe path %q must start with /", name, pr.Path)
 			}
@@ -704,6 +740,23 @@ func (s *Settings) Validate() error {
 func Override(base Settings, raw json.RawMessage) (Settings, error) {
 	s := base
 	if len(bytes.TrimSpace(raw)) > 0 && string(bytes.TrimSpace(raw)) != "null" {
+		// JSON is YAML: check it key by key for readable errors, and
+		// turn sizes such as "8GiB" into numbers.
+		if !json.Valid(raw) {
+			return base, errors.New("settings: not valid JSON (want an object such as {\"idle_timeout\":\"10m\"})")
+		}
+		var n yaml.Node
+		if yaml.Unmarshal(raw, &n) == nil {
+			if err := checkNode(&n, Settings{}, false, SettingsKeys()); err != nil {
+				return base, prefixErrs("settings: ", err)
+			}
+			var v any
+			if n.Decode(&v) == nil {
+				if b, err := json.Marshal(v); err == nil {
+					raw = b
+				}
+			}
+		}
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&s); err != nil {

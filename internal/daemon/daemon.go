@@ -199,6 +199,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	log := NewLogger(o.Stderr, cfg.LogFormat, cfg.LogLevel)
+	for _, w := range cfg.Warnings() {
+		log.Warn("Config: " + w)
+	}
 	loopback := IsLoopback(cfg.Addr)
 	if cfg.APIToken == "" && !loopback {
 		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cfg.Addr)

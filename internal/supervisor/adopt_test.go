@@ -80,7 +80,7 @@ func recordOf(p *process.Proc, st state.State) *Record {
 			StartedAt: &now, ReadyAt: &now, LastActivity: &now},
 		Spec: Spec{ID: "worker-adopt", ProfileName: "generic", Settings: s,
 			Profile: config.Profile{Protocol: config.ProtocolHTTP, StopSignal: "SIGTERM",
-				Readiness: config.Probe{Path: "/health", Status: 200}},
+				Readiness: config.ReadinessProbe{Probe: config.Probe{Path: "/health", Status: 200}}},
 			Argv: []string{"/bin/sleep", "60"}},
 	}
 	if p != nil {

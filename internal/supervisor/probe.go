@@ -111,7 +111,7 @@ func (o *owner) startProbe(kind probeKind) {
 		pp = config.Probe{Path: "/health", Status: http.StatusOK}
 	}
 	if kind == probeReadiness {
-		pp = prof.Readiness
+		pp = prof.Readiness.Probe
 		timeout = time.Second
 	}
 	if timeout <= 0 {

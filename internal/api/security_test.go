@@ -150,12 +150,72 @@ func TestBrowserRequestsAreRefused(t *testing.T) {
 		t.Fatalf("with a token any Host is fine: %d", w.Code)
 	}
 	for _, e := range []*testEnv{dev, op} {
-		for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:9200"} {
+		for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:9201", "http://localhost:9200"} {
 			w := e.do("POST", "/v1/workers/spawn", strings.NewReader(`{}`), http.Header{"Origin": {origin}, "Authorization": {auth}})
 			if d := errorShape(t, w.Code, w.Body.Bytes()); w.Code != 403 || d.Code != apiv1.CodeForbidden {
 				t.Fatalf("Origin %q: %d %s", origin, w.Code, d.Code)
 			}
 		}
+	}
+}
+
+// The browser guard admits a request whose Origin is the hive's own (the
+// web console) and only those: scheme, host and port equal to where the
+// request was sent; dev mode still checks the Host against rebinding.
+func TestBrowserGuardAdmitsOnlyTheHivesOwnOrigin(t *testing.T) {
+	dev := newEnv(t, "", nil)
+	op := newEnv(t, testToken, nil)
+	auth := http.Header{"Authorization": {"Bearer " + testToken}}
+	cases := []struct {
+		host, origin string
+		dev, op      int // status in dev mode and with a token
+	}{
+		{"127.0.0.1:9200", "http://127.0.0.1:9200", 200, 200},
+		{"localhost:9200", "http://LocalHost:9200", 200, 200},
+		{"[::1]:9200", "http://[::1]:9200", 200, 200},
+		{"localhost", "http://localhost", 200, 200},
+		{"localhost:80", "http://localhost", 200, 200},
+		{"localhost", "http://localhost:80", 200, 200},
+		{"hive.example:9200", "http://hive.example:9200", 403, 200}, // dev mode: not loopback (rebinding)
+		{"127.0.0.1:9200", "https://127.0.0.1:9200", 403, 403},      // other scheme
+		{"127.0.0.1:9200", "http://127.0.0.1:9201", 403, 403},       // other port
+		{"127.0.0.1:9200", "http://127.0.0.1", 403, 403},            // default port 80
+		{"127.0.0.1:9200", "http://localhost:9200", 403, 403},       // other host name, same address
+		{"127.0.0.1:9200", "http://evil.example", 403, 403},
+		{"127.0.0.1:9200", "null", 403, 403},
+		{"127.0.0.1:9200", "", 403, 403},
+		{"127.0.0.1:9200", "http://", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:9200/", 403, 403},
+		{"127.0.0.1:9200", "http://user@127.0.0.1:9200", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:9200.evil.example", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:+9200", 403, 403},
+		{"127.0.0.1:9200", "127.0.0.1:9200", 403, 403},
+		{"hive.example:9200", "http://evil.example:9200", 403, 403},
+	}
+	for _, c := range cases {
+		for _, m := range []struct {
+			e    *testEnv
+			want int
+		}{{dev, c.dev}, {op, c.op}} {
+			hdr := http.Header{"Host": {c.host}, "Origin": {c.origin}, "Authorization": auth["Authorization"]}
+			w := m.e.do("GET", "/v1/workers/list", nil, hdr)
+			if w.Code != m.want {
+				t.Errorf("Host %q Origin %q (token %v): %d %s, want %d", c.host, c.origin, m.e == op, w.Code, w.Body, m.want)
+			}
+			if w.Code == 403 {
+				errorShape(t, w.Code, w.Body.Bytes())
+			}
+		}
+	}
+	// Two Origin headers: refused even if one is right.
+	w := op.do("GET", "/v1/workers/list", nil, http.Header{"Origin": {"http://127.0.0.1:9200", "http://evil.example"}, "Authorization": auth["Authorization"]})
+	if w.Code != 403 {
+		t.Fatalf("two Origin headers: %d", w.Code)
+	}
+	// Same origin still needs the token.
+	w = op.do("GET", "/v1/workers/list", nil, http.Header{"Origin": {"http://127.0.0.1:9200"}})
+	if w.Code != 401 {
+		t.Fatalf("same origin without a token: %d", w.Code)
 	}
 }
 

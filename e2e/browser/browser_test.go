@@ -288,12 +288,13 @@ func clip(s string, n int) string {
 	return s
 }
 
-// nodeCount counts the elements matching sel.
-func (b *browser) nodeCount(sel string) int {
+// visible reports whether the first element matching sel is rendered (it
+// exists, and neither it nor an ancestor is display: none).
+func (b *browser) visible(sel string) bool {
 	b.t.Helper()
-	var n int
-	if err := eval(b, `document.querySelectorAll(`+jsString(sel)+`).length`, &n); err != nil {
-		b.t.Fatalf("count %s: %v", sel, err)
+	var v bool
+	if err := eval(b, `(e => !!e && e.getClientRects().length > 0)(document.querySelector(`+jsString(sel)+`))`, &v); err != nil {
+		b.t.Fatalf("visible %s: %v", sel, err)
 	}
-	return n
+	return v
 }

@@ -471,3 +471,27 @@ func TestDecodeRefusesStrayClosingDelimiter(t *testing.T) {
 		t.Fatalf("trailing blanks: %d %s", w.Code, w.Body)
 	}
 }
+
+// The console is mounted at /ui/, public (it holds no data; the API calls it
+// makes need the token), with its security headers; only GET reaches it.
+func TestConsoleIsMountedAtUI(t *testing.T) {
+	e := newEnv(t, testToken, nil)
+	w := e.do("GET", "/ui/", nil, nil)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), "console.js") {
+		t.Fatalf("GET /ui/: %d %s", w.Code, w.Body)
+	}
+	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Fatalf("GET /ui/: CSP %q", csp)
+	}
+	if w := e.do("GET", "/ui", nil, nil); w.Code != 301 || w.Header().Get("Location") != "/ui/" {
+		t.Fatalf("GET /ui: %d %q", w.Code, w.Header().Get("Location"))
+	}
+	if w := e.do("POST", "/ui/", strings.NewReader("x"), nil); w.Code != 405 {
+		t.Fatalf("POST /ui/: %d", w.Code)
+	}
+	// Dev mode answers a rebound host name for the page as for the API.
+	dev := newEnv(t, "", nil)
+	if w := dev.do("GET", "/ui/", nil, http.Header{"Host": {"evil.example"}}); w.Code != 403 {
+		t.Fatalf("dev mode, GET /ui/ with a foreign Host: %d", w.Code)
+	}
+}

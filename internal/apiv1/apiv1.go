@@ -188,6 +188,13 @@ type Status struct {
 	DevMode       bool           `json:"dev_mode"`
 	Workers       map[string]int `json:"workers"` // by state
 	Totals        Stats          `json:"totals"`
+	Memory        *HostMemory    `json:"memory,omitempty"` // the machine's memory; absent where /proc/meminfo is unreadable
+}
+
+// HostMemory is the machine's memory (from /proc/meminfo), in bytes.
+type HostMemory struct {
+	TotalBytes     int64 `json:"total_bytes"`
+	AvailableBytes int64 `json:"available_bytes"` // MemAvailable: what new work can use
 }
 
 // ModelEntry is one catalog entry.

@@ -461,6 +461,7 @@ func (h *Hive) Status() apiv1.Status {
 		UptimeSeconds: time.Since(h.started).Seconds(), StateDir: h.stateDir,
 		Addr: h.cfg.Addr, DevMode: h.cfg.APIToken == "",
 		CgroupMode: string(cgroup.ModeNone), Workers: map[string]int{},
+		Memory: hostMemory(),
 	}
 	if h.cgroups != nil {
 		st.CgroupMode = string(h.cgroups.Mode())

@@ -146,6 +146,7 @@
   }
   function duration(ms) {
     if (ms == null || ms < 0 || isNaN(ms)) return '—';
+    if (ms < 10e3) return (ms / 1000).toFixed(1) + 's';
     let s = Math.floor(ms / 1000);
     if (s < 60) return s + 's';
     let m = Math.floor(s / 60); s %= 60;
@@ -159,6 +160,14 @@
     return isNaN(d) ? '' : d.toLocaleTimeString([], { hour12: false }) + '.' + String(d.getMilliseconds()).padStart(3, '0');
   }
   const shortID = (id) => id.replace(/^worker-/, '').slice(0, 8);
+  // when shows an RFC 3339 time as local date and time, and how long ago.
+  function when(t) {
+    if (!t) return null;
+    const d = new Date(t);
+    if (isNaN(d)) return t;
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} (${duration(Date.now() - d)} ago)`;
+  }
 
   // escapeControls shows control characters (C0, DEL, C1) and the bidi and
   // zero-width characters that could make a log line lie as visible escapes,
@@ -218,7 +227,8 @@
     const svg = svgEl('svg', { viewBox: `0 0 ${width} ${height}`, width, height, class: withAxes ? 'big' : 'spark', role: 'img' });
     const pad = withAxes ? { l: 48, r: 40, t: 8, b: 16 } : { l: 1, r: 1, t: 2, b: 2 };
     const now = Date.now();
-    const t0 = withAxes ? now - HISTORY_MS : (h.length ? h[0].t : now);
+    // The x axis spans the kept samples (10 s at least, HISTORY_MS at most).
+    const t0 = Math.min(now - 10e3, h.length ? h[0].t : now);
     const span = Math.max(1, now - t0);
     const maxRSS = Math.max(1, ...h.map((p) => p.rss || 0));
     const maxCPU = Math.max(5, ...h.map((p) => p.cpu || 0));
@@ -231,9 +241,9 @@
         const tl = svgEl('text', { x: 2, y: yy + 3 }); tl.textContent = bytes(f * maxRSS); svg.append(tl);
         const tr = svgEl('text', { x: width - pad.r + 3, y: yy + 3 }); tr.textContent = Math.round(f * maxCPU) + '%'; svg.append(tr);
       }
-      const lt = svgEl('text', { x: pad.l, y: height - 2 }); lt.textContent = '−10 min'; svg.append(lt);
+      const lt = svgEl('text', { x: pad.l, y: height - 2 }); lt.textContent = '−' + duration(span); svg.append(lt);
       const rt = svgEl('text', { x: width - pad.r - 20, y: height - 2 }); rt.textContent = 'now'; svg.append(rt);
-      const lg = svgEl('text', { x: pad.l + 60, y: height - 2 }); lg.textContent = 'blue: RSS   orange: CPU % of one core'; svg.append(lg);
+      const lg = svgEl('text', { x: pad.l + 70, y: height - 2 }); lg.textContent = 'blue: RSS   orange: CPU % of one core'; svg.append(lg);
     }
     const line = (key, max, cls) => {
       const pts = h.filter((p) => p[key] != null).map((p) => x(p.t).toFixed(1) + ',' + y(p[key], max).toFixed(1));
@@ -251,12 +261,15 @@
 
   // ---- worker table ----
   const COLS = ['id', 'state', 'model', 'pid', 'device', 'uptime', 'inflight', 'rss', 'cpu', 'gpu', 'history', 'actions'];
+  // Labels shown before a value when the table folds into cards (phones).
+  const LABELS = { pid: 'PID', device: 'device', uptime: 'up', inflight: 'in flight', rss: 'RSS', cpu: 'CPU', gpu: 'GPU mem' };
 
   function makeRow(id) {
     const tr = el('tr', { 'data-id': id });
     const cells = {};
     for (const c of COLS) {
       const td = el('td', { class: 'col-' + c });
+      if (LABELS[c]) td.dataset.label = LABELS[c];
       cells[c] = td;
       tr.append(td);
     }
@@ -410,15 +423,17 @@
       ['model', w.model_ref], ['model path', w.model_path], ['profile', w.profile],
       ['backend / device', (w.backend || 'cpu') + ' / ' + (w.device ?? 0)],
       ['PID', w.pid || '—'], ['URL', w.url],
-      ['started', w.started_at], ['ready', w.ready_at], ['uptime', duration(uptimeMs(w, now))],
-      ['last activity', w.last_activity], ['last heartbeat', w.last_heartbeat],
+      ['started', when(w.started_at)], ['ready', when(w.ready_at)], ['uptime', duration(uptimeMs(w, now))],
+      ['last activity', when(w.last_activity)], ['last heartbeat', when(w.last_heartbeat)],
+      ['ended', when(w.ended_at)],
       ['slots', w.slots_total ? `${w.slots_available} free of ${w.slots_total}` : null],
       ['restarts', String(w.restart_count || 0)],
       ['failed health checks', String(w.failed_health_checks || 0)],
       ['RSS', w.stats ? bytes(w.stats.rss_bytes) : null],
       ['CPU time', w.stats ? w.stats.cpu_seconds.toFixed(2) + ' s' : null],
       ['threads / fds', w.stats ? `${w.stats.threads} / ${w.stats.open_fds}` : null],
-      ['exit', w.exit ? (w.exit.signal ? 'signal ' + w.exit.signal : 'code ' + w.exit.code) + (w.exit.oom_killed ? ' (OOM)' : '') + ' at ' + w.exit.at : null],
+      ['exit', w.exit ? (w.exit.signal ? 'signal ' + w.exit.signal : 'code ' + w.exit.code) + (w.exit.oom_killed ? ' (OOM)' : '') : null],
+      ['last output', Array.isArray(w.last_lines) && w.last_lines.length ? w.last_lines.slice(-3).join(' ⏎ ') : null],
       ['labels', w.labels && Object.keys(w.labels).length ? Object.entries(w.labels).map(([k, v]) => k + '=' + v).join(', ') : null],
     ];
     const key = JSON.stringify(f);
@@ -599,8 +614,8 @@
     if (authFailed) return;
     try {
       status = await api('GET', '/v1/status');
-      authOK();
       devMode = !!status.dev_mode;
+      authOK();
       const up = duration(status.uptime_seconds * 1000);
       $('#hive-info').textContent = `v${status.version} · up ${up} · ${devMode ? 'dev mode (no token)' : 'token auth'} · cgroups: ${status.cgroup_mode}`;
       renderBars();
@@ -608,7 +623,7 @@
   }
 
   // ---- bars ----
-  function bar(label, used, total, parts) {
+  function bar(label, used, total, parts, note) {
     const pct = total > 0 ? Math.min(100, used / total * 100) : 0;
     const track = el('div', { class: 'track' });
     if (parts) {
@@ -624,8 +639,9 @@
       track.append(f);
     }
     return el('div', { class: 'bar' },
-      el('div', { class: 'label' }, el('span', { text: label }), el('span', { text: `${bytes(used)} / ${bytes(total)} (${pct.toFixed(0)}%)` })),
-      track);
+      el('div', { class: 'label' }, el('span', { text: label }), el('span', { text: `${bytes(used)} of ${bytes(total)} used (${pct.toFixed(0)}%)` })),
+      track,
+      note ? el('div', { class: 'note', text: note }) : null);
   }
 
   function renderBars() {
@@ -636,10 +652,10 @@
     if (mem && mem.total_bytes > 0) {
       const used = mem.total_bytes - (mem.available_bytes ?? 0);
       const other = Math.max(0, used - rss);
-      kids.push(bar('Memory (workers, other)', used, mem.total_bytes, [
+      kids.push(bar('Memory', used, mem.total_bytes, [
         { value: rss, cls: 'workers', title: 'workers: ' + bytes(rss) },
         { value: other, title: 'everything else: ' + bytes(other) },
-      ]));
+      ], `workers ${bytes(rss)} (blue) · everything else ${bytes(other)} · available ${bytes(mem.available_bytes)}`));
     } else if (rss > 0) {
       kids.push(el('div', { class: 'bar' }, el('div', { class: 'label' }, el('span', { text: 'Workers\u2019 memory' }), el('span', { text: bytes(rss) }))));
     }
@@ -648,7 +664,8 @@
       const total = g.memory_total_bytes || 0;
       const used = g.memory_used_bytes != null ? g.memory_used_bytes : total - (g.memory_free_bytes || 0);
       const util = g.utilization_percent != null ? `, ${g.utilization_percent}% busy` : '';
-      kids.push(bar(`GPU ${g.index} ${g.name || ''}${util}`, used, total));
+      const onIt = Array.isArray(g.workers) && g.workers.length ? `${g.workers.length} worker(s)` : null;
+      kids.push(bar(`GPU ${g.index} ${g.name || ''}${util}`, used, total, null, onIt));
     }
     box.replaceChildren(...kids);
   }

@@ -311,3 +311,73 @@ async function tryIt(k, f) { try { const r = await f(); out(k, 'status ' + r.sta
 		t.Errorf("no frame refusal reported; problems: %v", b.Problems())
 	}
 }
+
+// The spawn form starts a worker (its settings JSON goes through), says
+// clearly what is wrong with a bad request, and restart and kill from the
+// page do what they say.
+func TestConsoleSpawnFormRestartAndKill(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	b := newBrowser(t)
+	openConsole(t, b, h)
+	b.click(`#spawn summary`)
+	b.waitJS(2*time.Second, "the spawn form", `document.querySelector('#spawn').open`)
+	fill := func(name, v string) {
+		t.Helper()
+		var ok bool
+		if err := eval(b, `(f => { f.elements[`+jsString(name)+`].value = `+jsString(v)+`; return true })(document.querySelector('#spawn-form'))`, &ok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit := func() { b.click(`#spawn-form button[type="submit"]`) }
+
+	// Settings that are not JSON never reach the hive.
+	fill("model_ref", h.Ref)
+	fill("settings", `{"restart": `)
+	submit()
+	b.waitJS(2*time.Second, "the JSON error", `document.querySelector('#spawn-result').textContent.includes('not valid JSON')`)
+	// A request the hive refuses shows its code and message.
+	fill("settings", `{"restart": {"policy": "sometimes"}}`)
+	submit()
+	b.waitJS(5*time.Second, "the hive's refusal", `document.querySelector('#spawn-result').textContent.includes('INVALID_SETTINGS')`)
+	if list, _ := h.Client.List(context.Background(), true); len(list) != 0 {
+		t.Fatalf("%d workers after refused spawns", len(list))
+	}
+	// A good one.
+	fill("settings", `{"restart": {"policy": "never"}, "idle_timeout": "7m"}`)
+	fill("profile", "rbee")
+	submit()
+	b.waitJS(10*time.Second, "the spawn's answer", `document.querySelector('#spawn-result').textContent.startsWith('spawned worker-')`)
+	list, err := h.Client.List(context.Background(), true)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("after the form's spawn: %d workers (%v)", len(list), err)
+	}
+	id := list[0].ID
+	first := h.WaitState(id, 20*time.Second, "idle")
+	b.waitJS(5*time.Second, "the row to say idle", `document.querySelector('`+rowSel(id)+`').dataset.state === 'idle'`)
+
+	// Restart: same id, a new process.
+	b.click(rowSel(id) + ` button[data-act="restart"]`)
+	b.waitJS(2*time.Second, "the confirmation", `document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent.includes('Restart')`)
+	b.click(`#confirm-ok`)
+	var again *apiv1.WorkerInfo
+	if !hivetest.Eventually(t, 20*time.Second, func() bool {
+		again = h.Get(id)
+		return again.State == "idle" && again.PID != first.PID
+	}) {
+		t.Fatalf("no restart: %s pid %d (was %d)", again.State, again.PID, first.PID)
+	}
+	b.waitJS(5*time.Second, "the new PID in the row", `document.querySelector('`+rowSel(id)+` td.col-pid').textContent === '`+fmt.Sprint(again.PID)+`'`)
+
+	// Kill: at once, terminated/killed.
+	b.click(rowSel(id) + ` button[data-act="kill"]`)
+	b.waitJS(2*time.Second, "the confirmation", `document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent.includes('Kill')`)
+	b.click(`#confirm-ok`)
+	if info := h.WaitState(id, 10*time.Second, "terminated"); info.Reason != "killed" {
+		t.Errorf("reason %q, want killed", info.Reason)
+	}
+	b.waitJS(5*time.Second, "the row to say killed", `document.querySelector('`+rowSel(id)+` td.col-state').textContent.includes('killed')`)
+	if hivetest.Alive(again.PID) {
+		t.Errorf("killed worker's process %d alive", again.PID)
+	}
+	b.noProblems("status of 400 (Bad Request) (" + h.URL + "/v1/workers/spawn)")
+}

@@ -682,6 +682,15 @@
       else if (e.status !== 401) box.replaceChildren(el('p', { class: 'muted', text: `Models unavailable: ${e.code}: ${e.message}` }));
       return;
     }
+    // The model catalog: GET /v1/catalog where /v1/models is the front
+    // door's list, else the older catalog shape of /v1/models itself.
+    let catalog = r && Array.isArray(r.models) ? r.models : [];
+    if (r && Array.isArray(r.data)) {
+      try {
+        const c = await api('GET', '/v1/catalog');
+        if (c && Array.isArray(c.models)) catalog = c.models;
+      } catch (_) { /* no catalog route: the served models are enough */ }
+    }
     const kids = [];
     const refs = new Set();
     if (r && Array.isArray(r.data)) {
@@ -697,16 +706,15 @@
             el('td', { text: byState }),
             el('td', { class: 'num', text: String(rb.in_flight ?? 0) }),
             el('td', { class: 'num', text: String(rb.queued ?? 0) })));
-          refs.add(m.id);
         }
         kids.push(el('h2', { text: 'Models' }), el('div', { class: 'scroll' }, el('table', { id: 'model-table' },
           el('thead', {}, el('tr', {}, el('th', { text: 'Model' }), el('th', { text: 'Workers' }), el('th', { text: 'In flight' }), el('th', { text: 'Queued' }))), tb)));
       }
     }
-    if (r && Array.isArray(r.models) && r.models.length) {
+    if (catalog.length) {
       // The model catalog (rbee-hive model add/list).
       const tb = el('tbody');
-      for (const m of r.models) {
+      for (const m of catalog) {
         const live = [...workers.values()].filter((w) => w.model_ref === m.ref && !ENDED.has(w.state)).length;
         tb.append(el('tr', { 'data-model': m.ref },
           el('td', { class: 'mono', text: m.ref }),

@@ -381,3 +381,27 @@ func TestConsoleSpawnFormRestartAndKill(t *testing.T) {
 	}
 	b.noProblems("status of 400 (Bad Request) (" + h.URL + "/v1/workers/spawn)")
 }
+
+// The page survives a hive restart without a reload: the stream says it is
+// reconnecting while the hive is down, comes back live, and the re-adopted
+// worker's next change arrives through the new stream.
+func TestConsoleReconnectsAfterHiveRestart(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	r := h.MustSpawn(apiv1.SpawnRequest{})
+	h.WaitState(r.WorkerID, 20*time.Second, "idle")
+	b := newBrowser(t)
+	openConsole(t, b, h)
+	b.waitJS(5*time.Second, "the row", `document.querySelector('`+rowSel(r.WorkerID)+`')`)
+
+	h.Kill9()
+	b.waitJS(10*time.Second, "the stream to say it reconnects", `document.querySelector('#conn').dataset.state !== 'live'`)
+	h.Restart(hivetest.Options{})
+	b.waitJS(20*time.Second, "the stream to be live again", `document.querySelector('#conn').dataset.state === 'live'`)
+	h.WaitState(r.WorkerID, 10*time.Second, "idle")
+	if _, err := h.Client.Stop(context.Background(), r.WorkerID); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(20*time.Second, "the stop, seen through the new stream", `document.querySelector('`+rowSel(r.WorkerID)+`').dataset.state === 'terminated'`)
+	// Failed loads while the hive was down are expected.
+	b.noProblems("net::ERR_CONNECTION_REFUSED", "net::ERR_CONNECTION_RESET", "net::ERR_INCOMPLETE_CHUNKED_ENCODING", "net::ERR_EMPTY_RESPONSE")
+}

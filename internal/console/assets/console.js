@@ -282,7 +282,9 @@
       b.addEventListener('click', (ev) => { ev.stopPropagation(); act3(act, id); });
       cells.actions.append(b, ' ');
     }
+    tr.tabIndex = 0;
     tr.addEventListener('click', () => select(id));
+    tr.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' && ev.target === tr) select(id); });
     const r = { tr, cells, key: {} };
     rows.set(id, r);
     return r;
@@ -401,7 +403,6 @@
     $('#detail').hidden = false;
     $('#detail-id').textContent = id;
     for (const [rid, r] of rows) r.tr.classList.toggle('selected', rid === id);
-    $('#log').replaceChildren();
     renderDetail();
     startLog();
   }
@@ -448,11 +449,14 @@
   function stopLog() {
     if (logAbort) { logAbort.abort(); logAbort = null; }
   }
-  $('#log-follow').addEventListener('change', () => { if (selected) { $('#log').replaceChildren(); startLog(); } });
+  $('#log-follow').addEventListener('change', () => { if (selected) startLog(); });
 
+  let logEnded = false; // the selected worker's follow ended with the worker
   async function startLog() {
     stopLog();
+    logEnded = false;
     const id = selected;
+    $('#log').replaceChildren();
     const follow = $('#log-follow').checked;
     const ac = new AbortController();
     logAbort = ac;
@@ -462,7 +466,10 @@
     try {
       const resp = await api('GET', `/v1/workers/${encodeURIComponent(id)}/logs?tail=200&follow=${follow}`, undefined, { raw: true, signal: ac.signal });
       await readLines(resp, ac.signal, (line) => appendLog(pre, line));
-      if (logAbort === ac) st.textContent = follow ? 'ended (the worker is gone)' : '';
+      if (logAbort === ac) {
+        st.textContent = follow ? 'ended (the worker is gone)' : '';
+        logEnded = follow;
+      }
     } catch (e) {
       if (ac.signal.aborted) return;
       st.textContent = e.code ? `${e.code}: ${e.message}` : String(e);
@@ -544,6 +551,8 @@
     let e;
     try { e = JSON.parse(data); } catch (_) { return; }
     addEventRow(e);
+    // A restarted worker (same id) writes a new log: follow it again.
+    if (e.worker_id === selected && logEnded && (e.to === 'spawning' || e.to === 'loading')) startLog();
     const w = workers.get(e.worker_id);
     if (w) {
       w.state = e.to;

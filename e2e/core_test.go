@@ -180,7 +180,7 @@ func TestSpawnReadyStopLifecycle(t *testing.T) {
 
 func TestStartGraceFailureFailsTheSpawnCall(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	_, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_EXIT_CODE": "3"}})
+	_, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_EXIT_CODE": "3"}})
 	ae := apiErr(t, err)
 	if ae.Status != 500 || ae.Code != "SPAWN_FAILED" || !strings.Contains(ae.Message, "code 3") ||
 		!strings.Contains(ae.Message, "exiting with code 3") {
@@ -603,7 +603,7 @@ func TestCLIJSONOutput(t *testing.T) {
 	}
 	h.WaitState(w.ID, wait, "terminated")
 	// --wait exits non-zero with the reason when the worker fails.
-	out, err = runCLI(t, h, "worker", "spawn", h.Ref, "--wait", "--env", "RBEE_FAKE_NEVER_READY=1",
+	out, err = runCLI(t, h, "worker", "spawn", h.Ref, "--wait", "--env", "LLMW_FAKE_NEVER_READY=1",
 		"--set", "ready_stall_timeout=300ms", "--set", "restart.policy=never")
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {

@@ -77,7 +77,7 @@ func TestMemoryLimitOOMKillIsReportedAsOOMKilled(t *testing.T) {
 	r := h.MustSpawn(apiv1.SpawnRequest{
 		// The slow load puts the allocation after the start grace, so the
 		// OOM kill ends a running worker rather than failing the spawn.
-		Env: map[string]string{"RBEE_FAKE_ALLOC_MB": "256", "RBEE_FAKE_LOAD_MS": "300"},
+		Env: map[string]string{"LLMW_FAKE_ALLOC_MB": "256", "LLMW_FAKE_LOAD_MS": "300"},
 		Settings: jsonSettings(t, jobj{
 			"limits":  jobj{"memory_max_bytes": 64 << 20},
 			"restart": jobj{"policy": "never"},
@@ -104,7 +104,7 @@ func TestPidsLimitContainsForkBomb(t *testing.T) {
 	h.WaitState(bystander.WorkerID, wait, "idle")
 
 	r := h.MustSpawn(apiv1.SpawnRequest{
-		Env: map[string]string{"RBEE_FAKE_FORK_MANY": "200"},
+		Env: map[string]string{"LLMW_FAKE_FORK_MANY": "200"},
 		Settings: jsonSettings(t, jobj{
 			"limits":  jobj{"pids_max": pidsMax},
 			"restart": jobj{"policy": "never"},
@@ -197,7 +197,7 @@ func readKeyedInt(file, key string) (int64, error) {
 
 func TestCPULimitCapsBusyLoop(t *testing.T) {
 	h := startLimitsHive(t, hivetest.Options{})
-	busy := map[string]string{"RBEE_FAKE_BUSY_LOOP": "1"}
+	busy := map[string]string{"LLMW_FAKE_BUSY_LOOP": "1"}
 	capped := h.MustSpawn(apiv1.SpawnRequest{Env: busy, Settings: jsonSettings(t, jobj{"limits": jobj{"cpu_max": 0.5}})})
 	free := h.MustSpawn(apiv1.SpawnRequest{Env: busy})
 	h.WaitState(capped.WorkerID, wait, "idle")
@@ -255,7 +255,7 @@ func TestNofileLimitApplies(t *testing.T) {
 // still killed on stop, through the worker's cgroup.
 func TestSetsidGrandchildKilledOnStopThroughCgroup(t *testing.T) {
 	h := startLimitsHive(t, hivetest.Options{})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_FORK_CHILD": "setsid"}})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_FORK_CHILD": "setsid"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	re := regexp.MustCompile(`fake: child pid (\d+)`)
 	var child int

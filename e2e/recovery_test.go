@@ -93,11 +93,11 @@ func TestHiveSIGKILLAdoptsWorkersInEveryState(t *testing.T) {
 	idle := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"3s",` + hb + `}`)})
 	crashy := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"0s","restart":{"policy":"never"},` + hb + `}`)})
 	busy := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"0s",` + hb + `}`)})
-	loading := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_LOAD_MS": "120000"},
+	loading := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_LOAD_MS": "120000"},
 		Settings: settings(`{"ready_stall_timeout":"10m"}`)})
-	backoff := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_CRASH_AFTER_MS": "100"},
+	backoff := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_CRASH_AFTER_MS": "100"},
 		Settings: settings(`{"idle_timeout":"0s","restart":{"base_delay":"3s","jitter":0,"max_failures":10}}`)})
-	stopping := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+	stopping := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"},
 		Settings: settings(`{"idle_timeout":"0s","stop_timeout":"3s"}`)})
 	for _, r := range []*apiv1.SpawnResponse{idle, crashy, busy, stopping} {
 		h.WaitState(r.WorkerID, wait, "idle")
@@ -389,7 +389,7 @@ func TestKeepWorkersOnExitUpgradeRoundTrip(t *testing.T) {
 func TestOrphanCarryingMarkerIsKilled(t *testing.T) {
 	o := hivetest.Options{}
 	h := hivetest.Start(t, o)
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_FORK_CHILD": "setsid"}})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_FORK_CHILD": "setsid"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	child := childPID(t, h, r.WorkerID)
 	h.Kill9()
@@ -415,7 +415,7 @@ func TestOrphanCarryingMarkerIsKilled(t *testing.T) {
 func TestAdoptedWorkerKeepsItsSetsidGrandchild(t *testing.T) {
 	o := hivetest.Options{}
 	h := hivetest.Start(t, o)
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_FORK_CHILD": "setsid"}})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_FORK_CHILD": "setsid"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	child := childPID(t, h, r.WorkerID)
 	restartAfterKill9(t, h, o)
@@ -533,10 +533,10 @@ func TestFaultInjectionKill9DuringSpawnStopRestart(t *testing.T) {
 			case op <= 1 || len(ids) < 2:
 				env := map[string]string{}
 				if rng.IntN(4) == 0 {
-					env["RBEE_FAKE_CRASH_AFTER_MS"] = fmt.Sprint(50 + rng.IntN(300))
+					env["LLMW_FAKE_CRASH_AFTER_MS"] = fmt.Sprint(50 + rng.IntN(300))
 				}
 				if rng.IntN(4) == 0 {
-					env["RBEE_FAKE_IGNORE_SHUTDOWN"] = "1"
+					env["LLMW_FAKE_IGNORE_SHUTDOWN"] = "1"
 				}
 				if len(ids) < 8 {
 					go h.Client.Spawn(ctx, &apiv1.SpawnRequest{ModelRef: h.Ref, Env: env})

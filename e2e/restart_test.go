@@ -222,7 +222,7 @@ func TestCrashLoopEndsAtMaxFailures(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
 	waitFor, all := collectEvents(t, h)
 	r := h.MustSpawn(apiv1.SpawnRequest{
-		Env: map[string]string{"RBEE_FAKE_CRASH_AFTER_MS": "50"},
+		Env: map[string]string{"LLMW_FAKE_CRASH_AFTER_MS": "50"},
 		Settings: jsonSettings(t, jobj{
 			// The crash comes after ready, but ready can come within the
 			// default 100ms start grace; keep the grace shorter.
@@ -328,7 +328,7 @@ func TestAlwaysRestartsCleanExitOnFailureDoesNot(t *testing.T) {
 	waitFor, all := collectEvents(t, h)
 	spawn := func(policy string) *apiv1.SpawnResponse {
 		return h.MustSpawn(apiv1.SpawnRequest{
-			Env: map[string]string{"RBEE_FAKE_EXIT_AFTER_MS": "300"},
+			Env: map[string]string{"LLMW_FAKE_EXIT_AFTER_MS": "300"},
 			Settings: jsonSettings(t, jobj{"start_grace": "5ms",
 				"restart": jobj{"policy": policy, "base_delay": "100ms", "jitter": 0, "max_failures": 100}}),
 		})

@@ -61,7 +61,7 @@ func TestExternalSIGKILLIsSeenAtOnce(t *testing.T) {
 
 func TestUnaskedExitZeroIsFailedExited(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: on-failure}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_EXIT_CODE": "0"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_EXIT_CODE": "0"},
 		Settings: settings(`{"start_grace":"0"}`)})
 	info := h.WaitState(r.WorkerID, wait, "failed")
 	if info.Reason != "exited" || info.Exit == nil || info.Exit.Code == nil || *info.Exit.Code != 0 {
@@ -74,7 +74,7 @@ func TestUnaskedExitZeroIsFailedExited(t *testing.T) {
 
 func TestNeverReadyWorkerIsStoppedOnStall(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_NEVER_READY": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_NEVER_READY": "1"},
 		Settings: settings(`{"ready_stall_timeout":"700ms"}`)})
 	info := h.WaitState(r.WorkerID, wait, "failed")
 	if info.Reason != "ready_timeout" || !strings.Contains(info.Detail, "no loading progress") {
@@ -89,7 +89,7 @@ func TestSlowButProgressingLoadSurvivesTheStallTimer(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
 	// The load takes 2.5 s, much longer than the 600 ms stall timeout, but
 	// progress keeps moving.
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_LOAD_MS": "2500"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_LOAD_MS": "2500"},
 		Settings: settings(`{"ready_stall_timeout":"600ms"}`)})
 	info := h.WaitState(r.WorkerID, wait, "idle", "failed")
 	if info.State != "idle" {
@@ -102,7 +102,7 @@ func TestSlowButProgressingLoadSurvivesTheStallTimer(t *testing.T) {
 
 func TestReadyTimeoutHardCap(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_LOAD_MS": "20000"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_LOAD_MS": "20000"},
 		Settings: settings(`{"ready_timeout":"1s"}`)})
 	info := h.WaitState(r.WorkerID, wait, "failed")
 	if info.Reason != "ready_timeout" || !strings.Contains(info.Detail, "not ready after 1s") {
@@ -112,7 +112,7 @@ func TestReadyTimeoutHardCap(t *testing.T) {
 
 func TestStopEscalatesToSIGKILLForWorkerIgnoringSIGTERM(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"},
 		Settings: settings(`{"stop_timeout":"500ms"}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	start := time.Now()
@@ -138,7 +138,7 @@ func TestGrandchildHoldingPipesIsKilledOnStop(t *testing.T) {
 	for _, mode := range []string{"1", "setsid"} {
 		t.Run(mode, func(t *testing.T) {
 			h := hivetest.Start(t, hivetest.Options{})
-			r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_FORK_CHILD": mode},
+			r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_FORK_CHILD": mode},
 				Settings: settings(`{"stop_timeout":"1s"}`)})
 			h.WaitState(r.WorkerID, wait, "idle")
 			child := childPID(t, h, r.WorkerID)
@@ -156,7 +156,7 @@ func TestGrandchildHoldingPipesIsKilledOnStop(t *testing.T) {
 
 func TestHungHealthIsStoppedAndFailed(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_HANG_HEALTH": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1"},
 		Settings: settings(`{"health":{"interval":"200ms","timeout":"100ms","failure_threshold":3}}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "failed")
@@ -170,7 +170,7 @@ func TestHungHealthIsStoppedAndFailed(t *testing.T) {
 
 func TestStoppedHeartbeatsAreAHeartbeatTimeout(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_NO_HEARTBEAT": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_NO_HEARTBEAT": "1"},
 		Settings: settings(`{"heartbeat":{"interval":"100ms","timeout":"600ms"}}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "failed")
@@ -242,7 +242,7 @@ func TestHiveSIGTERMWithManyWorkersSomeIgnoringSIGTERM(t *testing.T) {
 			defer wg.Done()
 			env := map[string]string{}
 			if i%5 == 0 {
-				env["RBEE_FAKE_IGNORE_SHUTDOWN"] = "1"
+				env["LLMW_FAKE_IGNORE_SHUTDOWN"] = "1"
 			}
 			r := h.MustSpawn(apiv1.SpawnRequest{Env: env})
 			h.WaitState(r.WorkerID, wait, "idle")
@@ -275,7 +275,7 @@ func TestHiveSIGTERMWithManyWorkersSomeIgnoringSIGTERM(t *testing.T) {
 
 func TestShutdownBudgetKillsWhatIsLeft(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Config: "shutdown_timeout: 1s\n", Settings: "  stop_timeout: 30s\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"}})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	start := time.Now()
 	if err := h.Stop(20 * time.Second); err != nil {
@@ -291,7 +291,7 @@ func TestShutdownBudgetKillsWhatIsLeft(t *testing.T) {
 
 func TestSecondSignalKillsAtOnce(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  stop_timeout: 30s\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"}})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	start := time.Now()
 	h.Signal(syscall.SIGTERM)
@@ -385,7 +385,7 @@ func TestStopRaces(t *testing.T) {
 		wg.Wait()
 	})
 	t.Run("kill during stop", func(t *testing.T) {
-		r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"}})
+		r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"}})
 		h.WaitState(r.WorkerID, wait, "idle")
 		h.Client.Stop(context.Background(), r.WorkerID)
 		start := time.Now()
@@ -401,7 +401,7 @@ func TestStopRaces(t *testing.T) {
 // swallowed, and the worker started again.
 func TestStopDuringRestartEndsTheWorker(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"},
 		Settings: settings(`{"stop_timeout":"700ms"}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	if _, err := h.Client.Restart(context.Background(), r.WorkerID); err != nil {

@@ -235,7 +235,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	registerSSE()
 	doc := loadDoc(t)
 	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token},
-		Config: "allow_env: [RBEE_FAKE_NEVER_READY]\n"})
+		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\n"})
 	doc.Servers = openapi3.Servers{{URL: h.URL}}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {
@@ -311,7 +311,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 
 	// The ready callback's 200: a worker that never readies itself is made
 	// ready with its own token.
-	silent, err := cl.Spawn(ctx, &apiv1.SpawnRequest{ModelRef: h.Ref, Env: map[string]string{"RBEE_FAKE_NEVER_READY": "1"}})
+	silent, err := cl.Spawn(ctx, &apiv1.SpawnRequest{ModelRef: h.Ref, Env: map[string]string{"LLMW_FAKE_NEVER_READY": "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}

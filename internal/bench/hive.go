@@ -21,6 +21,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/refworker"
 )
 
 // Bins are the binaries the benchmark runs.
@@ -162,7 +163,7 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 	if o.Settings != "" {
 		cfg += "defaults:\n" + o.Settings
 	}
-	cfg += o.Extra
+	cfg = refworker.WithTestMode(cfg + o.Extra)
 	h := &Hive{
 		Dir: dir, Model: model, Ref: "file:" + model, URL: "http://" + addr,
 		Marker: hive.InstanceID(state), Config: filepath.Join(dir, "hive.yaml"),

@@ -61,7 +61,7 @@ func (b *Bench) scaleOne(n, crashTrials int) error {
 	stampOf := func(i int) string { return filepath.Join(stamps, strconv.Itoa(i)) }
 	b.logf("  N=%d: spawning", n)
 	ids, took, err := h.SpawnMany(n, 32, "", func(i int) map[string]string {
-		env := map[string]string{"RBEE_BENCH_READY_STAMP": stampOf(i)}
+		env := map[string]string{"LLMW_FAKE_READY_STAMP": stampOf(i)}
 		for k, v := range ignoreFifth(i) {
 			env[k] = v
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/refworker"
 )
 
 // restartAlways restarts a killed worker at once, forever, so one worker
@@ -24,7 +26,11 @@ const restartAlways = "  restart: {policy: always, base_delay: 0s, max_delay: 1s
 func readStamp(file string, pid int, timeout time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		b, err := os.ReadFile(file)
+		path := file
+		if pid != 0 {
+			path = refworker.StampPath(file, pid)
+		}
+		b, err := os.ReadFile(path)
 		if err == nil {
 			f := strings.Fields(string(b))
 			switch {
@@ -59,7 +65,7 @@ func (b *Bench) crashAndReady() error {
 	stamp := filepath.Join(h.Dir, "ready-stamp")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := h.Spawn(ctx, "", map[string]string{"RBEE_BENCH_READY_STAMP": stamp}, "")
+	resp, err := h.Spawn(ctx, "", map[string]string{"LLMW_FAKE_READY_STAMP": stamp}, "")
 	if err != nil {
 		return err
 	}
@@ -232,7 +238,7 @@ func (b *Bench) forceKillRun(stopTimeout time.Duration, trials int) (overshoot, 
 	for done := 0; done < trials; {
 		n := min(batch, trials-done)
 		ids, _, err := h.SpawnMany(n, n, "", func(int) map[string]string {
-			return map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"}
+			return map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"}
 		})
 		if err != nil {
 			return nil, nil, err
@@ -331,7 +337,7 @@ func (b *Bench) shutdown() error {
 
 func ignoreFifth(i int) map[string]string {
 	if i%5 == 4 {
-		return map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"}
+		return map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"}
 	}
 	return nil
 }

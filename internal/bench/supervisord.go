@@ -110,11 +110,11 @@ serverurl=unix://%[1]s
 		s.Names = append(s.Names, "workers:"+name)
 		env := fmt.Sprintf(`HIVEBENCH_MARKER="%s"`, s.Marker)
 		if ignoreFifth(i) != nil {
-			env += `,RBEE_FAKE_IGNORE_SHUTDOWN="1"`
+			env += `,LLMW_FAKE_IGNORE_SHUTDOWN="1"`
 		}
 		fmt.Fprintf(&c, `
 [program:%[1]s]
-command=%[2]s --worker-id %[1]s --model %[3]s --port 0
+command=%[2]s --test-mode --worker-id %[1]s --model %[3]s --port 0
 autostart=true
 autorestart=true
 startsecs=0

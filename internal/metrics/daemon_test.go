@@ -21,7 +21,7 @@ import (
 const wait = 20 * time.Second
 
 // fakeEnv lets spawn requests switch on the reference worker's misbehaviours.
-const fakeEnv = "allow_env: [RBEE_FAKE_IGNORE_SHUTDOWN, RBEE_FAKE_HANG_HEALTH, RBEE_FAKE_NO_HEARTBEAT, RBEE_FAKE_ALLOC_MB]\n"
+const fakeEnv = "allow_env: [LLMW_FAKE_IGNORE_SHUTDOWN, LLMW_FAKE_HANG_HEALTH, LLMW_FAKE_NO_HEARTBEAT, LLMW_FAKE_ALLOC_MB]\n"
 
 // scrape reads /metrics into series → value, the series written as the text
 // format writes it (name{label="v",…}, labels sorted by name).
@@ -219,7 +219,7 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 	}
 
 	// 3. a worker that ignores the stop: force kill after stop_timeout.
-	b := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+	b := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"},
 		Settings: settings(t, map[string]any{"stop_timeout": "200ms"})})
 	h.WaitState(b.WorkerID, wait, "idle")
 	stop(t, h, b.WorkerID)
@@ -237,7 +237,7 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 	}
 
 	// 4. a hung health endpoint: health-check failures, then failed.
-	c := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_HANG_HEALTH": "1"},
+	c := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1"},
 		Settings: settings(t, map[string]any{"health": map[string]any{"interval": "100ms", "timeout": "100ms", "failure_threshold": 3},
 			"restart": map[string]any{"policy": "never"}})})
 	info := h.WaitState(c.WorkerID, wait, "failed")
@@ -310,7 +310,7 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 	e.check("kill")
 
 	// 7. silence: heartbeat timeout.
-	f := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_NO_HEARTBEAT": "1"},
+	f := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_NO_HEARTBEAT": "1"},
 		Settings: settings(t, map[string]any{"heartbeat": map[string]any{"interval": "100ms", "timeout": "300ms"},
 			"restart": map[string]any{"policy": "never"}})})
 	if info := h.WaitState(f.WorkerID, wait, "failed"); info.Reason != "heartbeat_timeout" {
@@ -334,7 +334,7 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_ALLOC_MB": "256"},
+	o, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_ALLOC_MB": "256"},
 		// No start grace: the hog dies while loading, which must count as
 		// an OOM kill, not a failed spawn.
 		Settings: settings(t, map[string]any{"limits": map[string]any{"memory_max_bytes": 64 << 20}, "start_grace": "0s",

@@ -24,7 +24,7 @@ func TestJSONLogLinesCarryWorkerFields(t *testing.T) {
 	h.WaitState(a.WorkerID, wait, "idle")
 	stop(t, h, a.WorkerID)
 	h.WaitState(a.WorkerID, wait, "terminated")
-	b := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"RBEE_FAKE_IGNORE_SHUTDOWN": "1"},
+	b := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_IGNORE_SHUTDOWN": "1"},
 		Settings: settings(t, map[string]any{"stop_timeout": "100ms"})})
 	h.WaitState(b.WorkerID, wait, "idle")
 	stop(t, h, b.WorkerID)

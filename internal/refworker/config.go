@@ -21,7 +21,7 @@ const (
 	ExitFailure = 1
 	// ExitUsage: bad flags or environment, or the port could not be bound.
 	ExitUsage = 2
-	// ExitCrash: a crash asked for through RBEE_FAKE_CRASH_AFTER_*.
+	// ExitCrash: a crash asked for through LLMW_FAKE_CRASH_AFTER_*.
 	ExitCrash = 3
 )
 
@@ -37,14 +37,18 @@ type config struct {
 	device    int
 	port      int
 	hiveURL   string // without a trailing slash; "" runs standalone
+	// testMode (--test-mode) is the only way the LLMW_FAKE_* misbehaviours
+	// and the ready stamp are honoured: without it they are ignored, so a
+	// spawn request's env can never switch them on (SPEC §5, §14).
+	testMode bool
 
 	token             string
 	heartbeatInterval time.Duration
 	slots             int
 	drainTimeout      time.Duration
-	loadDelay         time.Duration // RBEE_FAKE_LOAD_MS
-	tokenDelay        time.Duration // RBEE_FAKE_TOKEN_DELAY_MS
-	// readyStamp (RBEE_BENCH_READY_STAMP) is a file that gets "PID NS" after
+	loadDelay         time.Duration // LLMW_FAKE_LOAD_MS
+	tokenDelay        time.Duration // LLMW_FAKE_TOKEN_DELAY_MS
+	// readyStamp (LLMW_FAKE_READY_STAMP) is a file that gets "PID NS" after
 	// the hive accepted the ready callback, NS being the wall-clock time in
 	// Unix nanoseconds just before the accepted POST was sent.
 	readyStamp string
@@ -52,7 +56,7 @@ type config struct {
 	fake fakes
 }
 
-// fakes are the misbehaviours switched on by RBEE_FAKE_* variables.
+// fakes are the misbehaviours switched on by LLMW_FAKE_* variables.
 type fakes struct {
 	exitCode           int
 	exitCodeSet        bool
@@ -84,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.device, "device", 0, "device index")
 	fs.IntVar(&c.port, "port", -1, "port to bind on 127.0.0.1 (0: any free port) (required)")
 	fs.StringVar(&c.hiveURL, "hive-url", "", "hive base URL, e.g. http://127.0.0.1:9200 (empty: standalone)")
+	fs.BoolVar(&c.testMode, "test-mode", false, "honour the LLMW_FAKE_* misbehaviour variables (tests and benchmarks only)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
@@ -111,26 +116,29 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	c.heartbeatInterval = e.ms("RBEE_HEARTBEAT_INTERVAL_MS", 5000)
 	c.slots = e.int("RBEE_WORKER_SLOTS", 4)
 	c.drainTimeout = e.ms("RBEE_DRAIN_TIMEOUT_MS", 5000)
-	c.loadDelay = e.ms("RBEE_FAKE_LOAD_MS", 0)
-	c.tokenDelay = e.ms("RBEE_FAKE_TOKEN_DELAY_MS", 0)
-	c.readyStamp = getenv("RBEE_BENCH_READY_STAMP")
 	if c.heartbeatInterval <= 0 {
 		e.fail("RBEE_HEARTBEAT_INTERVAL_MS", "must be positive")
 	}
 	if c.slots <= 0 {
 		e.fail("RBEE_WORKER_SLOTS", "must be positive")
 	}
-
-	f := &c.fake
-	if getenv("RBEE_FAKE_EXIT_CODE") != "" {
-		f.exitCode, f.exitCodeSet = e.int("RBEE_FAKE_EXIT_CODE", 0), true
+	if !c.testMode {
+		return c, e.err
 	}
-	f.neverReady = e.bool("RBEE_FAKE_NEVER_READY")
-	f.readyDelay = e.ms("RBEE_FAKE_READY_DELAY_MS", 0)
-	f.crashAfterRequests = e.int("RBEE_FAKE_CRASH_AFTER_REQUESTS", 0)
-	f.crashAfter = e.ms("RBEE_FAKE_CRASH_AFTER_MS", 0)
-	f.exitAfter = e.ms("RBEE_FAKE_EXIT_AFTER_MS", 0)
-	switch s := strings.TrimPrefix(strings.ToUpper(getenv("RBEE_FAKE_CRASH_SIGNAL")), "SIG"); s {
+
+	c.loadDelay = e.ms("LLMW_FAKE_LOAD_MS", 0)
+	c.tokenDelay = e.ms("LLMW_FAKE_TOKEN_DELAY_MS", 0)
+	c.readyStamp = getenv("LLMW_FAKE_READY_STAMP")
+	f := &c.fake
+	if getenv("LLMW_FAKE_EXIT_CODE") != "" {
+		f.exitCode, f.exitCodeSet = e.int("LLMW_FAKE_EXIT_CODE", 0), true
+	}
+	f.neverReady = e.bool("LLMW_FAKE_NEVER_READY")
+	f.readyDelay = e.ms("LLMW_FAKE_READY_DELAY_MS", 0)
+	f.crashAfterRequests = e.int("LLMW_FAKE_CRASH_AFTER_REQUESTS", 0)
+	f.crashAfter = e.ms("LLMW_FAKE_CRASH_AFTER_MS", 0)
+	f.exitAfter = e.ms("LLMW_FAKE_EXIT_AFTER_MS", 0)
+	switch s := strings.TrimPrefix(strings.ToUpper(getenv("LLMW_FAKE_CRASH_SIGNAL")), "SIG"); s {
 	case "":
 	case "ABRT":
 		f.crashSignal = syscall.SIGABRT
@@ -139,24 +147,24 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	case "KILL":
 		f.crashSignal = syscall.SIGKILL
 	default:
-		e.fail("RBEE_FAKE_CRASH_SIGNAL", "must be ABRT, SEGV or KILL")
+		e.fail("LLMW_FAKE_CRASH_SIGNAL", "must be ABRT, SEGV or KILL")
 	}
-	f.hangHealth = e.bool("RBEE_FAKE_HANG_HEALTH")
-	if getenv("RBEE_FAKE_HANG_HEALTH_AFTER_MS") != "" {
-		f.hangHealthAfter, f.hangHealthAfterSet = e.ms("RBEE_FAKE_HANG_HEALTH_AFTER_MS", 0), true
+	f.hangHealth = e.bool("LLMW_FAKE_HANG_HEALTH")
+	if getenv("LLMW_FAKE_HANG_HEALTH_AFTER_MS") != "" {
+		f.hangHealthAfter, f.hangHealthAfterSet = e.ms("LLMW_FAKE_HANG_HEALTH_AFTER_MS", 0), true
 	}
-	f.noHeartbeat = e.bool("RBEE_FAKE_NO_HEARTBEAT")
-	f.ignoreShutdown = e.bool("RBEE_FAKE_IGNORE_SHUTDOWN")
-	switch s := getenv("RBEE_FAKE_FORK_CHILD"); s {
+	f.noHeartbeat = e.bool("LLMW_FAKE_NO_HEARTBEAT")
+	f.ignoreShutdown = e.bool("LLMW_FAKE_IGNORE_SHUTDOWN")
+	switch s := getenv("LLMW_FAKE_FORK_CHILD"); s {
 	case "", "0":
 	case "1", "setsid":
 		f.forkChild = s
 	default:
-		e.fail("RBEE_FAKE_FORK_CHILD", "must be 1 or setsid")
+		e.fail("LLMW_FAKE_FORK_CHILD", "must be 1 or setsid")
 	}
-	f.allocMB = e.int("RBEE_FAKE_ALLOC_MB", 0)
-	f.forkMany = e.int("RBEE_FAKE_FORK_MANY", 0)
-	f.busyLoop = e.bool("RBEE_FAKE_BUSY_LOOP")
+	f.allocMB = e.int("LLMW_FAKE_ALLOC_MB", 0)
+	f.forkMany = e.int("LLMW_FAKE_FORK_MANY", 0)
+	f.busyLoop = e.bool("LLMW_FAKE_BUSY_LOOP")
 	return c, e.err
 }
 
@@ -198,4 +206,24 @@ func (e *envReader) bool(name string) bool {
 	}
 	e.fail(name, "is not a boolean (1 or 0)")
 	return false
+}
+
+// testProfile overrides the built-in rbee profile so that the hive starts
+// the reference worker with --test-mode.
+const testProfile = "  rbee: {command: [llm-worker-rbee, --test-mode], protocol: rbee}\n"
+
+// WithTestMode returns hive config YAML (a whole document) in which the
+// rbee profile starts the reference worker with --test-mode, so tests and
+// benchmarks can drive its LLMW_FAKE_* misbehaviours through spawn
+// requests' env. A `profiles:` block already in cfg gets the override as
+// its first entry; otherwise one is appended.
+func WithTestMode(cfg string) string {
+	if i := strings.Index(cfg, "profiles:\n"); i >= 0 && (i == 0 || cfg[i-1] == '\n') {
+		j := i + len("profiles:\n")
+		return cfg[:j] + testProfile + cfg[j:]
+	}
+	if cfg != "" && !strings.HasSuffix(cfg, "\n") {
+		cfg += "\n"
+	}
+	return cfg + "profiles:\n" + testProfile
 }

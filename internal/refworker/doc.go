@@ -19,9 +19,9 @@
 //	RBEE_HEARTBEAT_INTERVAL_MS   heartbeat interval once ready (default 5000)
 //	RBEE_WORKER_SLOTS            concurrent inference requests (default 4)
 //	RBEE_DRAIN_TIMEOUT_MS        how long a shutdown waits for in-flight requests (default 5000)
-//	RBEE_FAKE_LOAD_MS            spread the model read over this many ms (default 0: as fast as the disk)
-//	RBEE_FAKE_TOKEN_DELAY_MS     default delay before each streamed token (default 0)
-//	RBEE_BENCH_READY_STAMP       for benchmarks: a file that gets "PID NS" once the ready
+//	LLMW_FAKE_LOAD_MS            spread the model read over this many ms (default 0: as fast as the disk)
+//	LLMW_FAKE_TOKEN_DELAY_MS     default delay before each streamed token (default 0)
+//	LLMW_FAKE_READY_STAMP       for benchmarks: a file that gets "PID NS" once the ready
 //	                             callback is accepted, NS being the wall-clock Unix ns just
 //	                             before the accepted POST was sent
 //
@@ -48,24 +48,24 @@
 //
 // All switched by environment only; unset means off.
 //
-//	RBEE_FAKE_EXIT_CODE=N              print "fake: exiting with code N" on stderr and exit N before binding
-//	RBEE_FAKE_NEVER_READY=1            load, then stay loading silently: no ready callback, no heartbeats at all
-//	RBEE_FAKE_READY_DELAY_MS=N         wait N ms after loading before the ready callback (no progress meanwhile)
-//	RBEE_FAKE_CRASH_AFTER_REQUESTS=N   exit 3 after N completed inference requests
-//	RBEE_FAKE_CRASH_AFTER_MS=N         exit 3 N ms after the ready callback succeeded
-//	RBEE_FAKE_EXIT_AFTER_MS=N          exit 0 N ms after the ready callback succeeded (a clean exit nobody asked for)
-//	RBEE_FAKE_CRASH_SIGNAL=ABRT|SEGV|KILL  with a CRASH_AFTER_*: die by that signal instead of exit 3
-//	RBEE_FAKE_HANG_HEALTH=1            GET /health never answers
-//	RBEE_FAKE_HANG_HEALTH_AFTER_MS=N   GET /health answers for N ms after ready, then never again
-//	RBEE_FAKE_NO_HEARTBEAT=1           no heartbeats after ready (loading heartbeats are still sent)
-//	RBEE_FAKE_IGNORE_SHUTDOWN=1        ignore SIGTERM and SIGINT; POST /v1/shutdown answers 202 and does nothing
-//	RBEE_FAKE_FORK_CHILD=1|setsid      at start, start a sleeping child that holds stdout/stderr and
+//	LLMW_FAKE_EXIT_CODE=N              print "fake: exiting with code N" on stderr and exit N before binding
+//	LLMW_FAKE_NEVER_READY=1            load, then stay loading silently: no ready callback, no heartbeats at all
+//	LLMW_FAKE_READY_DELAY_MS=N         wait N ms after loading before the ready callback (no progress meanwhile)
+//	LLMW_FAKE_CRASH_AFTER_REQUESTS=N   exit 3 after N completed inference requests
+//	LLMW_FAKE_CRASH_AFTER_MS=N         exit 3 N ms after the ready callback succeeded
+//	LLMW_FAKE_EXIT_AFTER_MS=N          exit 0 N ms after the ready callback succeeded (a clean exit nobody asked for)
+//	LLMW_FAKE_CRASH_SIGNAL=ABRT|SEGV|KILL  with a CRASH_AFTER_*: die by that signal instead of exit 3
+//	LLMW_FAKE_HANG_HEALTH=1            GET /health never answers
+//	LLMW_FAKE_HANG_HEALTH_AFTER_MS=N   GET /health answers for N ms after ready, then never again
+//	LLMW_FAKE_NO_HEARTBEAT=1           no heartbeats after ready (loading heartbeats are still sent)
+//	LLMW_FAKE_IGNORE_SHUTDOWN=1        ignore SIGTERM and SIGINT; POST /v1/shutdown answers 202 and does nothing
+//	LLMW_FAKE_FORK_CHILD=1|setsid      at start, start a sleeping child that holds stdout/stderr and
 //	                                   ignores SIGTERM; "setsid" puts it in its own session (out of the
 //	                                   process group). Prints "fake: child pid N" on stdout.
-//	RBEE_FAKE_ALLOC_MB=N               after loading, before ready: map and touch N MiB in 8 MiB steps
-//	RBEE_FAKE_FORK_MANY=N              after ready, try to start N sleeping children; prints
+//	LLMW_FAKE_ALLOC_MB=N               after loading, before ready: map and touch N MiB in 8 MiB steps
+//	LLMW_FAKE_FORK_MANY=N              after ready, try to start N sleeping children; prints
 //	                                   "fake: fork_many started=K failed=M" on stdout
-//	RBEE_FAKE_BUSY_LOOP=1              after ready, spin one goroutine in a tight CPU loop
+//	LLMW_FAKE_BUSY_LOOP=1              after ready, spin one goroutine in a tight CPU loop
 //
 // The sleeping children are this same executable re-executed with
 // RBEE_REFWORKER_CHILD (ChildModeEnv) set; Main checks that variable first,

@@ -17,7 +17,7 @@ import (
 )
 
 // ChildModeEnv names the environment variable that makes Main run as the
-// sleeping child of RBEE_FAKE_FORK_CHILD or RBEE_FAKE_FORK_MANY instead of a
+// sleeping child of LLMW_FAKE_FORK_CHILD or LLMW_FAKE_FORK_MANY instead of a
 // worker. Its value is "sleep" (stay in the parent's process group) or
 // "setsid" (start a new session first). The child ignores SIGTERM, SIGINT and
 // SIGHUP and sleeps until it is killed.
@@ -68,7 +68,7 @@ func childCommand(mode string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// startChild starts the RBEE_FAKE_FORK_CHILD child, which inherits stdout
+// startChild starts the LLMW_FAKE_FORK_CHILD child, which inherits stdout
 // and stderr, waits (up to 10 s) until it ignores SIGTERM, and returns its
 // PID. A goroutine reaps it if it ever exits while this process lives.
 func startChild(kind string, stdout, stderr io.Writer) (int, error) {

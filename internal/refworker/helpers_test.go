@@ -177,6 +177,8 @@ type workerOpts struct {
 	port    int    // 0: any free port
 	args    []string
 	env     []string
+	// noTestMode starts the worker without --test-mode (LLMW_FAKE_* ignored).
+	noTestMode bool
 }
 
 // proc is a running worker binary in its own process group, with stdout and
@@ -212,6 +214,9 @@ func startWorker(t *testing.T, o workerOpts) *proc {
 	args := []string{
 		"--worker-id", "worker-test-1", "--model", o.model, "--model-ref", "file:" + o.model,
 		"--backend", "cpu", "--device", "0", "--port", strconv.Itoa(o.port), "--hive-url", o.hiveURL,
+	}
+	if !o.noTestMode {
+		args = append(args, "--test-mode")
 	}
 	args = append(args, o.args...)
 	dir := t.TempDir()

@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -67,7 +69,7 @@ type hiveClient struct {
 	workerID string
 	client   *http.Client
 	log      *slog.Logger
-	stamp    string // RBEE_BENCH_READY_STAMP; "" writes nothing
+	stamp    string // LLMW_FAKE_READY_STAMP; "" writes nothing
 
 	mu    sync.Mutex
 	queue []queuedHB
@@ -267,14 +269,34 @@ func (h *hiveClient) announceReady(ctx context.Context, body readyBody) error {
 }
 
 // writeStamp records, for benchmarks, when the accepted ready callback was
-// sent: "PID UNIX_NANOS\n" written to the RBEE_BENCH_READY_STAMP file.
-// Failures are logged and otherwise ignored.
+// sent: "PID UNIX_NANOS\n" written to a new file named
+// LLMW_FAKE_READY_STAMP + "." + PID. The file is created with
+// O_EXCL|O_NOFOLLOW, so the worker never overwrites an existing file nor
+// follows a planted symlink. Failures are logged and otherwise ignored.
 func (h *hiveClient) writeStamp(sent time.Time) {
 	if h.stamp == "" {
 		return
 	}
 	line := fmt.Sprintf("%d %d\n", os.Getpid(), sent.UnixNano())
-	if err := os.WriteFile(h.stamp, []byte(line), 0o600); err != nil {
+	if err := writeNewFile(StampPath(h.stamp, os.Getpid()), []byte(line)); err != nil {
 		h.log.Warn("writing the ready stamp failed", "err", err)
 	}
+}
+
+// StampPath is the file a worker with this pid writes for the stamp base
+// path given in LLMW_FAKE_READY_STAMP.
+func StampPath(base string, pid int) string { return base + "." + strconv.Itoa(pid) }
+
+// writeNewFile creates path (which must not exist, and is never followed if
+// it is a symlink) with mode 0600 and writes b to it.
+func writeNewFile(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -31,7 +31,7 @@ func TestSlowLoadAnswersWhileLoadingAndReportsProgress(t *testing.T) {
 	w := startWorker(t, workerOpts{
 		hiveURL: hive.srv.URL,
 		model:   writeModel(t, size),
-		env:     []string{"RBEE_FAKE_LOAD_MS=1500"},
+		env:     []string{"LLMW_FAKE_LOAD_MS=1500"},
 	})
 	w.waitListening()
 
@@ -330,7 +330,7 @@ func TestHangHealth(t *testing.T) {
 	t.Parallel()
 	t.Run("always", func(t *testing.T) {
 		t.Parallel()
-		w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_HANG_HEALTH=1"}})
+		w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_HANG_HEALTH=1"}})
 		w.waitReady()
 		assertHealthHangs(t, w)
 		if _, m := w.getJSON("/v1/ready"); m["ready"] != true {
@@ -343,7 +343,7 @@ func TestHangHealth(t *testing.T) {
 	})
 	t.Run("after", func(t *testing.T) {
 		t.Parallel()
-		w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_HANG_HEALTH_AFTER_MS=1000"}})
+		w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_HANG_HEALTH_AFTER_MS=1000"}})
 		w.waitReady()
 		if code, _ := w.getJSON("/health"); code != 200 {
 			t.Fatalf("/health right after ready = %d", code)
@@ -399,7 +399,7 @@ func TestBindFailureExits2(t *testing.T) {
 
 func TestFakeExitCode(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_EXIT_CODE=7"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_EXIT_CODE=7"}})
 	if code, _ := w.waitExit(5 * time.Second); code != 7 {
 		t.Fatalf("exit %d, want 7", code)
 	}
@@ -410,7 +410,7 @@ func TestFakeExitCode(t *testing.T) {
 
 func TestFakeCrashAfterRequests(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_CRASH_AFTER_REQUESTS=2"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_CRASH_AFTER_REQUESTS=2"}})
 	w.waitReady()
 	w.infer("one", 2)
 	if w.exited() {
@@ -428,7 +428,7 @@ func TestFakeCrashAfterRequests(t *testing.T) {
 func TestFakeExitAfterMSExitsZeroUnasked(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_EXIT_AFTER_MS=100"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_EXIT_AFTER_MS=100"}})
 	if code, _ := w.waitExit(10 * time.Second); code != refworker.ExitOK {
 		t.Fatalf("exit %d, want 0", code)
 	}
@@ -442,7 +442,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 	t.Run("exit", func(t *testing.T) {
 		t.Parallel()
 		hive := newFakeHive(t)
-		w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_CRASH_AFTER_MS=100"}})
+		w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_CRASH_AFTER_MS=100"}})
 		if code, _ := w.waitExit(10 * time.Second); code != refworker.ExitCrash {
 			t.Fatalf("exit %d, want 3", code)
 		}
@@ -454,7 +454,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 		name := strings.TrimPrefix(unix.SignalName(sig), "SIG")
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_CRASH_AFTER_MS=50", "RBEE_FAKE_CRASH_SIGNAL=" + name}})
+			w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_CRASH_AFTER_MS=50", "LLMW_FAKE_CRASH_SIGNAL=" + name}})
 			if code, got := w.waitExit(10 * time.Second); code != -1 || got != sig {
 				t.Fatalf("exit %d signal %v, want signal %v", code, got, sig)
 			}
@@ -464,7 +464,7 @@ func TestFakeCrashAfterMS(t *testing.T) {
 
 func TestFakeIgnoreShutdown(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_IGNORE_SHUTDOWN=1"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_IGNORE_SHUTDOWN=1"}})
 	w.waitReady()
 	syscall.Kill(-w.pid, syscall.SIGTERM)
 	syscall.Kill(-w.pid, syscall.SIGINT)
@@ -497,7 +497,7 @@ func TestFakeForkChild(t *testing.T) {
 	for _, mode := range []string{"1", "setsid"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_FORK_CHILD=" + mode}})
+			w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_FORK_CHILD=" + mode}})
 			w.waitReady()
 			w.waitLog("fake: child pid")
 			child, _ := strconv.Atoi(childRE.FindStringSubmatch(w.stdout())[1])
@@ -535,7 +535,7 @@ func TestFakeForkChild(t *testing.T) {
 
 func TestFakeForkMany(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_FORK_MANY=3"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_FORK_MANY=3"}})
 	w.waitReady()
 	w.waitLog("fake: fork_many started=3 failed=0")
 	eventually(t, 5*time.Second, "3 children in the worker's group", func() bool {
@@ -563,7 +563,7 @@ func groupMembers(pgid int) []int {
 func TestFakeNeverReadySendsNothing(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_NEVER_READY=1"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_NEVER_READY=1"}})
 	w.waitListening()
 	w.waitLog("fake: never ready")
 	if _, m := w.getJSON("/v1/ready"); m["ready"] != false || m["state"] != "loading" {
@@ -577,7 +577,7 @@ func TestFakeNeverReadySendsNothing(t *testing.T) {
 func TestFakeNoHeartbeatAfterReady(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"RBEE_FAKE_NO_HEARTBEAT=1", "RBEE_HEARTBEAT_INTERVAL_MS=20"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, env: []string{"LLMW_FAKE_NO_HEARTBEAT=1", "RBEE_HEARTBEAT_INTERVAL_MS=20"}})
 	w.waitReady()
 	w.infer("x", 1)
 	// A negative check needs a window: some 10 intervals.
@@ -595,7 +595,7 @@ func TestFakeNoHeartbeatAfterReady(t *testing.T) {
 
 func TestFakeReadyDelay(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_READY_DELAY_MS=400"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_READY_DELAY_MS=400"}})
 	w.waitListening()
 	w.waitLog("model loaded")
 	if _, m := w.getJSON("/v1/ready"); m["ready"] != false {
@@ -606,7 +606,7 @@ func TestFakeReadyDelay(t *testing.T) {
 
 func TestFakeAllocMB(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_ALLOC_MB=40"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_ALLOC_MB=40"}})
 	w.waitReady()
 	if rss := procStatusKB(t, w.pid, "RssAnon"); rss < 40<<10 {
 		t.Fatalf("RssAnon %d kB after allocating 40 MiB", rss)
@@ -615,7 +615,7 @@ func TestFakeAllocMB(t *testing.T) {
 
 func TestFakeBusyLoop(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{env: []string{"RBEE_FAKE_BUSY_LOOP=1"}})
+	w := startWorker(t, workerOpts{env: []string{"LLMW_FAKE_BUSY_LOOP=1"}})
 	w.waitReady()
 	eventually(t, 10*time.Second, "300 ms of CPU time", func() bool { return cpuTicks(t, w.pid) >= 30 })
 }
@@ -660,7 +660,7 @@ func TestMainUsageErrorsExit2(t *testing.T) {
 		{"no port", []string{"--worker-id", "w", "--model", "/m"}, nil},
 		{"bad hive url", append(slices.Clone(base), "--hive-url", "ftp://x"), nil},
 		{"bad slots", base, map[string]string{"RBEE_WORKER_SLOTS": "many"}},
-		{"bad signal", base, map[string]string{"RBEE_FAKE_CRASH_SIGNAL": "HUP"}},
+		{"bad signal", append(slices.Clone(base), "--test-mode"), map[string]string{"LLMW_FAKE_CRASH_SIGNAL": "HUP"}},
 		{"stray arg", append(slices.Clone(base), "extra"), nil},
 	} {
 		var out, errb bytes.Buffer
@@ -692,7 +692,7 @@ func TestTokensAreDeterministic(t *testing.T) {
 
 func TestSIGTERMWhileLoadingExits0(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{model: writeModel(t, 1<<20), env: []string{"RBEE_FAKE_LOAD_MS=60000"}})
+	w := startWorker(t, workerOpts{model: writeModel(t, 1<<20), env: []string{"LLMW_FAKE_LOAD_MS=60000"}})
 	w.waitListening()
 	w.waitLog("loading model")
 	syscall.Kill(w.pid, syscall.SIGTERM)

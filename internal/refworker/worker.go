@@ -21,13 +21,13 @@ import (
 // Main runs the worker with the command-line arguments args (without the
 // program name) and the environment read through getenv, and returns the
 // process exit code (ExitOK, ExitFailure, ExitUsage, ExitCrash, or the code
-// asked for by RBEE_FAKE_EXIT_CODE). It blocks until the worker is done.
+// asked for by LLMW_FAKE_EXIT_CODE). It blocks until the worker is done.
 //
 // Main is meant to own the process: it installs handlers for SIGTERM and
-// SIGINT (or ignores them, for RBEE_FAKE_IGNORE_SHUTDOWN), tunes GOMAXPROCS
+// SIGINT (or ignores them, for LLMW_FAKE_IGNORE_SHUTDOWN), tunes GOMAXPROCS
 // and GOGC, and may deliver a fatal signal to its own process
-// (RBEE_FAKE_CRASH_SIGNAL). If ChildModeEnv is set, Main instead runs the
-// sleeping child of RBEE_FAKE_FORK_CHILD / RBEE_FAKE_FORK_MANY and never
+// (LLMW_FAKE_CRASH_SIGNAL). If ChildModeEnv is set, Main instead runs the
+// sleeping child of LLMW_FAKE_FORK_CHILD / LLMW_FAKE_FORK_MANY and never
 // returns unless the mode is unknown. stdout gets lines meant for tests
 // ("fake: child pid N"); lifecycle logs go to stderr.
 func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
@@ -112,7 +112,7 @@ type worker struct {
 	shutdownReq chan struct{}    // POST /v1/shutdown; cap 1
 	fatal       chan exitRequest // a fake crash; cap 1
 
-	alloc [][]byte // RBEE_FAKE_ALLOC_MB mappings
+	alloc [][]byte // LLMW_FAKE_ALLOC_MB mappings
 }
 
 // exitRequest is a crash asked for by a fake: exit with code, or die by

@@ -59,7 +59,7 @@ func TestEnvRules(t *testing.T) {
 		ok    bool
 	}{
 		{"nil", nil, nil, true},
-		{"plain", map[string]string{"HF_HOME": "/x", "_X": "", "RBEE_FAKE_SLOW_LOAD_MS": "10"}, nil, true},
+		{"plain", map[string]string{"HF_HOME": "/x", "_X": "", "LLMW_FAKE_SLOW_LOAD_MS": "10"}, nil, true},
 		{"shell metacharacters are just bytes", map[string]string{"A": "$(reboot); `id` | x && y"}, nil, true},
 		{"newline in a value is fine", map[string]string{"A": "a\nb"}, nil, true},
 		{"lowercase key", map[string]string{"lower": "x"}, nil, false},

@@ -26,6 +26,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/refworker"
 	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
 )
 
@@ -177,7 +178,7 @@ func Start(t testing.TB, o Options) *Hive {
 	if o.Settings != "" {
 		cfg += "defaults:\n" + o.Settings
 	}
-	cfg += o.Config
+	cfg = refworker.WithTestMode(cfg + o.Config)
 	h.Config = filepath.Join(dir, "hive.yaml")
 	if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -124,13 +124,16 @@ func TestConsoleShowsSpawnedWorkerAndStopsIt(t *testing.T) {
 	b.noProblems()
 }
 
-// A worker that dies (SIGKILL from outside, restart policy never) shows as
-// failed with its reason.
+// A loading worker shows its progress; a worker that dies (SIGKILL from
+// outside, restart policy never) shows as failed with its reason.
 func TestConsoleShowsCrashAsFailedWithReason(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
 	b := newBrowser(t)
 	openConsole(t, b, h)
-	r := h.MustSpawn(apiv1.SpawnRequest{Settings: noRestart})
+	// The reference worker (in test mode) stretches its load over 5 s.
+	r := h.MustSpawn(apiv1.SpawnRequest{Settings: noRestart, Env: map[string]string{"LLMW_FAKE_LOAD_MS": "5000"}})
+	b.waitJS(5*time.Second, "the load's progress in the row",
+		`/loading\s*\d+%/.test(document.querySelector('`+rowSel(r.WorkerID)+` td.col-state').textContent)`)
 	h.WaitState(r.WorkerID, 20*time.Second, "idle")
 	b.waitJS(5*time.Second, "the row to say idle", `document.querySelector('`+rowSel(r.WorkerID)+`').dataset.state === 'idle'`)
 	if err := syscall.Kill(r.PID, syscall.SIGKILL); err != nil {

@@ -297,11 +297,14 @@
   function renderRow(r, w, now) {
     setCell(r, 'id', shortID(w.id));
     r.cells.id.title = w.id;
-    const stateKey = w.state + '|' + (w.reason || '');
+    const p = w.progress;
+    const loading = w.state === 'loading' && p && p.total > 0 ? Math.floor(p.done / p.total * 100) + '%' : '';
+    const stateKey = w.state + '|' + (w.reason || '') + '|' + loading;
     if (r.key.state !== stateKey) {
       r.key.state = stateKey;
       const badge = el('span', { class: 'state ' + w.state, text: w.state });
-      r.cells.state.replaceChildren(badge, w.reason ? el('span', { class: 'reason', text: w.reason }) : '');
+      const note = w.reason || loading;
+      r.cells.state.replaceChildren(badge, note ? el('span', { class: 'reason', text: note }) : '');
       r.cells.state.title = w.detail || '';
       r.tr.dataset.state = w.state;
       r.tr.classList.toggle('ended', ENDED.has(w.state));

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,6 +258,7 @@ func TestConsoleCrossOriginPageCannotCallAPI(t *testing.T) {
 	page := `<!doctype html><meta charset=utf-8><title>other site</title><body>
 <pre id=out></pre>
 <iframe id=frame src="` + h.URL + `/ui/"></iframe>
+<img id=img src="` + h.URL + `/v1/workers/` + r.WorkerID + `">
 <script>
 const hive = ` + jsString(h.URL) + `;
 const out = (k, v) => { document.getElementById('out').textContent += k + '=' + v + '\n'; };
@@ -302,6 +304,16 @@ async function tryIt(k, f) { try { const r = await f(); out(k, 'status ' + r.sta
 	}
 	if len(list) != 1 {
 		t.Errorf("%d workers after a cross-origin spawn attempt, want 1", len(list))
+	}
+	// The <img> GET (no Origin, Sec-Fetch-Site: cross-site) was refused.
+	resp, err := http.Get(h.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`rbee_hive_api_requests_total\{code="403",route="GET /v1/workers/\{id\}"\} [1-9]`).Match(metrics) {
+		t.Errorf("the cross-site <img> GET was not refused with 403; metrics:\n%s", grepLines(string(metrics), "api_requests_total"))
 	}
 	// The console refused to be framed.
 	framed := false
@@ -407,4 +419,14 @@ func TestConsoleReconnectsAfterHiveRestart(t *testing.T) {
 	b.waitJS(20*time.Second, "the stop, seen through the new stream", `document.querySelector('`+rowSel(r.WorkerID)+`').dataset.state === 'terminated'`)
 	// Failed loads while the hive was down are expected.
 	b.noProblems("net::ERR_CONNECTION_REFUSED", "net::ERR_CONNECTION_RESET", "net::ERR_INCOMPLETE_CHUNKED_ENCODING", "net::ERR_EMPTY_RESPONSE")
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

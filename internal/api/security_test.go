@@ -212,6 +212,28 @@ func TestBrowserGuardAdmitsOnlyTheHivesOwnOrigin(t *testing.T) {
 	if w.Code != 403 {
 		t.Fatalf("two Origin headers: %d", w.Code)
 	}
+	// Requests a browser marks as coming from another origin, without an
+	// Origin (markup such as <img src>), are refused; navigations to the
+	// console are not, nor are requests from the console itself.
+	for _, c := range []struct {
+		path, site, mode string
+		want             int
+	}{
+		{"/v1/workers/list", "cross-site", "no-cors", 403},
+		{"/v1/workers/list", "same-site", "no-cors", 403},
+		{"/v1/events", "cross-site", "no-cors", 403},
+		{"/v1/workers/list", "cross-site", "navigate", 403},
+		{"/v1/workers/list", "same-origin", "cors", 200},
+		{"/v1/workers/list", "none", "navigate", 200},
+		{"/ui/", "cross-site", "navigate", 200},
+		{"/ui/console.js", "cross-site", "no-cors", 403},
+		{"/ui/", "same-origin", "navigate", 200},
+	} {
+		hdr := http.Header{"Sec-Fetch-Site": {c.site}, "Sec-Fetch-Mode": {c.mode}, "Authorization": auth["Authorization"]}
+		if w := op.do("GET", c.path, nil, hdr); w.Code != c.want {
+			t.Errorf("GET %s, Sec-Fetch-Site %s, mode %s: %d, want %d", c.path, c.site, c.mode, w.Code, c.want)
+		}
+	}
 	// Same origin still needs the token.
 	w = op.do("GET", "/v1/workers/list", nil, http.Header{"Origin": {"http://127.0.0.1:9200"}})
 	if w.Code != 401 {

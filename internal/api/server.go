@@ -221,9 +221,12 @@ func (s *Server) checkOperator(r *http.Request) error {
 //     refused;
 //  2. in dev mode (no operator token) a Host that is not a loopback name or
 //     address: a rebound DNS name reaches 127.0.0.1 with the attacker's
-//     host name (and its page would then be same-origin by rule 1).
+//     host name (and its page would then be same-origin by rule 1);
+//  3. a request a browser marks as coming from another origin
+//     (Sec-Fetch-Site other than same-origin or none) although it carries
+//     no Origin, except a navigation to the console's pages.
 //
-// Both are 403 FORBIDDEN. With a token, a rebound page is same-origin but
+// All are 403 FORBIDDEN. With a token, a rebound page is same-origin but
 // holds no token: the console keeps it in the tab's sessionStorage, which
 // is per origin, and the hive sets no cookies.
 func (s *Server) checkBrowser(r *http.Request) error {
@@ -234,6 +237,16 @@ func (s *Server) checkBrowser(r *http.Request) error {
 	if vals := r.Header.Values("Origin"); len(vals) > 0 && (len(vals) > 1 || !sameOrigin(vals[0], r)) {
 		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
 			"requests from web pages of another origin are refused (Origin %q is not this hive's)", clip(vals[0]))
+	}
+	// A browser sends no Origin on a GET that a page of another site makes
+	// through markup (<img>, <script>, <link>), but it does say where the
+	// request comes from: refuse those too (they could hold event streams
+	// open against the per-client bound). Typing the console's address, or
+	// following a link to it, stays possible (navigations to /ui/).
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" &&
+		!(strings.HasPrefix(r.URL.Path, "/ui") && r.Header.Get("Sec-Fetch-Mode") == "navigate") {
+		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
+			"requests from web pages of another origin are refused (Sec-Fetch-Site: %s)", clip(site))
 	}
 	return nil
 }

@@ -167,11 +167,12 @@ func (b *browser) must(actions ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// eval evaluates a JavaScript expression and decodes its value into *out.
+// eval evaluates a JavaScript expression and decodes its value into *out
+// (the value a promise resolves to, for a promise).
 func eval[T any](b *browser, expr string, out *T) error {
-	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
 	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err == nil {
 		*out = v
 	}

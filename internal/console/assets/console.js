@@ -754,6 +754,7 @@
 
   // ---- start ----
   let timers = [];
+  let pollGen = 0;
   async function start() {
     for (const t of timers) clearInterval(t);
     timers = [];
@@ -766,7 +767,16 @@
     await refreshList();
     refreshModels();
     runEvents();
-    timers.push(setInterval(() => { if (!document.hidden) refreshList(); }, POLL_MS));
+    // The list poll backs off on a big hive or a slow device: it waits at
+    // least four times as long as the last refresh took.
+    const gen = ++pollGen;
+    const poll = async () => {
+      if (gen !== pollGen) return;
+      const t0 = performance.now();
+      if (!document.hidden) await refreshList();
+      if (gen === pollGen) setTimeout(poll, Math.max(POLL_MS, 4 * (performance.now() - t0)));
+    };
+    setTimeout(poll, POLL_MS);
     timers.push(setInterval(() => { if (!document.hidden) { refreshStatus(); refreshModels(); } }, STATUS_MS));
   }
   start();

@@ -117,6 +117,11 @@ func TestConsoleShowsSpawnedWorkerAndStopsIt(t *testing.T) {
 	// The event stream shows the changes, and the page never reloaded.
 	b.click(`nav button[data-tab="events"]`)
 	b.waitJS(2*time.Second, "the stop events", `[...document.querySelectorAll('#events tr[data-worker="`+r.WorkerID+`"]')].some(tr => tr.textContent.includes('terminated'))`)
+	// The filter narrows the stream.
+	b.must(chromedp.SendKeys(chromedp.CSS(`#event-filter`), "terminated"))
+	b.waitJS(2*time.Second, "only the terminated event", `[...document.querySelectorAll('#events tbody tr')].filter(tr => !tr.hidden).length === 1`)
+	b.must(chromedp.SendKeys(chromedp.CSS(`#event-filter`), "-no-such"))
+	b.waitJS(2*time.Second, "no event", `[...document.querySelectorAll('#events tbody tr')].every(tr => tr.hidden)`)
 	var navs2 int
 	_ = eval(b, `performance.getEntriesByType('navigation').length`, &navs2)
 	if navs2 != navs {

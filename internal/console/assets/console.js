@@ -578,9 +578,17 @@
       el('td', { text: e.reason || '' }),
       el('td', { class: 'num', text: e.pid ? String(e.pid) : '' }));
     tr.addEventListener('click', () => { showTab('workers'); select(e.worker_id); });
+    tr.dataset.text = [e.worker_id, e.from, e.to, e.reason, e.pid].join(' ').toLowerCase();
+    filterEvent(tr, $('#event-filter').value.trim().toLowerCase());
     tbody.prepend(tr);
     while (tbody.rows.length > MAX_EVENTS) tbody.lastChild.remove();
+    $('#event-count').textContent = `${tbody.rows.length} most recent (at most ${MAX_EVENTS})`;
   }
+  function filterEvent(tr, f) { tr.hidden = f !== '' && !tr.dataset.text.includes(f); }
+  $('#event-filter').addEventListener('input', () => {
+    const f = $('#event-filter').value.trim().toLowerCase();
+    for (const tr of $('#events tbody').rows) filterEvent(tr, f);
+  });
 
   // ---- refreshes ----
   const pending = new Map();
@@ -751,6 +759,23 @@
   }
   for (const b of document.querySelectorAll('nav button')) b.addEventListener('click', () => showTab(b.dataset.tab));
   $('#show-ended').addEventListener('change', renderTable);
+
+  // ---- background tabs ----
+  // A browser opens at most six HTTP/1.1 connections to one host, and each
+  // open console holds one or two streams: a tab left in the background
+  // closes its streams after a while and reopens them when shown again.
+  let hiddenTimer = null;
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) {
+      hiddenTimer = setTimeout(() => { hiddenTimer = null; stopStreams(); setConn('off', 'paused (tab hidden)'); }, 30e3);
+      return;
+    }
+    if (hiddenTimer) { clearTimeout(hiddenTimer); hiddenTimer = null; return; }
+    if (authFailed) return;
+    refreshList();
+    runEvents();
+    if (selected) startLog();
+  });
 
   // ---- start ----
   let timers = [];

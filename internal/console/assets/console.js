@@ -326,13 +326,19 @@
     r.tr.classList.toggle('selected', w.id === selected);
   }
 
+  // startedMs is the worker's start as a number, parsed once per snapshot.
+  function startedMs(w) {
+    if (w._startedMs === undefined) w._startedMs = Date.parse(w.started_at || '') || 0;
+    return w._startedMs;
+  }
+
   function renderTable() {
     const now = Date.now();
     const showEnded = $('#show-ended').checked;
     const tbody = $('#workers tbody');
     const list = [...workers.values()]
       .filter((w) => showEnded || !ENDED.has(w.state))
-      .sort((a, b) => (Date.parse(a.started_at || 0) - Date.parse(b.started_at || 0)) || (a.id < b.id ? -1 : 1));
+      .sort((a, b) => (startedMs(a) - startedMs(b)) || (a.id < b.id ? -1 : 1));
     const keep = new Set(list.map((w) => w.id));
     for (const [id, r] of rows) if (!keep.has(id)) { r.tr.remove(); rows.delete(id); }
     let prev = null;
@@ -408,6 +414,7 @@
     for (const [rid, r] of rows) r.tr.classList.toggle('selected', rid === id);
     renderDetail();
     startLog();
+    $('#detail').scrollIntoView({ block: 'nearest' });
   }
   $('#detail-close').addEventListener('click', () => {
     selected = null;

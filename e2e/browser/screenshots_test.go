@@ -40,7 +40,7 @@ func TestConsoleScreenshots(t *testing.T) {
 		live = append(live, h.MustSpawn(apiv1.SpawnRequest{ModelRef: "hf:rbee/tiny-stories-260k", Labels: map[string]string{"team": l}}))
 	}
 	crashed := h.MustSpawn(apiv1.SpawnRequest{ModelRef: "hf:rbee/tiny-stories-chat", Settings: noRestart})
-	stopped := h.MustSpawn(apiv1.SpawnRequest{})
+	stopped := h.MustSpawn(apiv1.SpawnRequest{ModelRef: "hf:rbee/tiny-stories-chat"})
 	for _, r := range append(live, crashed, stopped) {
 		h.WaitState(r.WorkerID, 20*time.Second, "idle")
 	}

@@ -32,7 +32,9 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 		"memory":{"total_bytes":68719476736,"available_bytes":34359738368},
 		"gpus":[{"index":0,"uuid":"GPU-aaaa","name":"Test GPU 80GB","memory_total_bytes":85899345920,"memory_used_bytes":21474836480,"memory_free_bytes":64424509440,"utilization_percent":37,"workers":["worker-1"]},
 		        {"index":1,"uuid":"GPU-bbbb","name":"Test GPU 24GB","memory_total_bytes":25769803776,"memory_used_bytes":0,"memory_free_bytes":25769803776,"utilization_percent":0,"workers":[]}]}`))
-	mux.HandleFunc("GET /v1/workers/list", js(`{"workers":[]}`))
+	mux.HandleFunc("GET /v1/workers/list", js(`{"workers":[{"id":"worker-1","pid":4242,"model_ref":"file:/srv/models/stories.gguf","backend":"cuda","device":0,
+		"state":"busy","started_at":"2026-11-28T10:00:00Z","slots_total":4,"slots_available":1,"labels":{"rbee.model":"stories"},
+		"stats":{"rss_bytes":1073741824,"cpu_seconds":12,"threads":9,"open_fds":20,"gpu_memory_bytes":21474836480}}]}`))
 	mux.HandleFunc("GET /v1/models", js(`{"object":"list","data":[
 		{"id":"stories","object":"model","owned_by":"rbee-hive","created":1700000000,"rbee":{"workers":{"idle":1,"busy":2},"in_flight":3,"queued":5}},
 		{"id":"cold","object":"model","owned_by":"rbee-hive","created":1700000000,"rbee":{"workers":{},"in_flight":0,"queued":0}}]}`))
@@ -56,6 +58,14 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 	for _, want := range []string{"Memory", "32 GiB of 64 GiB used (50%)", "GPU 0 Test GPU 80GB, 37% busy", "20 GiB of 80 GiB used (25%)", "1 worker(s)", "GPU 1 Test GPU 24GB", "0 B of 24 GiB used (0%)"} {
 		if !strings.Contains(bars, want) {
 			t.Errorf("bars lack %q: %q", want, bars)
+		}
+	}
+	// The front door's worker is named by its served model; it shows its
+	// requests in flight (slots in use) and its GPU memory.
+	b.waitJS(5*time.Second, "the worker row", `document.querySelector('#workers tr[data-id="worker-1"]')`)
+	for col, want := range map[string]string{"model": "stories", "inflight": "3/4", "gpu": "20 GiB", "device": "cuda:0", "rss": "1.0 GiB"} {
+		if got := b.text(`#workers tr[data-id="worker-1"] td.col-` + col); got != want {
+			t.Errorf("%s cell %q, want %q", col, got, want)
 		}
 	}
 	b.click(`nav button[data-tab="models"]`)

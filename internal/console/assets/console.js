@@ -310,8 +310,11 @@
       r.tr.classList.toggle('ended', ENDED.has(w.state));
       for (const b of r.cells.actions.querySelectorAll('button')) b.disabled = ENDED.has(w.state);
     }
-    setCell(r, 'model', w.model_ref || '');
-    r.cells.model.title = w.model_path || w.model_ref || '';
+    // A worker the front door started for a served model (SPEC §10) is
+    // named by that model; its reference is in the tooltip and the detail.
+    const served = w.labels && w.labels['rbee.model'];
+    setCell(r, 'model', served || w.model_ref || '');
+    r.cells.model.title = (served ? served + ' = ' : '') + (w.model_ref || '') + (w.model_path ? ' (' + w.model_path + ')' : '');
     setCell(r, 'pid', w.pid ? String(w.pid) : '—');
     setCell(r, 'device', (w.backend || 'cpu') + ':' + (w.device ?? 0));
     setCell(r, 'uptime', duration(uptimeMs(w, now)));
@@ -431,6 +434,7 @@
     const f = [
       ['state', w.state + (w.reason ? ' / ' + w.reason : '')],
       ['detail', w.detail],
+      ['served model', w.labels && w.labels['rbee.model']],
       ['model', w.model_ref], ['model path', w.model_path], ['profile', w.profile],
       ['backend / device', (w.backend || 'cpu') + ' / ' + (w.device ?? 0)],
       ['PID', w.pid || '—'], ['URL', w.url],

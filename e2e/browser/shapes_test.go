@@ -31,7 +31,7 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 		"workers":{},"totals":{"rss_bytes":0,"cpu_seconds":0,"threads":0,"open_fds":0},
 		"memory":{"total_bytes":68719476736,"available_bytes":34359738368},
 		"gpus":[{"index":0,"uuid":"GPU-aaaa","name":"Test GPU 80GB","memory_total_bytes":85899345920,"memory_used_bytes":21474836480,"memory_free_bytes":64424509440,"utilization_percent":37,"workers":["worker-1"]},
-		        {"index":1,"uuid":"GPU-bbbb","name":"Test GPU 24GB","memory_total_bytes":25769803776,"memory_used_bytes":0,"memory_free_bytes":25769803776,"utilization_percent":0,"workers":[]}]}`))
+		        {"index":1,"uuid":"GPU-bbbb","name":"Test GPU 24GB","memory_total_bytes":25769803776,"memory_used_bytes":0,"memory_free_bytes":25769803776,"utilization_percent":-1,"workers":[]}]}`))
 	mux.HandleFunc("GET /v1/workers/list", js(`{"workers":[{"id":"worker-1","pid":4242,"model_ref":"file:/srv/models/stories.gguf","backend":"cuda","device":0,
 		"state":"busy","started_at":"2026-11-28T10:00:00Z","slots_total":4,"slots_available":1,"labels":{"rbee.model":"stories"},
 		"stats":{"rss_bytes":1073741824,"cpu_seconds":12,"threads":9,"open_fds":20,"gpu_memory_bytes":21474836480}}]}`))
@@ -55,7 +55,7 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 	b.waitJS(10*time.Second, "the stream", `document.querySelector('#conn').dataset.state === 'live'`)
 	b.waitJS(5*time.Second, "two GPU bars and the memory bar", `document.querySelectorAll('#bars .bar').length === 3`)
 	bars := b.text(`#bars`)
-	for _, want := range []string{"Memory", "32 GiB of 64 GiB used (50%)", "GPU 0 Test GPU 80GB, 37% busy", "20 GiB of 80 GiB used (25%)", "1 worker(s)", "GPU 1 Test GPU 24GB", "0 B of 24 GiB used (0%)"} {
+	for _, want := range []string{"Memory", "32 GiB of 64 GiB used (50%)", "GPU 0 Test GPU 80GB, 37% busy", "20 GiB of 80 GiB used (25%)", "1 worker(s)", "GPU 1 Test GPU 24GB0 B of 24 GiB used (0%)"} {
 		if !strings.Contains(bars, want) {
 			t.Errorf("bars lack %q: %q", want, bars)
 		}
@@ -67,6 +67,9 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 		if got := b.text(`#workers tr[data-id="worker-1"] td.col-` + col); got != want {
 			t.Errorf("%s cell %q, want %q", col, got, want)
 		}
+	}
+	if strings.Contains(bars, "-1%") {
+		t.Errorf("an unreported utilisation (-1) is shown: %q", bars)
 	}
 	b.click(`nav button[data-tab="models"]`)
 	b.waitJS(5*time.Second, "the served models", `document.querySelector('#model-table')`)

@@ -94,6 +94,12 @@ type Spec struct {
 	// Marker is put in the worker's environment (RBEE_HIVE_MARKER) so an
 	// orphan of this hive can be recognised.
 	Marker string
+	// GPUUUID is the GPU a GPU worker was placed on (Device is its index);
+	// empty for a CPU worker. {gpu_uuid} in the argv template.
+	GPUUUID string `json:",omitempty"`
+	// Estimate is the worker's booked memory need (SPEC §11); nil in
+	// records of older hives.
+	Estimate *apiv1.Estimate `json:",omitempty"`
 }
 
 // Observer learns of every change of a worker. Changed is called from the

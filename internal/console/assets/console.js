@@ -686,7 +686,8 @@
       kids.push(bar('Memory', used, mem.total_bytes, [
         { value: rss, cls: 'workers', title: 'workers: ' + bytes(rss) },
         { value: other, title: 'everything else: ' + bytes(other) },
-      ], `workers ${bytes(rss)} (blue) · everything else ${bytes(other)} · available ${bytes(mem.available_bytes)}`));
+      ], `workers ${bytes(rss)} (blue) · everything else ${bytes(other)} · available ${bytes(mem.available_bytes)}` +
+        (mem.reserve_bytes > 0 ? ` · reserve ${bytes(mem.reserve_bytes)}` : '')));
     } else if (rss > 0) {
       kids.push(el('div', { class: 'bar' }, el('div', { class: 'label' }, el('span', { text: 'Workers\u2019 memory' }), el('span', { text: bytes(rss) }))));
     }
@@ -694,9 +695,13 @@
     for (const g of gpus) {
       const total = g.memory_total_bytes || 0;
       const used = g.memory_used_bytes != null ? g.memory_used_bytes : total - (g.memory_free_bytes || 0);
-      const util = g.utilization_percent != null ? `, ${g.utilization_percent}% busy` : '';
-      const onIt = Array.isArray(g.workers) && g.workers.length ? `${g.workers.length} worker(s)` : null;
-      kids.push(bar(`GPU ${g.index} ${g.name || ''}${util}`, used, total, null, onIt));
+      // utilization_percent is -1 where the driver does not report it.
+      const util = g.utilization_percent >= 0 ? `, ${g.utilization_percent}% busy` : '';
+      const notes = [];
+      if (Array.isArray(g.workers) && g.workers.length) notes.push(`${g.workers.length} worker(s)`);
+      if (g.reserved_bytes > 0) notes.push(`${bytes(g.reserved_bytes)} reserved for loading workers`);
+      if (g.available_bytes != null) notes.push(`${bytes(Math.max(0, g.available_bytes))} available for new workers`);
+      kids.push(bar(`GPU ${g.index} ${g.name || ''}${util}`, used, total, null, notes.join(' · ') || null));
     }
     box.replaceChildren(...kids);
   }

@@ -37,12 +37,22 @@ func rowSel(id string) string { return `#workers tr[data-id="` + id + `"]` }
 // The page loads, sends the console's headers, connects, and reports no
 // console error, warning or exception, in dev mode (no token).
 func TestConsoleLoadsWithoutErrors(t *testing.T) {
-	h := hivetest.Start(t, hivetest.Options{})
+	// A GPU from a JSON inventory (SPEC §11).
+	inv := filepath.Join(t.TempDir(), "gpus.json")
+	if err := os.WriteFile(inv, []byte(`{"gpus":[{"index":0,"uuid":"GPU-00000000-0000-0000-0000-000000000001","name":"Fake 24G",`+
+		`"memory_total_bytes":25769803776,"memory_used_bytes":6442450944,"utilization_percent":12}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := hivetest.Start(t, hivetest.Options{Config: "gpu_inventory: " + inv + "\n"})
 	b := newBrowser(t)
 	openConsole(t, b, h)
 	b.waitJS(5*time.Second, "the hive info line", `document.querySelector('#hive-info').textContent.includes('dev mode')`)
 	if b.visible(`#token-form`) || b.visible(`#auth-msg`) {
 		t.Errorf("dev mode shows the token form or an auth message")
+	}
+	b.waitJS(10*time.Second, "the memory and GPU bars", `document.querySelector('#bars').textContent.includes('GPU 0 Fake 24G, 12% busy')`)
+	if bars := b.text(`#bars`); !strings.Contains(bars, "6.0 GiB of 24 GiB used (25%)") || !strings.Contains(bars, "Memory") {
+		t.Errorf("bars: %q", bars)
 	}
 	// Every view renders.
 	for _, tab := range []string{"models", "events", "workers"} {

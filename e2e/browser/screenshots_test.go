@@ -27,7 +27,14 @@ func TestConsoleScreenshots(t *testing.T) {
 	if out == "" {
 		out = t.TempDir()
 	}
-	h := hivetest.Start(t, hivetest.Options{})
+	// A GPU from a JSON inventory, so that the picture has a GPU bar (this
+	// machine has none; the workers themselves run on the CPU).
+	inv := filepath.Join(t.TempDir(), "gpus.json")
+	if err := os.WriteFile(inv, []byte(`{"gpus":[{"index":0,"uuid":"GPU-00000000-0000-0000-0000-000000000001","name":"NVIDIA L4",`+
+		`"memory_total_bytes":24152899584,"memory_used_bytes":9126805504,"utilization_percent":34}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := hivetest.Start(t, hivetest.Options{Config: "gpu_inventory: " + inv + "\n"})
 	ctx := context.Background()
 	if _, err := h.Client.AddModel(ctx, "hf:rbee/tiny-stories-260k", h.Model); err != nil {
 		t.Fatal(err)

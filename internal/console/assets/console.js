@@ -189,7 +189,8 @@
   function gpuMem(w) {
     const s = w.stats || {};
     const n = s.gpu_memory_bytes != null ? s.gpu_memory_bytes : w.gpu_memory_bytes;
-    return n == null ? '—' : bytes(n);
+    // A worker not placed on a GPU holds none: a dash, not "0 B".
+    return n == null || (!n && !w.gpu_uuid) ? '—' : bytes(n);
   }
   function uptimeMs(w, now) {
     const from = w.started_at && Date.parse(w.started_at);

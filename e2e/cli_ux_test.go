@@ -396,3 +396,36 @@ func TestCPUMaxAboveCoresWarns(t *testing.T) {
 		t.Fatalf("no CLI warning: %s", r)
 	}
 }
+
+// `rbee-hive models` and `rbee-hive run` against the real front door
+// (SPEC §10).
+func TestCLIModelsAndRun(t *testing.T) {
+	gw := hivetest.GenericWorker(t)
+	h := hivetest.Start(t, hivetest.Options{Config: fmt.Sprintf(`profiles:
+  gen:
+    command: [%s, --port, "{port}", --model, "{model}"]
+    protocol: http
+    readiness: {path: /health, status: 200}
+models:
+  m1:
+    model_ref: file:stories260K.gguf
+    profile: gen
+`, gw)})
+	r := cli(t, h, "models")
+	if r.code != 0 || !regexp.MustCompile(`(?m)^m1 +none +0 +0$`).MatchString(r.out) {
+		t.Fatalf("models before any request: %s", r)
+	}
+	r = cli(t, h, "run", "m1", "Once upon a time")
+	if r.code != 0 || strings.TrimSpace(r.out) == "" {
+		t.Fatalf("run: %s", r)
+	}
+	r = cli(t, h, "models", "-o", "json")
+	var l apiv1.OpenAIModelList
+	if r.code != 0 || json.Unmarshal([]byte(r.out), &l) != nil || len(l.Data) == 0 || l.Data[0].ID != "m1" {
+		t.Fatalf("models json: %s", r)
+	}
+	r = cli(t, h, "run", "nope", "hi")
+	if r.code != 1 || !strings.Contains(r.err, "MODEL_NOT_FOUND") {
+		t.Fatalf("unknown model: %s", r)
+	}
+}

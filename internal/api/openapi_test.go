@@ -234,8 +234,7 @@ func workerToken(t *testing.T, pid int) string {
 func TestOpenAPIMatchesServer(t *testing.T) {
 	registerSSE()
 	doc := loadDoc(t)
-	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token},
-		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\n"})
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token}})
 	doc.Servers = openapi3.Servers{{URL: h.URL}}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {

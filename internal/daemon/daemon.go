@@ -193,6 +193,13 @@ func Run(ctx context.Context, o Options) error {
 	if err := hive.PrepareStateDir(cfg.StateDir); err != nil {
 		return err
 	}
+	// One hive per state dir, for the daemon's whole life (SPEC §3).
+	lock, err := hive.LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	hardenSelf(log)
 	// Grandchildren orphaned by a dying worker are re-parented to the hive
 	// and reaped here, so none is left as a zombie.
 	if err := process.BecomeSubreaper(); err != nil {
@@ -304,6 +311,9 @@ func Run(ctx context.Context, o Options) error {
 		runErr = fmt.Errorf("serve: %w", err)
 		log.Error("API server failed", "error", err)
 	}
+	// The API takes no spawn from here on (503 SHUTTING_DOWN); the hive's
+	// shutdown snapshot comes after.
+	h.StopAdmitting()
 
 	if err := notifier.Notify(sdnotify.Stopping, "STATUS=stopping workers"); err != nil {
 		log.Warn("sd_notify STOPPING failed", "error", err)
@@ -345,7 +355,8 @@ func callbackAddr(a *net.TCPAddr) string {
 }
 
 // servePprof serves net/http/pprof on addr, which must be a loopback
-// address. The returned func stops it.
+// address, and only to requests whose Host is loopback (a web page cannot
+// reach it through DNS rebinding). The returned func stops it.
 func servePprof(addr string, log *slog.Logger) (func(), error) {
 	if !IsLoopback(addr) {
 		return nil, fmt.Errorf("--pprof %s: only a loopback address is allowed", addr)
@@ -354,14 +365,40 @@ func servePprof(addr string, log *slog.Logger) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	// A name passed the check above; what counts is what it resolved to.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("--pprof %s resolves to %s: only a loopback address is allowed", addr, ln.Addr())
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !loopbackHost(r.Host) {
+			http.Error(w, "forbidden host", http.StatusForbidden)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: guard, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	log.Info("pprof listening", "addr", ln.Addr().String())
 	return func() { _ = srv.Close() }, nil
+}
+
+// loopbackHost reports whether a Host header names loopback: "localhost"
+// or a loopback IP, with or without a port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -21,7 +21,8 @@ import (
 const wait = 20 * time.Second
 
 // fakeEnv lets spawn requests switch on the reference worker's misbehaviours.
-const fakeEnv = "allow_env: [LLMW_FAKE_IGNORE_SHUTDOWN, LLMW_FAKE_HANG_HEALTH, LLMW_FAKE_NO_HEARTBEAT, LLMW_FAKE_ALLOC_MB]\n"
+// (The test profile of refworker.WithTestMode allows LLMW_FAKE_*.)
+const fakeEnv = ""
 
 // scrape reads /metrics into series → value, the series written as the text
 // format writes it (name{label="v",…}, labels sorted by name).

@@ -92,6 +92,10 @@ type Spec struct {
 	// program before it runs. Setting it routes the start through the
 	// launcher shim. 0 means inherited (Go's original soft limit).
 	Nofile uint64
+	// Credential, when not nil, is the user and groups the program runs
+	// as (set after the cgroup joins and the rlimit, before exec). Nil:
+	// this process's own.
+	Credential *syscall.Credential
 }
 
 // usesLauncher reports whether the start must go through the shim.
@@ -480,7 +484,11 @@ func Start(spec Spec) (*Proc, error) {
 		defer r.Close()
 		defer w.Close()
 		files = append(files, w)
-		enc, err := encodeLaunch(launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3})
+		lo := launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3}
+		if c := spec.Credential; c != nil {
+			lo.Cred = &launchCred{Uid: c.Uid, Gid: c.Gid, Groups: append([]uint32{}, c.Groups...)}
+		}
+		enc, err := encodeLaunch(lo)
 		if err != nil {
 			return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 		}
@@ -499,6 +507,11 @@ func Start(spec Spec) (*Proc, error) {
 	if spec.CgroupFD > 0 {
 		sys.UseCgroupFD = true
 		sys.CgroupFD = spec.CgroupFD
+	}
+	if spec.Credential != nil && !spec.usesLauncher() {
+		// The launcher shim must stay privileged for its cgroup joins and
+		// rlimit; it drops to the credential itself.
+		sys.Credential = spec.Credential
 	}
 	var pid int
 	// The child is tracked (so a Reaper leaves it to us) from before the

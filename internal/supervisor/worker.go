@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -94,6 +95,9 @@ type Spec struct {
 	// Marker is put in the worker's environment (RBEE_HIVE_MARKER) so an
 	// orphan of this hive can be recognised.
 	Marker string
+	// Credential, when not nil, is the user the worker runs as (run_as,
+	// SPEC §14), supplementary groups cleared. Nil: the hive's user.
+	Credential *syscall.Credential
 }
 
 // Observer learns of every change of a worker. Changed is called from the

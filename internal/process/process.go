@@ -34,6 +34,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -517,6 +518,13 @@ func Start(spec Spec) (*Proc, error) {
 	// The child is tracked (so a Reaper leaves it to us) from before the
 	// fork until its owner has reaped it: see "Ordering" in reaper.go.
 	beginStart()
+	// The child is forked from this thread and inherits its no_new_privs:
+	// set it here (idempotent, one-way, harmless to the hive, which never
+	// execs anything to gain privileges), so no worker can gain privileges
+	// through a set-user-ID program (SPEC §14). Go offers no SysProcAttr
+	// field for it, and AllThreadsSyscall is unavailable with cgo.
+	runtime.LockOSThread()
+	nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 	err = withFDs(files, nil, func(fds []uintptr) error {
 		var serr error
 		pid, _, serr = syscall.StartProcess(argv0, argv, &syscall.ProcAttr{
@@ -527,10 +535,20 @@ func Start(spec Spec) (*Proc, error) {
 		})
 		return serr
 	})
+	runtime.UnlockOSThread()
 	if err != nil {
 		pid = 0 // no child (Go's fork code reaped a failed one itself)
 	}
 	endStart(pid)
+	if err == nil && nnpErr != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		reap(pid)
+		untrackChild(pid)
+		if pidfd >= 0 {
+			syscall.Close(pidfd)
+		}
+		return nil, fmt.Errorf("process: start %s: set no_new_privs: %w", spec.Path, nnpErr)
+	}
 	if err != nil {
 		if spec.CgroupFD > 0 {
 			return nil, fmt.Errorf("process: start %s (into cgroup fd %d): %w", spec.Path, spec.CgroupFD, err)

@@ -383,3 +383,37 @@ func TestPprofAnswersOnlyLoopbackHost(t *testing.T) {
 		t.Fatalf("loopback Host answered %d\n%s", c, h.Log())
 	}
 }
+
+// escapeCgroups moves pid to the root cgroup of every hierarchy mounted
+// under /sys/fs/cgroup (what a root process inside a worker can do).
+func escapeCgroups(t *testing.T, pid int) {
+	t.Helper()
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*")
+	dirs = append(dirs, "/sys/fs/cgroup")
+	for _, d := range dirs {
+		_ = os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if strings.Contains(string(b), "worker-") {
+		t.Fatalf("child still in a worker cgroup:\n%s", b)
+	}
+}
+
+// Item 6: a setsid child that wrote itself into the root cgroups survived
+// its worker's end, re-parented to the hive, until the next hive start.
+func TestEscapedChildHandedToHiveIsKilled(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_FORK_CHILD": "setsid"}})
+	h.WaitState(r.WorkerID, wait, "idle")
+	child := childPID(t, h, r.WorkerID)
+	escapeCgroups(t, child)
+	syscall.Kill(r.PID, syscall.SIGKILL)
+	h.WaitState(r.WorkerID, wait, "failed")
+	if !hivetest.Eventually(t, 5*time.Second, func() bool { return !hivetest.Alive(child) }) {
+		syscall.Kill(child, syscall.SIGKILL)
+		t.Fatalf("escaped child %d survived its worker\n%s", child, h.Log())
+	}
+	if !strings.Contains(h.Log(), "escaped its worker") {
+		t.Fatalf("escape not logged:\n%s", h.Log())
+	}
+}

@@ -205,12 +205,14 @@ func Run(ctx context.Context, o Options) error {
 	if err := process.BecomeSubreaper(); err != nil {
 		log.Warn("Cannot become child subreaper; orphaned grandchildren go to PID 1", "error", err)
 	}
-	reaper, err := process.StartReaper(log)
+	instance := hive.InstanceID(cfg.StateDir)
+	// A process that escaped its worker and is handed to the hive is
+	// killed at once (SPEC §14).
+	reaper, err := process.StartReaperKillingEscapes(log, hive.MarkerEnv, instance)
 	if err != nil {
 		return err
 	}
 	defer reaper.Close()
-	instance := hive.InstanceID(cfg.StateDir)
 	cg, err := cgroup.New(cgroup.Options{Scope: "rbee-hive/" + instance, Logger: log})
 	if err != nil {
 		log.Warn("cgroups unavailable", "error", err)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
@@ -415,5 +416,55 @@ func TestEscapedChildHandedToHiveIsKilled(t *testing.T) {
 	}
 	if !strings.Contains(h.Log(), "escaped its worker") {
 		t.Fatalf("escape not logged:\n%s", h.Log())
+	}
+}
+
+// Item 8: 230 unauthenticated keep-alive connections exhausted the hive's
+// descriptors and locked the operator out; 6,000 bad tokens made 6,000
+// WARN lines.
+func TestUnauthenticatedConnectionsCannotLockOutTheOperator(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken}, Config: "max_connections: 32\n"})
+	op := client.New(h.URL, opToken)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 60; i++ {
+		c, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		fmt.Fprintf(c, "GET /health HTTP/1.1\r\nHost: %s\r\n\r\n", h.Addr)
+	}
+	// The operator still gets in, at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := op.List(ctx, false); err != nil {
+		t.Fatalf("operator locked out: %v", err)
+	}
+	// Idle unauthenticated connections are closed after 10 s.
+	deadline := time.Now().Add(15 * time.Second)
+	buf := make([]byte, 4096)
+	for i, c := range conns {
+		c.SetReadDeadline(deadline)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatalf("connection %d still open after 15 s", i)
+				}
+				break
+			}
+		}
+	}
+	// Bad tokens: the log line is rate-limited.
+	bad := client.New(h.URL, "not-the-token-000000000000000000")
+	for i := 0; i < 200; i++ {
+		bad.List(context.Background(), false)
+	}
+	if n := strings.Count(h.Log(), "Rejected operator token"); n > 10 {
+		t.Fatalf("%d rejected-token lines for 200 bad requests", n)
 	}
 }

@@ -67,6 +67,8 @@ type Server struct {
 
 	streamsMu sync.Mutex
 	streams   map[string]int // open streams per client IP
+
+	rejects rateLog // rejected-token log lines (conns.go)
 }
 
 // New returns the API handler.
@@ -196,9 +198,10 @@ func (s *Server) checkOperator(r *http.Request) error {
 		return err
 	}
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(s.o.Token)) != 1 {
-		s.log.Warn("Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
+	markAuthenticated(r)
 	return nil
 }
 
@@ -461,9 +464,10 @@ func (s *Server) workerAuth(r *http.Request, id string) (*supervisor.Worker, err
 		return nil, err
 	}
 	if !wk.Authorize(tok) {
-		s.log.Warn("Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return nil, unauthorized(apiv1.CodeInvalidAPIKey, "token is not this worker's token")
 	}
+	markAuthenticated(r)
 	return wk, nil
 }
 

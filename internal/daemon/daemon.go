@@ -250,7 +250,11 @@ func Run(ctx context.Context, o Options) error {
 		log.Error("Recovering workers failed", "error", err)
 	}
 	mx.WatchWorkers(h)
+	conns := api.NewConns(cfg.MaxConnections, log)
+	ln = conns.Listener(ln)
 	srv := &http.Server{
+		ConnContext: conns.ConnContext,
+		ConnState:   conns.ConnState,
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
 			MetricsPublic: cfg.MetricsPublic || loopback,

@@ -145,14 +145,12 @@ func TestSpawnDuringShutdownIsRefusedAndLeavesNoOrphan(t *testing.T) {
 // Items 3 and 4: request env reached the reference worker's test knobs
 // (RBEE_BENCH_READY_STAMP) and HOME/PYTHONWARNINGS etc.; the hive's own
 // environment and the request's both reached the worker.
-func TestRequestEnvIsAllowListedAndWorkerEnvIsOneMap(t *testing.T) {
+func TestRequestEnvRBEENamesAndUnlistedNamesRefused(t *testing.T) {
 	stamp := filepath.Join(t.TempDir(), "root-owned")
-	h := hivetest.Start(t, hivetest.Options{
-		Env:    []string{"HOME=/tmp/hive-home", "HIVE_ONLY_VAR=1", "PATH=/tmp/evil:" + os.Getenv("PATH")},
-		Config: genericWithAllow(t, `    env: {GENERIC_LOAD_MS: "0", WORKER_OPT: profile, HOME: /profile-home}`+"\n"),
-	})
+	h := hivetest.Start(t, hivetest.Options{})
 	for _, env := range []map[string]string{
 		{"RBEE_BENCH_READY_STAMP": stamp}, {"HOME": t.TempDir()}, {"PYTHONWARNINGS": "x"}, {"LLAMA_ARG_HOST": "0.0.0.0"},
+		{"TRITON_CACHE_DIR": "/tmp"},
 	} {
 		_, err := h.Spawn(apiv1.SpawnRequest{Env: env})
 		ae := apiErr(t, err)
@@ -162,6 +160,16 @@ func TestRequestEnvIsAllowListedAndWorkerEnvIsOneMap(t *testing.T) {
 			}
 		}
 	}
+	if _, err := os.Stat(stamp); err == nil {
+		t.Fatal("the stamp file was written")
+	}
+}
+
+func TestRequestEnvIsAllowListedAndWorkerEnvIsOneMap(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{
+		Env:    []string{"HOME=/tmp/hive-home", "HIVE_ONLY_VAR=1", "PATH=/tmp/evil:" + os.Getenv("PATH")},
+		Config: genericWithAllow(t, `    env: {GENERIC_LOAD_MS: "0", WORKER_OPT: profile, HOME: /profile-home}`+"\n"),
+	})
 	// The generic profile lists WORKER_OPT: the request's value wins over
 	// the profile's; the profile's HOME over the base.
 	r := h.MustSpawn(apiv1.SpawnRequest{Profile: "generic", Env: map[string]string{"WORKER_OPT": "request"}})
@@ -178,9 +186,6 @@ func TestRequestEnvIsAllowListedAndWorkerEnvIsOneMap(t *testing.T) {
 	if seen["WORKER_OPT"] != "request" || seen["HOME"] != "/profile-home" || seen["HIVE_ONLY_VAR"] != "" ||
 		strings.Contains(seen["PATH"], "/tmp/evil") || seen["RBEE_WORKER_ID"] != r.WorkerID {
 		t.Fatalf("worker environment: %q", env)
-	}
-	if _, err := os.Stat(stamp); err == nil {
-		t.Fatal("the stamp file was written")
 	}
 	// Without a profile HOME, HOME is the worker user's (here root's), not
 	// the hive's.
@@ -270,6 +275,19 @@ func TestHiveIsNotDumpable(t *testing.T) {
 
 // Item 7: a request turned configured limits off, 1 ms intervals were
 // accepted, and spawns were limited only by the port range.
+func TestIntervalFloors(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	for _, js := range []string{
+		`{"health":{"interval":"1ms","timeout":"1s","failure_threshold":3}}`,
+		`{"heartbeat":{"interval":"1ms","timeout":"1s"}}`,
+	} {
+		_, err := h.Spawn(apiv1.SpawnRequest{Settings: settings(js)})
+		if ae := apiErr(t, err); ae.Status != 400 || ae.Code != "INVALID_SETTINGS" || !strings.Contains(ae.Message, "interval") {
+			t.Fatalf("%s: %+v", js, ae)
+		}
+	}
+}
+
 func TestSpawnCannotLoosenLimitsOrIntervalsAndMaxWorkers(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{
 		Config:   "max_workers: 2\nlimits_max: {nofile: 1024}\n",

@@ -7,7 +7,7 @@
 //
 //	hivebench [--bin DIR] [--out DIR] [--smoke] [--trials N] [--scale 100,500,1000]
 //	          [--idle 60s] [--settle 10s] [--shutdown 10,50,200] [--supervisord 100,1000]
-//	          [--only crash,probe,forcekill,shutdown,scale,supervisord]
+//	          [--only crash,probe,forcekill,shutdown,scale,supervisord,model]
 package main
 
 import (
@@ -43,7 +43,7 @@ func run(args []string) error {
 	profile := fs.String("profile", "", "save CPU and heap profiles of the scale hives (run with --pprof) in this directory")
 	tmp := fs.String("tmp", "", "directory for the hives' state dirs (default $TMPDIR or /tmp; e.g. /dev/shm to leave the disk out)")
 	keep := fs.Bool("keep", false, "keep each hive's temporary directory (config, state, hive.log)")
-	only := fs.String("only", "", "comma-separated scenarios to run: crash,probe,forcekill,shutdown,scale,supervisord")
+	only := fs.String("only", "", "comma-separated scenarios to run: crash,probe,forcekill,shutdown,scale,supervisord,model")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

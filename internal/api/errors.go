@@ -9,6 +9,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/gpu"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/ports"
@@ -40,6 +41,7 @@ func toAPIError(err error) *Error {
 	var me *models.Error
 	var se *supervisor.SpawnError
 	var ime *models.InsufficientMemoryError
+	var ive *gpu.InsufficientVRAMError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -49,6 +51,8 @@ func toAPIError(err error) *Error {
 		return errorf(me.Status, me.Code, "%s", me.Message)
 	case errors.As(err, &ime):
 		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientMemory, "%s", ime.Error())
+	case errors.As(err, &ive):
+		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientVRAM, "%s", ive.Error())
 	case errors.Is(err, cgroup.ErrLimitsUnsupported):
 		return errorf(http.StatusUnprocessableEntity, apiv1.CodeLimitsUnsupported, "%s", err.Error())
 	case errors.Is(err, ports.ErrExhausted):

@@ -372,6 +372,7 @@ func (s *Server) spawn(w http.ResponseWriter, r *http.Request) error {
 	info := wk.Info()
 	writeJSON(w, http.StatusCreated, apiv1.SpawnResponse{
 		WorkerID: info.ID, URL: info.URL, Port: info.Port, PID: info.PID, State: info.State,
+		Device: info.Device, GPUUUID: info.GPUUUID, Estimate: info.Estimate,
 	})
 	return nil
 }

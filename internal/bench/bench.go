@@ -41,7 +41,7 @@ type Options struct {
 	// SIGTERM; then it is SIGKILLed (and the figure says so).
 	SupervisordStopTimeout time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
-	// forcekill, shutdown, scale, supervisord).
+	// forcekill, shutdown, scale, supervisord, model).
 	Only []string
 	// Keep leaves each hive's temporary directory (with its log).
 	Keep bool
@@ -143,6 +143,7 @@ func (b *Bench) Run() error {
 		{"shutdown", b.shutdown},
 		{"scale", b.scale},
 		{"supervisord", b.supervisord},
+		{"model", b.model},
 	}
 	for _, s := range steps {
 		if !b.want(s.name) {

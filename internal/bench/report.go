@@ -231,6 +231,7 @@ func (r *Report) Markdown() []byte {
 		{"supervision", "Supervision latencies (issue 3)"},
 		{"scale", "Scale: idle reference workers under one hive (issue 8)"},
 		{"supervisord", "supervisord, same worker binary (issue 8.2)"},
+		{"model", "The reference worker's model: stories260K on the CPU (issue 15)"},
 	}
 	for _, s := range sections {
 		var rows []Result

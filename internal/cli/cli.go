@@ -602,5 +602,6 @@ func runStatus(args []string, env Env) error {
 		fmt.Fprintf(tw, "workers\t%s\n", strings.Join(parts, ", "))
 		fmt.Fprintf(tw, "memory\t%.1f MiB\n", float64(st.Totals.RSSBytes)/(1<<20))
 		fmt.Fprintf(tw, "cpu\t%.1f s\n", st.Totals.CPUSeconds)
+		printGPUs(tw, st)
 	})
 }

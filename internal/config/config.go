@@ -139,6 +139,19 @@ type Settings struct {
 	StopTimeout       Duration  `yaml:"stop_timeout" json:"stop_timeout"` // default 10s
 	Restart           Restart   `yaml:"restart" json:"restart"`
 	Limits            Limits    `yaml:"limits" json:"limits"`
+
+	// GPU and memory estimates (SPEC §11).
+
+	// Ctx is the context size, in tokens, the model's memory is estimated
+	// for; 0: llama.cpp's default 4096, capped at the model's trained
+	// context.
+	Ctx int `yaml:"ctx" json:"ctx"`
+	// MemoryBytes is the worker's RAM need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
+	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
+	// VRAMBytes is the worker's GPU memory need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
 }
 
 // Probe is an HTTP probe of a generic worker.
@@ -156,7 +169,7 @@ const (
 // Profile says how to run one kind of worker.
 type Profile struct {
 	// Command is the argv template. {port}, {model}, {worker_id},
-	// {model_ref}, {backend}, {device} and {hive_url} are substituted token
+	// {model_ref}, {backend}, {device}, {gpu_uuid} and {hive_url} are substituted token
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
@@ -176,6 +189,19 @@ type Profile struct {
 	// RunAs, when its user is set, replaces the config's run_as for this
 	// profile's workers.
 	RunAs RunAs `yaml:"run_as" json:"run_as"`
+	// GPU makes every worker of this profile a GPU worker (SPEC §11), as
+	// backend cuda does: it gets a device, CUDA_VISIBLE_DEVICES and a VRAM
+	// preflight. Default false.
+	GPU bool `yaml:"gpu" json:"gpu"`
+	// GPULayers is how many of the model's layers a GPU worker offloads
+	// (llama.cpp's -ngl), for the VRAM estimate; 0: all of them.
+	GPULayers int `yaml:"gpu_layers" json:"gpu_layers"`
+	// VRAMBytes, when set, is the GPU memory need of this profile's
+	// workers in bytes (a spawn's vram_bytes wins); 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
+	// MemoryBytes, when set, is the memory need of this profile's workers
+	// in bytes (a model entry's or spawn's memory_bytes wins); 0: estimate.
+	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
 }
 
 // RunAs names the user (and group) workers run as (SPEC §14). Empty user:
@@ -223,6 +249,14 @@ type Config struct {
 	LogLevel  string             `yaml:"log_level" json:"log_level"`   // debug, info (default), warn, error
 	Defaults  Settings           `yaml:"defaults" json:"defaults"`
 	Profiles  map[string]Profile `yaml:"profiles" json:"profiles"`
+
+	// GPUInventory says where the GPU inventory comes from (SPEC §11):
+	// "auto" (default: nvidia-smi when it is on PATH, else no GPUs),
+	// "none", or the absolute path of a JSON file.
+	GPUInventory string `yaml:"gpu_inventory" json:"gpu_inventory"`
+	// VRAMReserveBytes is the GPU memory the VRAM preflight leaves free on
+	// every device; default 512 MiB.
+	VRAMReserveBytes int64 `yaml:"vram_reserve_bytes" json:"vram_reserve_bytes"`
 }
 
 // DefaultSettings returns the per-worker defaults of SPEC §3.
@@ -254,6 +288,8 @@ func Default() Config {
 		MaxWorkers:         256,
 		MaxConnections:     1024,
 		Defaults:           DefaultSettings(),
+		GPUInventory:       "auto",
+		VRAMReserveBytes:   512 << 20,
 		Profiles: map[string]Profile{
 			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
@@ -387,6 +423,12 @@ func (c *Config) Validate() error {
 	if _, err := ApplyCeilings(c.Defaults.Limits, c.Defaults.Limits, lm); err != nil {
 		bad("defaults.limits: %v", err)
 	}
+	if g := c.GPUInventory; g != "auto" && g != "none" && g != "" && !filepath.IsAbs(g) {
+		bad("gpu_inventory: want auto, none or an absolute path to a JSON file, got %q", g)
+	}
+	if c.VRAMReserveBytes < 0 {
+		bad("vram_reserve_bytes must not be negative")
+	}
 	if _, ok := c.Profiles[c.Defaults.Profile]; !ok {
 		bad("defaults.profile: no profile named %q", c.Defaults.Profile)
 	}
@@ -412,6 +454,9 @@ func (c *Config) Validate() error {
 			if strings.HasPrefix(k, "RBEE_") {
 				bad("profiles.%s.env: %s is reserved (every RBEE_ name is the hive's)", name, k)
 			}
+		}
+		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
+			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
 		}
 		for _, pr := range []Probe{p.Readiness, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {
@@ -485,6 +530,12 @@ func (s *Settings) Validate() error {
 	}
 	if s.Restart.MaxDelay < s.Restart.BaseDelay {
 		bad("restart.max_delay (%s) must be at least restart.base_delay (%s)", s.Restart.MaxDelay, s.Restart.BaseDelay)
+	}
+	if s.Ctx < 0 || s.Ctx > 1<<24 {
+		bad("ctx must be 0..16777216 (got %d)", s.Ctx)
+	}
+	if s.MemoryBytes < 0 || s.VRAMBytes < 0 {
+		bad("memory_bytes and vram_bytes must not be negative")
 	}
 	if err := s.validateLimits(); err != nil {
 		errs = append(errs, err)

@@ -14,11 +14,13 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/api"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/hive"
@@ -200,6 +202,14 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer lock.Close()
 	hardenSelf(log)
+	// The built-in model, so the embedded default config serves out of the box.
+	if len(cfg.ModelRoots) == 0 {
+		if p, err := builtinmodel.WriteTo(filepath.Join(cfg.StateDir, "models")); err != nil {
+			log.Warn("Cannot write the built-in model", "error", err)
+		} else {
+			log.Info("Built-in model available", "path", p)
+		}
+	}
 	// Grandchildren orphaned by a dying worker are re-parented to the hive
 	// and reaped here, so none is left as a zombie.
 	if err := process.BecomeSubreaper(); err != nil {

@@ -80,6 +80,7 @@ type Hive struct {
 	lstats   *listStats            // List's stats, refreshed in the background (liststats.go)
 	users    map[string]WorkerUser // per profile: who its workers run as (env.go)
 	store    *store.Store          // durable registry (recover.go)
+	gpu      *gpuBook              // GPU inventory and placement (gpu.go)
 
 	mu           sync.RWMutex
 	workers      map[string]*supervisor.Worker
@@ -178,6 +179,9 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		}
 		h.users[name] = u
 	}
+	if err := h.initGPU(); err != nil {
+		return nil, err
+	}
 	go h.pruneLoop()
 	return h, nil
 }
@@ -245,6 +249,9 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 		h.persist(w, ev)
 	}
 	if ev != nil {
+		if info != nil && info.GPUUUID != "" {
+			h.gpuChanged(ev.To)
+		}
 		h.events.Publish(*ev)
 		// Crash detection: from the reaper seeing an exit nobody asked for
 		// to the failure being recorded (this call).
@@ -283,8 +290,10 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	if e := validate.Backend(req.Backend); e != nil {
 		return nil, e
 	}
-	if e := validate.Device(req.Device); e != nil {
-		return nil, e
+	if req.Device != apiv1.DeviceAuto {
+		if e := validate.Device(req.Device); e != nil {
+			return nil, e
+		}
 	}
 	if e := validate.Labels(req.Labels); e != nil {
 		return nil, e
@@ -334,14 +343,22 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 			return nil, err
 		}
 	}
-	if h.cfg.MemoryReserveBytes >= 0 {
-		avail, err := models.MemAvailable()
+	onGPU := wantsGPU(req.Backend, prof)
+	est, ramBasis := estimate(&h.gpu.estimates, path, size, prof, settings, onGPU)
+	id := "worker-" + uuid.NewString()
+	device, gpuUUID := req.Device, ""
+	if onGPU {
+		dev, release, err := h.placeGPU(ctx, id, req, est.VRAMBytes)
 		if err != nil {
-			return nil, fmt.Errorf("memory preflight: %w", err)
-		}
-		if err := models.Preflight(size, avail, h.cfg.MemoryReserveBytes); err != nil {
 			return nil, err
 		}
+		defer release() // the registered worker's own state holds the reservation from then on
+		device, gpuUUID = dev.Index, dev.UUID
+	} else if device == apiv1.DeviceAuto {
+		device = 0
+	}
+	if err := h.preflightRAM(est, ramBasis); err != nil {
+		return nil, err
 	}
 	cmd, err := resolveCommand(prof.Command)
 	if err != nil {
@@ -363,17 +380,20 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 			h.admitting.Done()
 		}
 	}()
-	id := "worker-" + uuid.NewString()
 	port, err := h.ports.Acquire(id)
 	if err != nil {
 		return nil, err
 	}
 	wu := h.users[name]
 	env := BuildEnv(BaseEnv(wu.Home, os.Getenv), prof.Env, req.Env)
+	if gpuUUID != "" {
+		env = withGPUEnv(env, gpuUUID)
+	}
 	spec := supervisor.Spec{
 		ID: id, ModelRef: req.ModelRef, ModelPath: path, ModelSize: size, Backend: req.Backend,
-		Device: req.Device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
+		Device: device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
 		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker, Credential: wu.Credential,
+		GPUUUID: gpuUUID, Estimate: &est,
 	}
 	w, err := supervisor.Start(h.deps(), spec, port, func(w *supervisor.Worker) {
 		registered = true
@@ -467,7 +487,7 @@ func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
 // not modified) when the worker has a process. The numbers are at most a
 // couple of seconds old (stats.DefaultMaxAge).
 func (h *Hive) WithStats(info *apiv1.WorkerInfo) *apiv1.WorkerInfo {
-	return h.stats.Get(info)
+	return h.withGPUUse([]*apiv1.WorkerInfo{h.stats.Get(info)})[0]
 }
 
 // List returns snapshots of the workers, sorted by start time then id; ended
@@ -493,7 +513,7 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 		}
 		return a.ID < b.ID
 	})
-	return h.lstats.fill(out, h.stats)
+	return h.withGPUUse(h.lstats.fill(out, h.stats))
 }
 
 // Status summarises the hive.
@@ -518,8 +538,10 @@ func (h *Hive) Status() apiv1.Status {
 			st.Totals.CPUSeconds += info.Stats.CPUSeconds
 			st.Totals.Threads += info.Stats.Threads
 			st.Totals.OpenFDs += info.Stats.OpenFDs
+			st.Totals.GPUMemoryBytes += info.Stats.GPUMemoryBytes
 		}
 	}
+	h.gpuStatus(&st)
 	return st
 }
 
@@ -658,6 +680,7 @@ func (h *Hive) close() {
 	close(h.stopPrune)
 	<-h.pruneDone
 	h.lstats.close()
+	h.gpu.inv.Close()
 	h.logs.Close()
 	h.client.CloseIdleConnections()
 }

@@ -91,7 +91,7 @@ func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error)
 	o.cur = apiv1.WorkerInfo{
 		ID: spec.ID, Port: port, URL: workerURL(port), ModelRef: spec.ModelRef, ModelPath: spec.ModelPath,
 		Backend: spec.Backend, Device: spec.Device, Profile: spec.ProfileName, Limits: spec.Settings.Limits,
-		Labels: spec.Labels, StartedAt: &now,
+		Labels: spec.Labels, StartedAt: &now, GPUUUID: spec.GPUUUID, Estimate: spec.Estimate,
 	}
 	if o.cur.Labels == nil {
 		o.cur.Labels = map[string]string{}
@@ -275,6 +275,7 @@ func (o *owner) startProcess() error {
 	vars := map[string]string{
 		"port": strconv.Itoa(port), "model": spec.ModelPath, "model_ref": spec.ModelRef,
 		"worker_id": spec.ID, "backend": spec.Backend, "device": strconv.Itoa(spec.Device), "hive_url": spec.HiveURL,
+		"gpu_uuid": spec.GPUUUID,
 	}
 	args := argv.Expand(spec.Argv, vars)
 	if spec.Profile.Protocol == config.ProtocolRbee {

@@ -98,6 +98,12 @@ type Spec struct {
 	// Credential, when not nil, is the user the worker runs as (run_as,
 	// SPEC §14), supplementary groups cleared. Nil: the hive's user.
 	Credential *syscall.Credential
+	// GPUUUID is the GPU a GPU worker was placed on (Device is its index);
+	// empty for a CPU worker. {gpu_uuid} in the argv template.
+	GPUUUID string `json:",omitempty"`
+	// Estimate is the worker's booked memory need (SPEC §11); nil in
+	// records of older hives.
+	Estimate *apiv1.Estimate `json:",omitempty"`
 }
 
 // Observer learns of every change of a worker. Changed is called from the

@@ -486,3 +486,46 @@ func TestUnauthenticatedConnectionsCannotLockOutTheOperator(t *testing.T) {
 		t.Fatalf("%d rejected-token lines for 200 bad requests", n)
 	}
 }
+
+// Item 8: the per-client stream bound was shared by every loopback client,
+// so any local process could lock the operator out of /v1/events. On
+// loopback the bound counts per local user.
+func TestLocalUserCannotTakeTheOperatorsEventStreams(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	curl := func(maxTime string) *exec.Cmd {
+		c := exec.Command("curl", "-sN", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", maxTime, h.URL+"/v1/events")
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+		return c
+	}
+	var streams []*exec.Cmd
+	t.Cleanup(func() {
+		for _, c := range streams {
+			c.Process.Kill()
+			process.WaitCmd(c)
+		}
+	})
+	for i := 0; i < 16; i++ {
+		c := curl("60")
+		if err := process.StartCmd(c); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, c)
+	}
+	// Another user's 17th stream is refused once its 16 are open.
+	if !hivetest.Eventually(t, wait, func() bool {
+		out, _ := process.RunCmd(curl("1"))
+		return strings.TrimSpace(string(out)) == "429"
+	}) {
+		t.Fatal("the local user's 17th stream was not refused")
+	}
+	// The operator (this test's user) still gets its stream.
+	resp, err := http.Get(h.URL + "/v1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("operator's event stream: %d", resp.StatusCode)
+	}
+}

@@ -527,10 +527,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 
 // acquireStream counts a long-lived stream against the client's bound.
 func (s *Server) acquireStream(r *http.Request) (func(), error) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := streamClient(r)
 	s.streamsMu.Lock()
 	defer s.streamsMu.Unlock()
 	if s.streams[host] >= MaxStreamsPerClient {

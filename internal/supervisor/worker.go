@@ -12,9 +12,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
@@ -60,10 +64,30 @@ func (e *SpawnError) Error() string {
 	if len(e.LastLine) > 0 {
 		msg += "; last output:"
 		for _, l := range e.LastLine {
-			msg += "\n  " + l
+			msg += "\n  " + EscapeControl(l)
 		}
 	}
 	return msg
+}
+
+// EscapeControl returns s with its control and format characters (terminal
+// escapes such as OSC 52 or a screen clear, bidi overrides) written as Go
+// escapes (\x1b, \u202e), so a worker's output quoted in a message cannot
+// act on the terminal that shows it (SPEC §14). Tabs stay.
+func EscapeControl(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\t':
+			b.WriteRune(r)
+		case r == utf8.RuneError, unicode.IsControl(r), unicode.Is(unicode.Cf, r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func (e *SpawnError) Unwrap() error { return e.Err }

@@ -224,7 +224,7 @@ func TestBusyWorkerIsNotIdledOutAndIdlesOutFromTheEndOfTheRequest(t *testing.T) 
 
 func TestProbesDoNotCountAsActivity(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	r := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"800ms","health":{"interval":"50ms","timeout":"1s","failure_threshold":3}}`)})
+	r := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"800ms","health":{"interval":"100ms","timeout":"1s","failure_threshold":3}}`)})
 	ready := h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "terminated")
 	after := info.EndedAt.Sub(*ready.ReadyAt)

@@ -74,6 +74,8 @@ func toAPIError(err error) *Error {
 		return errorf(http.StatusInternalServerError, apiv1.CodeSpawnFailed, "%s", se.Error())
 	case errors.Is(err, hive.ErrShuttingDown):
 		return errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "%s", err.Error())
+	case errors.Is(err, hive.ErrTooManyWorkers):
+		return errorf(http.StatusServiceUnavailable, "TOO_MANY_WORKERS", "%s", err.Error())
 	}
 	return errorf(http.StatusInternalServerError, apiv1.CodeInternal, "internal error: %v", err)
 }

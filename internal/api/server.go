@@ -76,6 +76,8 @@ type Server struct {
 
 	streamsMu sync.Mutex
 	streams   map[string]int // open streams per client IP
+
+	rejects rateLog // rejected-token log lines (conns.go)
 }
 
 // New returns the API handler.
@@ -215,9 +217,10 @@ func (s *Server) checkOperator(r *http.Request) error {
 		return err
 	}
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(s.o.Token)) != 1 {
-		s.log.Warn("Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
+	markAuthenticated(r)
 	return nil
 }
 
@@ -540,9 +543,10 @@ func (s *Server) workerAuth(r *http.Request, id string) (*supervisor.Worker, err
 		return nil, err
 	}
 	if !wk.Authorize(tok) {
-		s.log.Warn("Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return nil, unauthorized(apiv1.CodeInvalidAPIKey, "token is not this worker's token")
 	}
+	markAuthenticated(r)
 	return wk, nil
 }
 
@@ -601,10 +605,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 
 // acquireStream counts a long-lived stream against the client's bound.
 func (s *Server) acquireStream(r *http.Request) (func(), error) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := streamClient(r)
 	s.streamsMu.Lock()
 	defer s.streamsMu.Unlock()
 	if s.streams[host] >= MaxStreamsPerClient {

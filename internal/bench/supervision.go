@@ -138,7 +138,8 @@ func (b *Bench) add(base Result, name string, samples []float64, t *Target, note
 // the generic test worker.
 func genericProfile(bin string) string {
 	return fmt.Sprintf("profiles:\n  generic:\n    command: [%q, --port, \"{port}\", --model, \"{model}\"]\n"+
-		"    protocol: http\n    readiness: {path: /health, status: 200}\n    liveness: {path: /health, status: 200}\n", bin)
+		"    protocol: http\n    readiness: {path: /health, status: 200}\n    liveness: {path: /health, status: 200}\n"+
+		"    allow_env: [\"GENERIC_*\"]\n", bin)
 }
 
 // probeReady measures server ready (/health turned 200, stamped by the

@@ -204,6 +204,13 @@ type Profile struct {
 	// the front door (SPEC §6, §10); 0: 1 for the http protocol, the
 	// worker's reported slots_total (at least 1) for rbee.
 	MaxConcurrency int `yaml:"max_concurrency" json:"max_concurrency"`
+	// AllowEnv lists the env names (or prefixes written PREFIX_*) a spawn
+	// request may set for this profile's workers (SPEC §14); empty: none.
+	// No RBEE_ name can be allowed.
+	AllowEnv []string `yaml:"allow_env" json:"allow_env"`
+	// RunAs, when its user is set, replaces the config's run_as for this
+	// profile's workers.
+	RunAs RunAs `yaml:"run_as" json:"run_as"`
 	// GPU makes every worker of this profile a GPU worker (SPEC §11), as
 	// backend cuda does: it gets a device, CUDA_VISIBLE_DEVICES and a VRAM
 	// preflight. Default false.
@@ -217,6 +224,14 @@ type Profile struct {
 	// MemoryBytes, when set, is the memory need of this profile's workers
 	// in bytes (a model entry's or spawn's memory_bytes wins); 0: estimate.
 	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
+}
+
+// RunAs names the user (and group) workers run as (SPEC §14). Empty user:
+// the hive's own user, except that a root hive uses the user "rbee" where
+// it exists. Group empty: the user's primary group.
+type RunAs struct {
+	User  string `yaml:"user" json:"user"`
+	Group string `yaml:"group" json:"group"`
 }
 
 // Ports is the inclusive range workers' ports come from.
@@ -243,10 +258,15 @@ type Config struct {
 	MemoryReserveBytes int64     `yaml:"memory_reserve_bytes" json:"memory_reserve_bytes"` // default 2 GiB; negative disables the preflight
 	ShutdownTimeout    Duration  `yaml:"shutdown_timeout" json:"shutdown_timeout"`         // default 30s
 	Retention          Retention `yaml:"retention" json:"retention"`
-	// AllowEnv lists env variable names that are otherwise refused in a
-	// spawn request because they change how processes load code
-	// (LD_PRELOAD and friends).
-	AllowEnv  []string           `yaml:"allow_env" json:"allow_env"`
+	// MaxWorkers caps live workers (SPEC §14); default 256.
+	MaxWorkers int `yaml:"max_workers" json:"max_workers"`
+	// MaxConnections caps open API connections (SPEC §14); default 1024.
+	MaxConnections int `yaml:"max_connections" json:"max_connections"`
+	// LimitsMax caps every limit a spawn may ask for; 0 in a field: no
+	// ceiling for it. A request can tighten, never loosen (SPEC §14).
+	LimitsMax Limits `yaml:"limits_max" json:"limits_max"`
+	// RunAs is the user workers run as (per profile too).
+	RunAs     RunAs              `yaml:"run_as" json:"run_as"`
 	LogFormat string             `yaml:"log_format" json:"log_format"` // text (default) or json
 	LogLevel  string             `yaml:"log_level" json:"log_level"`   // debug, info (default), warn, error
 	Defaults  Settings           `yaml:"defaults" json:"defaults"`
@@ -352,6 +372,8 @@ func Default() Config {
 		Retention:          Retention{MaxAge: Duration(time.Hour), MaxEntries: 1000},
 		LogFormat:          "text",
 		LogLevel:           "info",
+		MaxWorkers:         256,
+		MaxConnections:     1024,
 		Defaults:           DefaultSettings(),
 		Queue:              Queue{Max: 128, Timeout: Duration(60 * time.Second)},
 		Models: map[string]Model{
@@ -553,6 +575,19 @@ func (c *Config) Validate() error {
 			bad("%v", err)
 		}
 	}
+	if c.MaxWorkers < 1 || c.MaxWorkers > 100000 {
+		bad("max_workers must be 1..100000 (got %d)", c.MaxWorkers)
+	}
+	if c.MaxConnections < 16 || c.MaxConnections > 1<<20 {
+		bad("max_connections must be 16..1048576 (got %d)", c.MaxConnections)
+	}
+	lm := c.LimitsMax
+	if err := (&Settings{Limits: lm}).validateLimits(); err != nil {
+		bad("limits_max: %v", err)
+	}
+	if _, err := ApplyCeilings(c.Defaults.Limits, c.Defaults.Limits, lm); err != nil {
+		bad("defaults.limits: %v", err)
+	}
 	if g := c.GPUInventory; g != "auto" && g != "none" && g != "" && !filepath.IsAbs(g) {
 		bad("gpu_inventory: want auto, none or an absolute path to a JSON file, got %q", g)
 	}
@@ -580,6 +615,16 @@ func (c *Config) Validate() error {
 		}
 		if p.Readiness.MaxInterval < ReadinessFirstInterval || p.Readiness.MaxInterval > maxDuration {
 			bad("profiles.%s.readiness.max_interval %s: want %s to %s", name, p.Readiness.MaxInterval, ReadinessFirstInterval, maxDuration)
+		}
+		for _, a := range p.AllowEnv {
+			if err := CheckAllowEnv(a); err != nil {
+				bad("profiles.%s.allow_env: %v", name, err)
+			}
+		}
+		for k := range p.Env {
+			if strings.HasPrefix(k, "RBEE_") {
+				bad("profiles.%s.env: %s is reserved (every RBEE_ name is the hive's)", name, k)
+			}
 		}
 		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
 			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
@@ -692,8 +737,11 @@ func (s *Settings) Validate() error {
 	if s.Health.Interval > 0 && s.Health.Timeout <= 0 {
 		bad("health.timeout must be positive when health.interval is set")
 	}
-	if s.Heartbeat.Interval <= 0 {
-		bad("heartbeat.interval must be positive")
+	if s.Heartbeat.Interval < MinInterval {
+		bad("heartbeat.interval must be at least %s (got %s)", MinInterval, s.Heartbeat.Interval)
+	}
+	if s.Health.Interval != 0 && s.Health.Interval < MinInterval {
+		bad("health.interval must be 0 (off) or at least %s (got %s)", MinInterval, s.Health.Interval)
 	}
 	if s.Heartbeat.Timeout > 0 && s.Heartbeat.Timeout < s.Heartbeat.Interval {
 		bad("heartbeat.timeout (%s) must be at least heartbeat.interval (%s)", s.Heartbeat.Timeout, s.Heartbeat.Interval)
@@ -718,6 +766,15 @@ func (s *Settings) Validate() error {
 	if s.MemoryBytes < 0 || s.VRAMBytes < 0 {
 		bad("memory_bytes and vram_bytes must not be negative")
 	}
+	if err := s.validateLimits(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Settings) validateLimits() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	l := s.Limits
 	if l.MemoryMaxBytes < 0 || (l.MemoryMaxBytes > 0 && l.MemoryMaxBytes < 4<<20) {
 		bad("limits.memory_max_bytes must be 0 or at least 4 MiB (got %d)", l.MemoryMaxBytes)

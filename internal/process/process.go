@@ -36,6 +36,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -101,6 +102,10 @@ type Spec struct {
 	// program before it runs (like JoinProcs). 0 means inherited (Go's
 	// original soft limit).
 	Nofile uint64
+	// Credential, when not nil, is the user and groups the program runs
+	// as (set after the cgroup joins and the rlimit, before exec). Nil:
+	// this process's own.
+	Credential *syscall.Credential
 }
 
 // usesLauncher reports whether the start needs the exec stop or the shim.
@@ -500,7 +505,11 @@ func Start(spec Spec) (*Proc, error) {
 		defer r.Close()
 		defer w.Close()
 		files = append(files, w)
-		enc, err := encodeLaunch(launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3})
+		lo := launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3}
+		if c := spec.Credential; c != nil {
+			lo.Cred = &launchCred{Uid: c.Uid, Gid: c.Gid, Groups: append([]uint32{}, c.Groups...)}
+		}
+		enc, err := encodeLaunch(lo)
 		if err != nil {
 			return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 		}
@@ -520,10 +529,22 @@ func Start(spec Spec) (*Proc, error) {
 		sys.UseCgroupFD = true
 		sys.CgroupFD = spec.CgroupFD
 	}
+	if spec.Credential != nil && !spec.usesLauncher() {
+		// The launcher shim must stay privileged for its cgroup joins and
+		// rlimit; it drops to the credential itself.
+		sys.Credential = spec.Credential
+	}
 	var pid int
 	// The child is tracked (so a Reaper leaves it to us) from before the
 	// fork until its owner has reaped it: see "Ordering" in reaper.go.
 	beginStart()
+	// The child is forked from this thread and inherits its no_new_privs:
+	// set it here (idempotent, one-way, harmless to the hive, which never
+	// execs anything to gain privileges), so no worker can gain privileges
+	// through a set-user-ID program (SPEC §14). Go offers no SysProcAttr
+	// field for it, and AllThreadsSyscall is unavailable with cgo.
+	runtime.LockOSThread()
+	nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 	err = withFDs(files, nil, func(fds []uintptr) error {
 		var serr error
 		pid, _, serr = syscall.StartProcess(argv0, argv, &syscall.ProcAttr{
@@ -534,10 +555,20 @@ func Start(spec Spec) (*Proc, error) {
 		})
 		return serr
 	})
+	runtime.UnlockOSThread()
 	if err != nil {
 		pid = 0 // no child (Go's fork code reaped a failed one itself)
 	}
 	endStart(pid)
+	if err == nil && nnpErr != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		reap(pid)
+		untrackChild(pid)
+		if pidfd >= 0 {
+			syscall.Close(pidfd)
+		}
+		return nil, fmt.Errorf("process: start %s: set no_new_privs: %w", spec.Path, nnpErr)
+	}
 	if err != nil {
 		if spec.CgroupFD > 0 {
 			return nil, fmt.Errorf("process: start %s (into cgroup fd %d): %w", spec.Path, spec.CgroupFD, err)

@@ -135,6 +135,9 @@ type Reaper struct {
 	done chan struct{} // closed when the goroutine has returned
 
 	closeOnce sync.Once
+
+	escMu  sync.Mutex
+	marker [2]string // key, value: kill escapes carrying it (escaped.go); empty: none
 }
 
 // StartReaper starts a Reaper: one goroutine that, on every SIGCHLD this
@@ -219,6 +222,8 @@ func (r *Reaper) round() (again bool) {
 		again = again || deferred
 		if reaped {
 			r.log.Debug("reaped orphan", "pid", pid, "exit", ex.String())
+		} else if !deferred && r.killIfEscaped(pid) {
+			again = true // reap it soon
 		}
 	}
 	return again

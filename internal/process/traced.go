@@ -50,8 +50,17 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 		sys.UseCgroupFD = true
 		sys.CgroupFD = spec.CgroupFD
 	}
+	// The hive applies the joins and the limit from outside, so the child
+	// may take the worker's credential in the fork itself.
+	sys.Credential = spec.Credential
 	var pid int
 	beginStart()
+	// no_new_privs for the child, as in Start (SPEC §14): it inherits it
+	// from this (locked) thread.
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		endStart(0)
+		return nil, fmt.Errorf("process: start %s: set no_new_privs: %w", spec.Path, err)
+	}
 	err := withFDs(files, nil, func(fds []uintptr) error {
 		var serr error
 		pid, _, serr = syscall.StartProcess(spec.Path, argv, &syscall.ProcAttr{

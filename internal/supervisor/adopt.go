@@ -163,6 +163,14 @@ func verify(d Deps, rec *Record) (*process.Proc, *cgroup.Group, string) {
 		return nil, nil, "cannot verify the process: " + err.Error()
 	}
 	if !rec.Cgroup || !usable(d.Cgroups) {
+		// Without the worker's cgroup as proof, the process must carry the
+		// hive's marker (SPEC §7): a record with the right start time of an
+		// unrelated process must not get that process adopted (and later
+		// killed).
+		if rec.Spec.Marker == "" || !process.HasEnv(pid, "RBEE_HIVE_MARKER", rec.Spec.Marker) {
+			p.Close()
+			return nil, nil, fmt.Sprintf("PID %d does not carry this hive's marker: another process (left untouched)", pid)
+		}
 		return p, nil, ""
 	}
 	g, err := d.Cgroups.Open(rec.Info.ID)

@@ -341,7 +341,7 @@ func (o *owner) startProcess() error {
 	defer out.Close()
 	p, err := process.Start(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
-		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile,
+		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,
 	})
 	if err != nil {
 		o.removeCgroup()
@@ -541,6 +541,9 @@ func (o *owner) release() {
 
 // detach lets go of a live worker without touching its process.
 func (o *owner) detach() {
+	// A Start still waiting out the first start grace gets its answer now:
+	// the process is running and handed over (its timer stops below).
+	o.endGrace(nil)
 	o.stopLifecycleTimers()
 	o.stopT.stop()
 	o.log.Info("Leaving worker running", "pid", o.cur.PID, "state", o.cur.State)

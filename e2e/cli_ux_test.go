@@ -289,8 +289,10 @@ func TestCLIEscapesWorkerOutput(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, `bye\x1b[2J`) || strings.Contains(r.err, "\x1b") {
 		t.Fatalf("SPAWN_FAILED: %s", r)
 	}
+	// The hive itself escapes worker output quoted in an error message
+	// (SPEC §14), so --raw (which leaves log bytes alone) shows it escaped too.
 	r = cli(t, h, "worker", "spawn", h.Ref, "--profile", "dying", "--raw")
-	if r.code != 1 || !strings.Contains(r.err, "bye\x1b[2J") {
+	if r.code != 1 || !strings.Contains(r.err, `bye\x1b[2J`) || strings.Contains(r.err, "\x1b") {
 		t.Fatalf("SPAWN_FAILED --raw: %s", r)
 	}
 	r = cli(t, h, "worker", "spawn", h.Ref, "--profile", "noisy", "-o", "json")

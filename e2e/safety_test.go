@@ -532,3 +532,36 @@ func TestLocalUserCannotTakeTheOperatorsEventStreams(t *testing.T) {
 		t.Fatalf("operator's event stream: %d", resp.StatusCode)
 	}
 }
+
+// Connections that never send a request held every slot (for up to
+// ReadHeaderTimeout each), so a token holder arriving then was refused at
+// accept. At max_connections the oldest unauthenticated connection is
+// closed to admit the new one.
+func TestSilentConnectionsCannotLockOutTheOperator(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken}, Config: "max_connections: 16\n"})
+	op := client.New(h.URL, opToken)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 16; i++ {
+		c, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// Every slot is taken by a connection that sends nothing; each
+	// request below comes on a new connection.
+	op.HTTP = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := op.List(ctx, false)
+		cancel()
+		if err != nil {
+			t.Fatalf("operator request %d locked out: %v", i, err)
+		}
+	}
+}

@@ -159,7 +159,7 @@ func TestHungHealthIsStoppedAndFailed(t *testing.T) {
 	// No heartbeats after ready: fresh healthy heartbeats would stand in
 	// for the probes (SPEC §3), and this test is about the probes.
 	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1", "LLMW_FAKE_NO_HEARTBEAT": "1"},
-		Settings: settings(`{"health":{"interval":"200ms","timeout":"100ms","failure_threshold":3},"heartbeat":{"interval":"50ms","timeout":"0s"}}`)})
+		Settings: settings(`{"health":{"interval":"200ms","timeout":"100ms","failure_threshold":3},"heartbeat":{"interval":"100ms","timeout":"0s"}}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "failed")
 	if info.Reason != "health_check_failed" || info.FailedHealthChecks < 3 {

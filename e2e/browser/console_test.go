@@ -120,6 +120,12 @@ func TestConsoleShowsSpawnedWorkerAndStopsIt(t *testing.T) {
 	b.click(rowSel(r.WorkerID) + ` button[data-act="stop"]`)
 	b.waitJS(2*time.Second, "the confirmation", `document.querySelector('#confirm').open`)
 	b.click(`#confirm-ok`)
+	b.waitJS(2*time.Second, "the confirmation to close", `!document.querySelector('#confirm').open`)
+	// The page reports the API's answer to the stop.
+	b.waitJS(10*time.Second, "the page's report of the stop", `document.querySelector('#msg').textContent.startsWith('stop')`)
+	if msg := b.text(`#msg`); strings.Contains(msg, "failed") {
+		t.Fatalf("the stop failed: %q", msg)
+	}
 	info := h.WaitState(r.WorkerID, 20*time.Second, "terminated")
 	if info.Reason != "stopped" {
 		t.Errorf("reason %q, want stopped", info.Reason)

@@ -18,8 +18,9 @@ const IdleUnauthenticated = 10 * time.Second
 // fewer than a reserve (max/8, at least 8) are left, a new connection is on
 // probation — it is closed after its first request unless that request
 // authenticated (an operator or worker token), so unauthenticated clients
-// cannot take the last slots; an idle connection that has not
-// authenticated is closed after IdleUnauthenticated. Wire it with
+// cannot take the last slots; when none is left, the oldest connection that
+// has not authenticated is closed to admit the new one; an idle connection
+// that has not authenticated is closed after IdleUnauthenticated. Wire it with
 // Listener, ConnContext and ConnState. Safe for concurrent use.
 type Conns struct {
 	max, reserve int
@@ -33,6 +34,7 @@ type Conns struct {
 type connInfo struct {
 	authed    atomic.Bool
 	probation bool
+	since     time.Time   // accepted at
 	timer     *time.Timer // closes the idle unauthenticated connection
 }
 
@@ -65,17 +67,47 @@ func (l *connsListener) Accept() (net.Conn, error) {
 		}
 		c := l.c
 		c.mu.Lock()
-		n := len(c.open)
-		if n >= c.max {
-			c.mu.Unlock()
-			conn.Close()
-			c.refused.warn(c.log, "Refused a connection: max_connections reached", "max_connections", c.max)
-			continue
+		if len(c.open) >= c.max {
+			// Full: make room by closing the oldest connection that has
+			// not authenticated (probation ones first), so anonymous
+			// clients can never keep a token holder out; refuse the new
+			// one only when every open connection has authenticated.
+			victim := c.victimLocked()
+			if victim == nil {
+				c.mu.Unlock()
+				conn.Close()
+				c.refused.warn(c.log, "Refused a connection: max_connections reached", "max_connections", c.max)
+				continue
+			}
+			if ci := c.open[victim]; ci.timer != nil {
+				ci.timer.Stop()
+			}
+			delete(c.open, victim)
+			victim.Close()
+			c.refused.warn(c.log, "Closed an unauthenticated connection: max_connections reached", "max_connections", c.max)
 		}
-		c.open[conn] = &connInfo{probation: n >= c.max-c.reserve}
+		c.open[conn] = &connInfo{probation: len(c.open) >= c.max-c.reserve, since: time.Now()}
 		c.mu.Unlock()
 		return conn, nil
 	}
+}
+
+// victimLocked returns the connection to close to make room for a new
+// one: the oldest on probation, else the oldest that has not
+// authenticated; nil when every one has. c.mu is held.
+func (c *Conns) victimLocked() net.Conn {
+	var best net.Conn
+	var bi *connInfo
+	for conn, ci := range c.open {
+		if ci.authed.Load() {
+			continue
+		}
+		if bi == nil || (ci.probation && !bi.probation) ||
+			(ci.probation == bi.probation && ci.since.Before(bi.since)) {
+			best, bi = conn, ci
+		}
+	}
+	return best
 }
 
 // ConnContext is http.Server.ConnContext: it lets a handler mark its

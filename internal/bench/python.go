@@ -54,7 +54,7 @@ func WritePyWorker(dir string) (string, error) {
 // worker.
 func PyProfile(python, script string) string {
 	return fmt.Sprintf("profiles:\n  py:\n    command: [%q, %q, --port, \"{port}\"]\n"+
-		"    protocol: http\n    readiness: {path: /health, status: 200}\n    liveness: {path: /health, status: 200}\n", python, script)
+		"    protocol: http\n    readiness: {path: /health, status: 200}\n    liveness: {path: /health, status: 200}\n    allow_env: [\"PYW_*\"]\n", python, script)
 }
 
 // pyEnv is the environment of a directly exec'd worker: what the hive gives

@@ -20,8 +20,8 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/cgroup"
-	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/cluster"
+	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/metrics"

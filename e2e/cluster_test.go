@@ -199,6 +199,33 @@ func TestClusterQueenRoutesAcrossHivesAndDropsDeadOnes(t *testing.T) {
 		}
 	}
 
+	// A hive whose address refuses connections (registered, but its
+	// front door is gone) ranks first (a free worker, name order): the
+	// request fails before any byte there and is retried on a real hive.
+	dead := hivetest.FreeRange(t, 1)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, cluster.HiveKey("/e2e/", "0dead"), fmt.Sprintf(`{"node":"0dead","url":"http://127.0.0.1:%d","models":["shared"],"capacity":{"memory_free":1099511627776}}`, dead)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, cluster.WorkerKey("/e2e/", "0dead", "w"), `{"id":"w","model":"shared","state":"idle","in_flight":0,"max_concurrency":1}`); err != nil {
+		t.Fatal(err)
+	}
+	if !hivetest.Eventually(t, 5*time.Second, func() bool { return strings.HasPrefix(nodesOf(q.cluster()), "0dead,") }) {
+		t.Fatal("the fake hive did not reach the view")
+	}
+	if code, node, body := q.chat("shared"); code != 200 || node != first {
+		t.Errorf("shared with a dead hive ranked first: %d from %q (want the retry on %s): %s", code, node, first, body)
+	}
+	if !strings.Contains(q.out.String(), "node=0dead") {
+		t.Errorf("the queen did not try the dead hive first:\n%s", q.out.String())
+	}
+	if _, err := cli.Delete(ctx, cluster.HiveKey("/e2e/", "0dead")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, cluster.WorkerKey("/e2e/", "0dead", "w")); err != nil {
+		t.Fatal(err)
+	}
+
 	// SIGKILL hive B: within lease_ttl + 1 s the queen no longer routes
 	// to it; its model is then not found; shared goes to A or C.
 	b.Kill9()

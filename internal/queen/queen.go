@@ -40,6 +40,9 @@ type Queen struct {
 
 // New returns a queen over view. open: no client auth (dev mode).
 func New(cfg Config, view *cluster.View, log *slog.Logger, open bool) *Queen {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -352,6 +355,9 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	open := len(cfg.InferenceTokens) == 0
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

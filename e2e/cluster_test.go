@@ -124,15 +124,21 @@ func (q *testQueen) chat(model string) (int, string, []byte) {
 // clusterHive starts a hive registered as node; extra is more models: YAML.
 func clusterHive(t *testing.T, etcd, node, gen, extra string) (*hivetest.Hive, hivetest.Options) {
 	o := hivetest.Options{Config: "profiles:\n" + gen +
-		"models:\n  shared:\n    model_ref: file:tiny.gguf\n    profile: gen\n    idle_timeout: 5m\n" + extra +
+		"models:\n  shared:\n    model_ref: file:cluster.gguf\n    profile: gen\n    idle_timeout: 5m\n" + extra +
 		fmt.Sprintf("cluster: {etcd: [%s], node: %s, lease_ttl: 2s, prefix: /e2e/}\n", etcd, node)}
-	return hivetest.Start(t, o), o
+	h := hivetest.Start(t, o)
+	// The models name the harness's model file by a name of their own
+	// (resolved at the first cold start, after this).
+	if err := os.Link(h.Model, filepath.Join(h.Models, "cluster.gguf")); err != nil {
+		t.Fatal(err)
+	}
+	return h, o
 }
 
 func TestClusterQueenRoutesAcrossHivesAndDropsDeadOnes(t *testing.T) {
 	et := etcdtest.Start(t)
 	gen := genericProfile(t, "gen", nil)
-	only := "  bonly:\n    model_ref: file:tiny.gguf\n    profile: gen\n    idle_timeout: 5m\n"
+	only := "  bonly:\n    model_ref: file:cluster.gguf\n    profile: gen\n    idle_timeout: 5m\n"
 	a, _ := clusterHive(t, et.Endpoint, "a", gen, "")
 	b, bo := clusterHive(t, et.Endpoint, "b", gen, only)
 	c, _ := clusterHive(t, et.Endpoint, "c", gen, "")

@@ -92,15 +92,19 @@ func TestCLITables(t *testing.T) {
 		t.Fatalf("events did not connect: %q", errBuf.String())
 	}
 	h.Client.Stop(context.Background(), r.WorkerID)
+	r2 := h.MustSpawn(apiv1.SpawnRequest{})
 	ok := hivetest.Eventually(t, wait, func() bool {
-		return strings.Contains(buf.String(), r.WorkerID+"  stopping → terminated (stopped)")
+		return strings.Contains(buf.String(), r.WorkerID+"  stopping → terminated (stopped)") &&
+			strings.Contains(buf.String(), r2.WorkerID+"  spawning\n") && strings.Contains(buf.String(), r2.WorkerID+"  spawning → loading  pid ")
 	})
 	cmd.Process.Signal(os.Interrupt)
 	process.WaitCmd(cmd)
 	if !ok {
 		t.Fatalf("events output: %q", buf.String())
 	}
-	if !strings.Contains(buf.String(), "idle → stopping (stopped)") {
+	// Regression: the first event of a worker read "→ spawning  pid 0".
+	if !strings.Contains(buf.String(), "idle → stopping (stopped)") || strings.Contains(buf.String(), "pid 0") ||
+		strings.Contains(buf.String(), "  → ") {
 		t.Fatalf("events output: %q", buf.String())
 	}
 }

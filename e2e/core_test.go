@@ -263,7 +263,7 @@ func TestTwentyConcurrentSpawnsGetDistinctPortsAndAllBecomeIdle(t *testing.T) {
 }
 
 func TestValidationErrorsNameTheField(t *testing.T) {
-	h := hivetest.Start(t, hivetest.Options{Config: "allow_env: [PYTHONPATH]\n"})
+	h := hivetest.Start(t, hivetest.Options{})
 	outside := filepath.Join(t.TempDir(), "outside.gguf")
 	os.WriteFile(outside, []byte("x"), 0o600)
 	link := filepath.Join(h.Models, "escape.gguf")
@@ -288,7 +288,9 @@ func TestValidationErrorsNameTheField(t *testing.T) {
 		{"backend too long", `{"model_ref":"file:` + h.Model + `","backend":"` + strings.Repeat("b", 65) + `"}`, 400, "INVALID_BACKEND"},
 		{"device", `{"model_ref":"file:` + h.Model + `","device":-1}`, 400, "INVALID_DEVICE"},
 		{"env key", `{"model_ref":"file:` + h.Model + `","env":{"lower":"x"}}`, 400, "INVALID_ENV"},
-		{"env LD_PRELOAD", `{"model_ref":"file:` + h.Model + `","env":{"LD_PRELOAD":"/tmp/x.so"}}`, 400, "INVALID_ENV"},
+		{"env LD_PRELOAD", `{"model_ref":"file:` + h.Model + `","env":{"LD_PRELOAD":"/tmp/x.so"}}`, 400, "ENV_NOT_ALLOWED"},
+		{"env RBEE_ name", `{"model_ref":"file:` + h.Model + `","env":{"RBEE_BENCH_READY_STAMP":"/x"}}`, 400, "ENV_NOT_ALLOWED"},
+		{"backend option", `{"model_ref":"file:` + h.Model + `","backend":"--evil-flag"}`, 400, "INVALID_BACKEND"},
 		{"env NUL", `{"model_ref":"file:` + h.Model + `","env":{"A":"x\u0000y"}}`, 400, "INVALID_ENV"},
 		{"labels", `{"model_ref":"file:` + h.Model + `","labels":{"bad key":"x"}}`, 400, "INVALID_LABELS"},
 		{"settings unknown", `{"model_ref":"file:` + h.Model + `","settings":{"nope":1}}`, 400, "INVALID_SETTINGS"},
@@ -317,8 +319,9 @@ func TestValidationErrorsNameTheField(t *testing.T) {
 			}
 		})
 	}
-	// allow_env lets a denied variable through.
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"PYTHONPATH": "/x"}})
+	// The profile's allow_env (LLMW_FAKE_* in the test profile) lets a
+	// listed variable through.
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_LOAD_MS": "1"}})
 	h.WaitState(r.WorkerID, wait, "idle")
 	// Oversized bodies are 413.
 	big := `{"model_ref":"file:` + h.Model + `","labels":{"a":"` + strings.Repeat("x", 2<<20) + `"}}`
@@ -597,8 +600,8 @@ func TestCLIJSONOutput(t *testing.T) {
 		t.Fatalf("status: %v %s", err, out)
 	}
 	out, err = runCLI(t, h, "worker", "stop", w.ID, "--output", "json")
-	var sr apiv1.StateResponse
-	if err != nil || json.Unmarshal([]byte(out), &sr) != nil || sr.WorkerID != w.ID {
+	var sr apiv1.WorkerInfo // one JSON shape per worker, whatever the command
+	if err != nil || json.Unmarshal([]byte(out), &sr) != nil || sr.ID != w.ID {
 		t.Fatalf("stop: %v %s", err, out)
 	}
 	h.WaitState(w.ID, wait, "terminated")

@@ -314,7 +314,7 @@ func TestWorkerTokensAreScopedToTheirWorker(t *testing.T) {
 		}
 		return r
 	}
-	a, b := spawn(map[string]string{"ODD_VALUE": odd}), spawn(nil)
+	a, b := spawn(map[string]string{"LLMW_FAKE_ODD_VALUE": odd}), spawn(nil)
 	tokA, tokB := workerToken(t, a.PID), workerToken(t, b.PID)
 	if tokA == tokB || len(tokA) < 32 {
 		t.Fatalf("worker tokens not distinct and long: %d chars", len(tokA))
@@ -374,7 +374,7 @@ func TestWorkerTokensAreScopedToTheirWorker(t *testing.T) {
 	}
 	// Request env reaches the worker verbatim, as one variable: no shell.
 	environ, _ := os.ReadFile("/proc/" + strconv.Itoa(a.PID) + "/environ")
-	if !bytes.Contains(environ, []byte("\x00ODD_VALUE="+odd+"\x00")) {
+	if !bytes.Contains(environ, []byte("\x00LLMW_FAKE_ODD_VALUE="+odd+"\x00")) {
 		t.Fatal("env value did not reach the worker verbatim")
 	}
 	// A token is per incarnation: after a restart the old one is dead.

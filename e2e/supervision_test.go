@@ -156,8 +156,10 @@ func TestGrandchildHoldingPipesIsKilledOnStop(t *testing.T) {
 
 func TestHungHealthIsStoppedAndFailed(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{Settings: "  restart: {policy: never}\n"})
-	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1"},
-		Settings: settings(`{"health":{"interval":"200ms","timeout":"100ms","failure_threshold":3}}`)})
+	// No heartbeats after ready: fresh healthy heartbeats would stand in
+	// for the probes (SPEC §3), and this test is about the probes.
+	r := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1", "LLMW_FAKE_NO_HEARTBEAT": "1"},
+		Settings: settings(`{"health":{"interval":"200ms","timeout":"100ms","failure_threshold":3},"heartbeat":{"interval":"50ms","timeout":"0s"}}`)})
 	h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "failed")
 	if info.Reason != "health_check_failed" || info.FailedHealthChecks < 3 {
@@ -222,7 +224,7 @@ func TestBusyWorkerIsNotIdledOutAndIdlesOutFromTheEndOfTheRequest(t *testing.T) 
 
 func TestProbesDoNotCountAsActivity(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	r := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"800ms","health":{"interval":"50ms","timeout":"1s","failure_threshold":3}}`)})
+	r := h.MustSpawn(apiv1.SpawnRequest{Settings: settings(`{"idle_timeout":"800ms","health":{"interval":"100ms","timeout":"1s","failure_threshold":3}}`)})
 	ready := h.WaitState(r.WorkerID, wait, "idle")
 	info := h.WaitState(r.WorkerID, wait, "terminated")
 	after := info.EndedAt.Sub(*ready.ReadyAt)

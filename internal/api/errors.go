@@ -11,6 +11,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
+	"github.com/rbee/rbee-hive/internal/gpu"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/ports"
@@ -43,6 +44,7 @@ func toAPIError(err error) *Error {
 	var se *supervisor.SpawnError
 	var ime *models.InsufficientMemoryError
 	var fe *frontdoor.Error
+	var ive *gpu.InsufficientVRAMError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -58,6 +60,8 @@ func toAPIError(err error) *Error {
 		return errorf(me.Status, me.Code, "%s", me.Message)
 	case errors.As(err, &ime):
 		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientMemory, "%s", ime.Error())
+	case errors.As(err, &ive):
+		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientVRAM, "%s", ive.Error())
 	case errors.Is(err, cgroup.ErrLimitsUnsupported):
 		return errorf(http.StatusUnprocessableEntity, apiv1.CodeLimitsUnsupported, "%s", err.Error())
 	case errors.Is(err, ports.ErrExhausted):
@@ -70,6 +74,8 @@ func toAPIError(err error) *Error {
 		return errorf(http.StatusInternalServerError, apiv1.CodeSpawnFailed, "%s", se.Error())
 	case errors.Is(err, hive.ErrShuttingDown):
 		return errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "%s", err.Error())
+	case errors.Is(err, hive.ErrTooManyWorkers):
+		return errorf(http.StatusServiceUnavailable, "TOO_MANY_WORKERS", "%s", err.Error())
 	}
 	return errorf(http.StatusInternalServerError, apiv1.CodeInternal, "internal error: %v", err)
 }

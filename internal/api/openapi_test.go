@@ -236,8 +236,8 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	doc := loadDoc(t)
 	gw := hivetest.GenericWorker(t)
 	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + token},
-		Config: "allow_env: [LLMW_FAKE_NEVER_READY]\nprofiles:\n  gen:\n    command: [" + gw + `, --port, "{port}", --model, "{model}"]` +
-			"\nmodels:\n  m1: {model_ref: file:tiny.gguf, profile: gen}\n"})
+		Config: "profiles:\n  gen:\n    command: [" + gw + `, --port, "{port}", --model, "{model}"]` +
+			"\nmodels:\n  m1: {model_ref: file:stories260K.gguf, profile: gen}\n"})
 	doc.Servers = openapi3.Servers{{URL: h.URL}}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {

@@ -150,12 +150,94 @@ func TestBrowserRequestsAreRefused(t *testing.T) {
 		t.Fatalf("with a token any Host is fine: %d", w.Code)
 	}
 	for _, e := range []*testEnv{dev, op} {
-		for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:9200"} {
+		for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:9201", "http://localhost:9200"} {
 			w := e.do("POST", "/v1/workers/spawn", strings.NewReader(`{}`), http.Header{"Origin": {origin}, "Authorization": {auth}})
 			if d := errorShape(t, w.Code, w.Body.Bytes()); w.Code != 403 || d.Code != apiv1.CodeForbidden {
 				t.Fatalf("Origin %q: %d %s", origin, w.Code, d.Code)
 			}
 		}
+	}
+}
+
+// The browser guard admits a request whose Origin is the hive's own (the
+// web console) and only those: scheme, host and port equal to where the
+// request was sent; dev mode still checks the Host against rebinding.
+func TestBrowserGuardAdmitsOnlyTheHivesOwnOrigin(t *testing.T) {
+	dev := newEnv(t, "", nil)
+	op := newEnv(t, testToken, nil)
+	auth := http.Header{"Authorization": {"Bearer " + testToken}}
+	cases := []struct {
+		host, origin string
+		dev, op      int // status in dev mode and with a token
+	}{
+		{"127.0.0.1:9200", "http://127.0.0.1:9200", 200, 200},
+		{"localhost:9200", "http://LocalHost:9200", 200, 200},
+		{"[::1]:9200", "http://[::1]:9200", 200, 200},
+		{"localhost", "http://localhost", 200, 200},
+		{"localhost:80", "http://localhost", 200, 200},
+		{"localhost", "http://localhost:80", 200, 200},
+		{"hive.example:9200", "http://hive.example:9200", 403, 200}, // dev mode: not loopback (rebinding)
+		{"127.0.0.1:9200", "https://127.0.0.1:9200", 403, 403},      // other scheme
+		{"127.0.0.1:9200", "http://127.0.0.1:9201", 403, 403},       // other port
+		{"127.0.0.1:9200", "http://127.0.0.1", 403, 403},            // default port 80
+		{"127.0.0.1:9200", "http://localhost:9200", 403, 403},       // other host name, same address
+		{"127.0.0.1:9200", "http://evil.example", 403, 403},
+		{"127.0.0.1:9200", "null", 403, 403},
+		{"127.0.0.1:9200", "", 403, 403},
+		{"127.0.0.1:9200", "http://", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:9200/", 403, 403},
+		{"127.0.0.1:9200", "http://user@127.0.0.1:9200", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:9200.evil.example", 403, 403},
+		{"127.0.0.1:9200", "http://127.0.0.1:+9200", 403, 403},
+		{"127.0.0.1:9200", "127.0.0.1:9200", 403, 403},
+		{"hive.example:9200", "http://evil.example:9200", 403, 403},
+	}
+	for _, c := range cases {
+		for _, m := range []struct {
+			e    *testEnv
+			want int
+		}{{dev, c.dev}, {op, c.op}} {
+			hdr := http.Header{"Host": {c.host}, "Origin": {c.origin}, "Authorization": auth["Authorization"]}
+			w := m.e.do("GET", "/v1/workers/list", nil, hdr)
+			if w.Code != m.want {
+				t.Errorf("Host %q Origin %q (token %v): %d %s, want %d", c.host, c.origin, m.e == op, w.Code, w.Body, m.want)
+			}
+			if w.Code == 403 {
+				errorShape(t, w.Code, w.Body.Bytes())
+			}
+		}
+	}
+	// Two Origin headers: refused even if one is right.
+	w := op.do("GET", "/v1/workers/list", nil, http.Header{"Origin": {"http://127.0.0.1:9200", "http://evil.example"}, "Authorization": auth["Authorization"]})
+	if w.Code != 403 {
+		t.Fatalf("two Origin headers: %d", w.Code)
+	}
+	// Requests a browser marks as coming from another origin, without an
+	// Origin (markup such as <img src>), are refused; navigations to the
+	// console are not, nor are requests from the console itself.
+	for _, c := range []struct {
+		path, site, mode string
+		want             int
+	}{
+		{"/v1/workers/list", "cross-site", "no-cors", 403},
+		{"/v1/workers/list", "same-site", "no-cors", 403},
+		{"/v1/events", "cross-site", "no-cors", 403},
+		{"/v1/workers/list", "cross-site", "navigate", 403},
+		{"/v1/workers/list", "same-origin", "cors", 200},
+		{"/v1/workers/list", "none", "navigate", 200},
+		{"/ui/", "cross-site", "navigate", 200},
+		{"/ui/console.js", "cross-site", "no-cors", 403},
+		{"/ui/", "same-origin", "navigate", 200},
+	} {
+		hdr := http.Header{"Sec-Fetch-Site": {c.site}, "Sec-Fetch-Mode": {c.mode}, "Authorization": auth["Authorization"]}
+		if w := op.do("GET", c.path, nil, hdr); w.Code != c.want {
+			t.Errorf("GET %s, Sec-Fetch-Site %s, mode %s: %d, want %d", c.path, c.site, c.mode, w.Code, c.want)
+		}
+	}
+	// Same origin still needs the token.
+	w = op.do("GET", "/v1/workers/list", nil, http.Header{"Origin": {"http://127.0.0.1:9200"}})
+	if w.Code != 401 {
+		t.Fatalf("same origin without a token: %d", w.Code)
 	}
 }
 
@@ -232,10 +314,10 @@ func TestSpawnValidationRules(t *testing.T) {
 		{"backend shell", `{` + ref + `,"backend":"cpu;reboot"}`, 400, "INVALID_BACKEND"},
 		{"device too large", `{` + ref + `,"device":1024}`, 400, "INVALID_DEVICE"},
 		{"device huge", `{` + ref + `,"device":1e30}`, 400, "INVALID_REQUEST"},
-		{"env reserved", `{` + ref + `,"env":{"RBEE_WORKER_TOKEN":"x"}}`, 400, "INVALID_ENV"},
-		{"env operator token", `{` + ref + `,"env":{"RBEE_API_TOKEN":"x"}}`, 400, "INVALID_ENV"},
-		{"env LD_LIBRARY_PATH", `{` + ref + `,"env":{"LD_LIBRARY_PATH":"/tmp"}}`, 400, "INVALID_ENV"},
-		{"env CUDA injection", `{` + ref + `,"env":{"CUDA_INJECTION64_PATH":"/tmp/x.so"}}`, 400, "INVALID_ENV"},
+		{"env reserved", `{` + ref + `,"env":{"RBEE_WORKER_TOKEN":"x"}}`, 400, "ENV_NOT_ALLOWED"},
+		{"env operator token", `{` + ref + `,"env":{"RBEE_API_TOKEN":"x"}}`, 400, "ENV_NOT_ALLOWED"},
+		{"env LD_LIBRARY_PATH", `{` + ref + `,"env":{"LD_LIBRARY_PATH":"/tmp"}}`, 400, "ENV_NOT_ALLOWED"},
+		{"env CUDA injection", `{` + ref + `,"env":{"CUDA_INJECTION64_PATH":"/tmp/x.so"}}`, 400, "ENV_NOT_ALLOWED"},
 		{"env value too long", `{` + ref + `,"env":{"A":"` + strings.Repeat("v", 33<<10) + `"}}`, 400, "INVALID_ENV"},
 		{"env value not a string", `{` + ref + `,"env":{"A":1}}`, 400, "INVALID_REQUEST"},
 		{"labels too many", `{` + ref + `,"labels":{` + strings.Join(labels33, ",") + `}}`, 400, "INVALID_LABELS"},
@@ -409,5 +491,29 @@ func TestDecodeRefusesStrayClosingDelimiter(t *testing.T) {
 	// Trailing white space is fine.
 	if w := e.do("POST", "/v1/workers/spawn", strings.NewReader("{\"model_ref\":\"hf:a\"}\n\t "), nil); w.Code != 404 {
 		t.Fatalf("trailing blanks: %d %s", w.Code, w.Body)
+	}
+}
+
+// The console is mounted at /ui/, public (it holds no data; the API calls it
+// makes need the token), with its security headers; only GET reaches it.
+func TestConsoleIsMountedAtUI(t *testing.T) {
+	e := newEnv(t, testToken, nil)
+	w := e.do("GET", "/ui/", nil, nil)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), "console.js") {
+		t.Fatalf("GET /ui/: %d %s", w.Code, w.Body)
+	}
+	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Fatalf("GET /ui/: CSP %q", csp)
+	}
+	if w := e.do("GET", "/ui", nil, nil); w.Code != 301 || w.Header().Get("Location") != "/ui/" {
+		t.Fatalf("GET /ui: %d %q", w.Code, w.Header().Get("Location"))
+	}
+	if w := e.do("POST", "/ui/", strings.NewReader("x"), nil); w.Code != 405 {
+		t.Fatalf("POST /ui/: %d", w.Code)
+	}
+	// Dev mode answers a rebound host name for the page as for the API.
+	dev := newEnv(t, "", nil)
+	if w := dev.do("GET", "/ui/", nil, http.Header{"Host": {"evil.example"}}); w.Code != 403 {
+		t.Fatalf("dev mode, GET /ui/ with a foreign Host: %d", w.Code)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/console"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/models"
@@ -75,6 +76,8 @@ type Server struct {
 
 	streamsMu sync.Mutex
 	streams   map[string]int // open streams per client IP
+
+	rejects rateLog // rejected-token log lines (conns.go)
 }
 
 // New returns the API handler.
@@ -108,6 +111,11 @@ func New(o Options) *Server {
 	s.handle("POST /v1/embeddings", inf(s.infer))
 	s.handle("POST /v1/workers/ready", wk(s.ready))
 	s.handle("POST /v1/heartbeat", wk(s.heartbeat))
+	// The web console (SPEC §13): static pages, public; what they show
+	// comes from the operator routes above.
+	ui := console.Handler()
+	s.mux.Handle("GET "+console.Prefix, ui)
+	s.mux.Handle("GET /ui", ui)
 	s.handle("/", pub(s.noRoute))
 	return s
 }
@@ -209,33 +217,93 @@ func (s *Server) checkOperator(r *http.Request) error {
 		return err
 	}
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(s.o.Token)) != 1 {
-		s.log.Warn("Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected operator token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
+	markAuthenticated(r)
 	return nil
 }
 
-// checkBrowser refuses what a web browser sends on behalf of a page, so
-// that a page the operator visits cannot drive the hive (cross-site request
-// forgery) nor read it through DNS rebinding:
+// checkBrowser refuses what a web browser sends on behalf of a page of
+// another site, so that a page the operator visits cannot drive the hive
+// (cross-site request forgery) nor read it through DNS rebinding:
 //
-//  1. any request with an Origin header: browsers send it on cross-origin
-//     requests and on every POST/DELETE, and no client of the hive (the CLI,
-//     the Go client, workers) does; the hive serves no pages of its own;
+//  1. a request whose Origin header is not the hive's own: browsers send
+//     Origin on cross-origin requests and on every POST/DELETE, and no other
+//     client of the hive (the CLI, the Go client, workers) sends one. The
+//     hive's own origin is the scheme it is served over plus the Host the
+//     request came to (the web console at /ui/ calls the API from there);
+//     "null", a malformed Origin, or any other scheme, host or port is
+//     refused;
 //  2. in dev mode (no operator token) a Host that is not a loopback name or
 //     address: a rebound DNS name reaches 127.0.0.1 with the attacker's
-//     host name.
+//     host name (and its page would then be same-origin by rule 1);
+//  3. a request a browser marks as coming from another origin
+//     (Sec-Fetch-Site other than same-origin or none) although it carries
+//     no Origin, except a navigation to the console's pages.
 //
-// Both are 403 FORBIDDEN.
+// All are 403 FORBIDDEN. With a token, a rebound page is same-origin but
+// holds no token: the console keeps it in the tab's sessionStorage, which
+// is per origin, and the hive sets no cookies.
 func (s *Server) checkBrowser(r *http.Request) error {
-	if r.Header.Get("Origin") != "" {
-		return errorf(http.StatusForbidden, apiv1.CodeForbidden, "requests from web pages (with an Origin header) are refused")
-	}
 	if s.o.Token == "" && !loopbackHost(r.Host) {
 		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
 			"dev mode (no API token) answers only requests addressed to a loopback host, not %q", clip(r.Host))
 	}
+	if vals := r.Header.Values("Origin"); len(vals) > 0 && (len(vals) > 1 || !sameOrigin(vals[0], r)) {
+		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
+			"requests from web pages of another origin are refused (Origin %q is not this hive's)", clip(vals[0]))
+	}
+	// A browser sends no Origin on a GET that a page of another site makes
+	// through markup (<img>, <script>, <link>), but it does say where the
+	// request comes from: refuse those too (they could hold event streams
+	// open against the per-client bound). Typing the console's address, or
+	// following a link to it, stays possible (navigations to /ui/).
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" &&
+		!(strings.HasPrefix(r.URL.Path, "/ui") && r.Header.Get("Sec-Fetch-Mode") == "navigate") {
+		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
+			"requests from web pages of another origin are refused (Sec-Fetch-Site: %s)", clip(site))
+	}
 	return nil
+}
+
+// sameOrigin reports whether origin (an Origin header) is the origin r was
+// sent to: the same scheme (https where the connection is TLS, else http)
+// and the same host and port as r.Host, default ports made explicit and
+// host names compared without case.
+func sameOrigin(origin string, r *http.Request) bool {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	rest, ok := strings.CutPrefix(origin, scheme+"://")
+	if !ok || rest == "" || strings.ContainsAny(rest, "/?#@\\") || r.Host == "" {
+		return false
+	}
+	a, okA := canonicalHostPort(rest, scheme)
+	b, okB := canonicalHostPort(r.Host, scheme)
+	return okA && okB && a == b
+}
+
+// canonicalHostPort lower-cases a host[:port] and adds the scheme's default
+// port when it has none.
+func canonicalHostPort(hp, scheme string) (string, bool) {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		// No port (or a malformed one): the whole thing is the host.
+		if strings.Contains(strings.TrimSuffix(strings.TrimPrefix(hp, "["), "]"), ":") && !strings.HasPrefix(hp, "[") {
+			return "", false
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(hp, "["), "]")
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	if host == "" || port == "" {
+		return "", false
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", false
+	}
+	return net.JoinHostPort(strings.ToLower(host), port), true
 }
 
 // loopbackHost reports whether a Host header names localhost or a loopback
@@ -382,6 +450,7 @@ func (s *Server) spawn(w http.ResponseWriter, r *http.Request) error {
 	info := wk.Info()
 	writeJSON(w, http.StatusCreated, apiv1.SpawnResponse{
 		WorkerID: info.ID, URL: info.URL, Port: info.Port, PID: info.PID, State: info.State,
+		Device: info.Device, GPUUUID: info.GPUUUID, Estimate: info.Estimate,
 	})
 	return nil
 }
@@ -474,9 +543,10 @@ func (s *Server) workerAuth(r *http.Request, id string) (*supervisor.Worker, err
 		return nil, err
 	}
 	if !wk.Authorize(tok) {
-		s.log.Warn("Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected worker token", "worker_id", id, "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return nil, unauthorized(apiv1.CodeInvalidAPIKey, "token is not this worker's token")
 	}
+	markAuthenticated(r)
 	return wk, nil
 }
 
@@ -535,10 +605,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 
 // acquireStream counts a long-lived stream against the client's bound.
 func (s *Server) acquireStream(r *http.Request) (func(), error) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := streamClient(r)
 	s.streamsMu.Lock()
 	defer s.streamsMu.Unlock()
 	if s.streams[host] >= MaxStreamsPerClient {

@@ -29,6 +29,8 @@ const (
 	CodeModelPathNotAllowed = "MODEL_PATH_NOT_ALLOWED"
 	CodeNoAvailablePorts    = "NO_AVAILABLE_PORTS"
 	CodeInsufficientMemory  = "INSUFFICIENT_MEMORY"
+	CodeInsufficientVRAM    = "INSUFFICIENT_VRAM"
+	CodeInvalidDevice       = "INVALID_DEVICE"
 	CodeLimitsUnsupported   = "LIMITS_UNSUPPORTED"
 	CodeSpawnFailed         = "SPAWN_FAILED"
 	CodeInvalidState        = "INVALID_STATE"
@@ -107,14 +109,20 @@ type ModelServeState struct {
 
 // SpawnRequest is the body of POST /v1/workers/spawn.
 type SpawnRequest struct {
-	ModelRef  string            `json:"model_ref"`
-	Backend   string            `json:"backend,omitempty"` // default "cpu"
-	Device    int               `json:"device"`
-	ModelPath string            `json:"model_path,omitempty"`
-	Profile   string            `json:"profile,omitempty"`
-	Settings  json.RawMessage   `json:"settings,omitempty"` // keys of config defaults; overrides them
-	Env       map[string]string `json:"env,omitempty"`
-	Labels    map[string]string `json:"labels,omitempty"`
+	ModelRef string `json:"model_ref"`
+	Backend  string `json:"backend,omitempty"` // default "cpu"
+	// Device is the GPU index a GPU worker (backend cuda, or a profile with
+	// gpu: true) runs on, or DeviceAuto. On the wire it is a number or the
+	// string "auto"; absent means auto for a GPU worker (0 for others).
+	Device int `json:"device"`
+	// DeviceGiven says the request named a device (set when decoding);
+	// a Go caller that sets Device for a GPU worker sets it too.
+	DeviceGiven bool              `json:"-"`
+	ModelPath   string            `json:"model_path,omitempty"`
+	Profile     string            `json:"profile,omitempty"`
+	Settings    json.RawMessage   `json:"settings,omitempty"` // keys of config defaults; overrides them
+	Env         map[string]string `json:"env,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
 }
 
 // SpawnResponse is the 201 body of a spawn.
@@ -124,6 +132,21 @@ type SpawnResponse struct {
 	Port     int         `json:"port"`
 	PID      int         `json:"pid"`
 	State    state.State `json:"state"`
+	// Device and GPUUUID name the GPU a GPU worker was placed on.
+	Device   int       `json:"device"`
+	GPUUUID  string    `json:"gpu_uuid,omitempty"`
+	Estimate *Estimate `json:"estimate,omitempty"`
+}
+
+// Estimate is a worker's memory need as the hive booked it (SPEC §11).
+type Estimate struct {
+	RAMBytes  int64 `json:"ram_bytes"`
+	VRAMBytes int64 `json:"vram_bytes"` // 0 for a CPU worker
+	Ctx       int   `json:"ctx,omitempty"`
+	// Source says where the numbers come from: "gguf" (the model file's
+	// header), "settings" (memory_bytes / vram_bytes), or "file_size" (not
+	// a GGUF file: file size × 1.2, no VRAM figure).
+	Source string `json:"source"`
 }
 
 // StateResponse answers stop, kill and restart (202).
@@ -178,6 +201,9 @@ type Stats struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 	Threads    int     `json:"threads"`
 	OpenFDs    int     `json:"open_fds"`
+	// GPUMemoryBytes is GPU memory held by the worker's processes (summed
+	// over its process tree, from the GPU driver's per-process figures).
+	GPUMemoryBytes int64 `json:"gpu_memory_bytes"`
 }
 
 // WorkerInfo is everything the hive knows about one worker.
@@ -210,6 +236,8 @@ type WorkerInfo struct {
 	Stats              *Stats            `json:"stats,omitempty"`
 	LastLines          []string          `json:"last_lines,omitempty"` // the last lines of output, for ended workers
 	EndedAt            *time.Time        `json:"ended_at,omitempty"`
+	GPUUUID            string            `json:"gpu_uuid,omitempty"` // the GPU of a GPU worker (Device is its index)
+	Estimate           *Estimate         `json:"estimate,omitempty"` // the memory need booked for it
 }
 
 // WorkerList is the body of GET /v1/workers/list.
@@ -240,6 +268,34 @@ type Status struct {
 	DevMode       bool           `json:"dev_mode"`
 	Workers       map[string]int `json:"workers"` // by state
 	Totals        Stats          `json:"totals"`
+	Memory        MemoryStatus   `json:"memory"`
+	GPUInventory  string         `json:"gpu_inventory"`         // the inventory's source: nvidia-smi, file:PATH or none
+	GPUError      string         `json:"gpu_error,omitempty"`   // the last inventory read's error
+	GPUs          []GPUStatus    `json:"gpus"`                  // empty without GPUs
+	GPUReadAt     *time.Time     `json:"gpu_read_at,omitempty"` // when the inventory was read
+}
+
+// MemoryStatus is the machine's memory as the preflight sees it.
+type MemoryStatus struct {
+	TotalBytes     int64 `json:"total_bytes"`
+	AvailableBytes int64 `json:"available_bytes"`
+	ReserveBytes   int64 `json:"reserve_bytes"` // memory_reserve_bytes
+}
+
+// GPUStatus is one GPU and the hive's book of it.
+type GPUStatus struct {
+	Index              int    `json:"index"`
+	UUID               string `json:"uuid"`
+	Name               string `json:"name"`
+	MemoryTotalBytes   int64  `json:"memory_total_bytes"`
+	MemoryUsedBytes    int64  `json:"memory_used_bytes"`
+	MemoryFreeBytes    int64  `json:"memory_free_bytes"`
+	UtilizationPercent int    `json:"utilization_percent"` // -1: not reported
+	ReserveBytes       int64  `json:"reserve_bytes"`       // vram_reserve_bytes
+	ReservedBytes      int64  `json:"reserved_bytes"`      // reserved for workers not yet holding their estimate
+	AvailableBytes     int64  `json:"available_bytes"`     // free − reserve − reserved (may be negative)
+	// Workers are the live workers placed on this GPU.
+	Workers []string `json:"workers"`
 }
 
 // ModelEntry is one catalog entry.

@@ -6,7 +6,7 @@ package argv
 import "strings"
 
 // Placeholders a template may use.
-var Placeholders = []string{"port", "model", "model_ref", "worker_id", "backend", "device", "hive_url", "ctx"}
+var Placeholders = []string{"port", "model", "model_ref", "worker_id", "backend", "device", "hive_url", "gpu_uuid", "ctx"}
 
 // Expand returns template with every "{name}" replaced by vars[name] inside
 // each element; an element never splits or joins. Unknown placeholders are

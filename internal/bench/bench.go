@@ -40,8 +40,13 @@ type Options struct {
 	// SupervisordStopTimeout bounds the wait for supervisord to exit after
 	// SIGTERM; then it is SIGKILLed (and the figure says so).
 	SupervisordStopTimeout time.Duration
+	// PyTrials is the number of trials of each figure of the silent
+	// Python worker scenario ("python"); PyLongTrials those of its 30 s
+	// load (all at once). PyIdleN workers idle for PyIdleWindow.
+	PyTrials, PyLongTrials, PyIdleN int
+	PyIdleWindow                    time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
-	// forcekill, shutdown, scale, supervisord, frontdoor).
+	// forcekill, shutdown, scale, supervisord, model, frontdoor, python).
 	Only []string
 	// Keep leaves each hive's temporary directory (with its log).
 	Keep bool
@@ -62,6 +67,7 @@ func Full(bins Bins) Options {
 		ScaleN: []int{100, 500, 1000}, ScaleCrashTrials: 200, ListCalls: 200, ListGap: 50 * time.Millisecond,
 		Settle: 10 * time.Second, IdleWindow: 60 * time.Second, SupervisordN: []int{100, 1000},
 		SupervisordStopTimeout: 3 * time.Minute,
+		PyTrials:               40, PyLongTrials: 10, PyIdleN: 20, PyIdleWindow: 30 * time.Second,
 	}
 }
 
@@ -73,6 +79,7 @@ func Smoke(bins Bins) Options {
 		ScaleN: []int{5, 10}, ScaleCrashTrials: 3, ListCalls: 10, ListGap: 10 * time.Millisecond,
 		Settle: 200 * time.Millisecond, IdleWindow: time.Second, SupervisordN: []int{5},
 		SupervisordStopTimeout: time.Minute,
+		PyTrials:               3, PyLongTrials: 2, PyIdleN: 3, PyIdleWindow: time.Second,
 	}
 }
 
@@ -115,7 +122,23 @@ func (b *Bench) want(name string) bool {
 		return true
 	}
 	for _, n := range b.o.Only {
-		if n == name {
+		// "python:launch" selects one part of a scenario, and so the
+		// scenario.
+		if n == name || strings.HasPrefix(n, name+":") {
+			return true
+		}
+	}
+	return false
+}
+
+// wantPart reports whether part of scenario was asked for: the whole
+// scenario, or "scenario:part".
+func (b *Bench) wantPart(scenario, part string) bool {
+	if len(b.o.Only) == 0 {
+		return true
+	}
+	for _, n := range b.o.Only {
+		if n == scenario || n == scenario+":"+part {
 			return true
 		}
 	}
@@ -143,7 +166,9 @@ func (b *Bench) Run() error {
 		{"shutdown", b.shutdown},
 		{"scale", b.scale},
 		{"supervisord", b.supervisord},
+		{"model", b.model},
 		{"frontdoor", b.frontdoor},
+		{"python", b.python},
 	}
 	for _, s := range steps {
 		if !b.want(s.name) {

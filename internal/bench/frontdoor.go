@@ -76,7 +76,7 @@ func (b *Bench) fdLatency() error {
 	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Extra: "profiles:\n" +
 		fdGeneric(b.o.Bins.Generic, "gen", map[string]string{"GENERIC_TOKENS": "1"}) +
 		fdGeneric(b.o.Bins.Generic, "stream", map[string]string{"GENERIC_TOKENS": "8", "GENERIC_TOKEN_MS": "2", "GENERIC_CHUNK_TS": "1"}) +
-		"models:\n  m: {model_ref: file:tiny.gguf, profile: gen, min_workers: 1}\n  s: {model_ref: file:tiny.gguf, profile: stream, min_workers: 1}\n"})
+		"models:\n  m: {model_ref: file:stories260K.gguf, profile: gen, min_workers: 1}\n  s: {model_ref: file:stories260K.gguf, profile: stream, min_workers: 1}\n"})
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ func (b *Bench) fdColdStart() error {
 	defer os.Remove(stamp)
 	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Extra: "profiles:\n" +
 		fdGeneric(b.o.Bins.Generic, "gen", map[string]string{"GENERIC_READY_FILE": stamp}) +
-		"models:\n  m: {model_ref: file:tiny.gguf, profile: gen}\n"})
+		"models:\n  m: {model_ref: file:stories260K.gguf, profile: gen}\n"})
 	if err != nil {
 		return err
 	}
@@ -295,7 +295,7 @@ func (b *Bench) fdIdleStreams() error {
 	defer os.Remove(gate)
 	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Extra: "profiles:\n" +
 		fdGeneric(b.o.Bins.Generic, "gen", map[string]string{"GENERIC_GATE_FILE": gate}) +
-		"models:\n  m: {model_ref: file:tiny.gguf, profile: gen, min_workers: 1}\nqueue: {max: 4096, timeout: 60s}\n"})
+		"models:\n  m: {model_ref: file:stories260K.gguf, profile: gen, min_workers: 1}\nqueue: {max: 4096, timeout: 60s}\n"})
 	if err != nil {
 		return err
 	}
@@ -357,7 +357,7 @@ func (b *Bench) fdIdleStreams() error {
 // idle worker and starts a new one.
 func (b *Bench) fdSwap() error {
 	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Extra: "models:\n" +
-		"  a: {model_ref: file:tiny.gguf, memory_bytes: 100}\n  b: {model_ref: file:tiny.gguf, memory_bytes: 100}\nmemory_budget_bytes: 150\n"})
+		"  a: {model_ref: file:stories260K.gguf, memory_bytes: 100}\n  b: {model_ref: file:stories260K.gguf, memory_bytes: 100}\nmemory_budget_bytes: 150\n"})
 	if err != nil {
 		return err
 	}
@@ -387,6 +387,6 @@ func (b *Bench) fdSwap() error {
 	}
 	sec := Result{Section: "frontdoor", Unit: "ms"}
 	b.add(sec, "swap: evict an idle reference worker, cold start another → first byte", swap, nil,
-		fmt.Sprintf("answers by status: %v (the reference worker's own OpenAI routes come with its model)", status))
+		fmt.Sprintf("answers by status: %v; the real stories260K model", status))
 	return nil
 }

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
@@ -128,9 +128,10 @@ func freeRange(width int) (int, error) {
 	return 0, fmt.Errorf("no free range of %d ports in %d-%d", width, lo, hi)
 }
 
-// writeModel writes a small model file.
+// writeModel writes the built-in stories260K model (the reference worker
+// loads it for real).
 func writeModel(path string) error {
-	return os.WriteFile(path, bytes.Repeat([]byte("rbee bench weights\n"), 64<<10/19), 0o600)
+	return os.WriteFile(path, builtinmodel.Bytes(), 0o600)
 }
 
 // StartHive starts bin/rbee-hive on a fresh state directory with a config
@@ -148,7 +149,7 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 	if err := os.MkdirAll(models, 0o700); err != nil {
 		return nil, err
 	}
-	model := filepath.Join(models, "tiny.gguf")
+	model := filepath.Join(models, builtinmodel.FileName)
 	if err := writeModel(model); err != nil {
 		return nil, err
 	}

@@ -231,7 +231,9 @@ func (r *Report) Markdown() []byte {
 		{"supervision", "Supervision latencies (issue 3)"},
 		{"scale", "Scale: idle reference workers under one hive (issue 8)"},
 		{"supervisord", "supervisord, same worker binary (issue 8.2)"},
+		{"model", "The reference worker's model: stories260K on the CPU (issue 15)"},
 		{"frontdoor", "Front door: OpenAI routes through the hive vs straight to the worker (issue 14)"},
+		{"python", "Side by side on a silent Python worker (issue 19)"},
 	}
 	for _, s := range sections {
 		var rows []Result

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/process"
 )
 
@@ -68,7 +69,7 @@ func StartSupervisord(bin string, bins Bins, n int, stopWait time.Duration) (*Su
 		return nil, 0, err
 	}
 	s := &Supervisord{Dir: dir, Marker: filepath.Base(dir), exited: make(chan struct{})}
-	model := filepath.Join(dir, "tiny.gguf")
+	model := filepath.Join(dir, builtinmodel.FileName)
 	if err := writeModel(model); err != nil {
 		return nil, 0, err
 	}

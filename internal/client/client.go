@@ -251,3 +251,90 @@ func (c *Client) WaitFor(ctx context.Context, id string, every time.Duration, co
 		}
 	}
 }
+
+// ServedModels calls GET /v1/models and returns the models the front door
+// serves (OpenAI's shape, SPEC §10).
+func (c *Client) ServedModels(ctx context.Context) ([]apiv1.OpenAIModel, error) {
+	var l apiv1.OpenAIModelList
+	return l.Data, c.do(ctx, http.MethodGet, "/v1/models", nil, &l)
+}
+
+// StreamError is an error event inside a stream that had begun.
+type StreamError struct{ Message string }
+
+func (e *StreamError) Error() string { return "the stream was cut: " + e.Message }
+
+// Chat sends POST /v1/chat/completions with "stream":true and one user
+// message, and calls fn with each piece of the answer's text as it arrives.
+// It returns when the stream ends ([DONE]), fails, or ctx is done.
+func (c *Client) Chat(ctx context.Context, model, prompt string, maxTokens int, fn func(string) error) error {
+	body := map[string]any{
+		"model":    model,
+		"messages": []map[string]string{{"role": "user", "content": prompt}},
+		"stream":   true,
+	}
+	if maxTokens > 0 {
+		body["max_tokens"] = maxTokens
+	}
+	resp, err := c.request(ctx, http.MethodPost, "/v1/chat/completions", body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	event := ""
+	for sc.Scan() {
+		line := sc.Text()
+		if e, ok := strings.CutPrefix(line, "event:"); ok {
+			event = strings.TrimSpace(e)
+			continue
+		}
+		data, ok := strings.CutPrefix(line, "data:")
+		if !ok {
+			if line == "" {
+				event = ""
+			}
+			continue
+		}
+		data = strings.TrimSpace(data)
+		if data == "[DONE]" {
+			return nil
+		}
+		var chunk struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+				Text string `json:"text"`
+			} `json:"choices"`
+			Error *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+			continue
+		}
+		if event == "error" || chunk.Error != nil {
+			msg := data
+			if chunk.Error != nil {
+				msg = chunk.Error.Message
+			}
+			return &StreamError{Message: msg}
+		}
+		for _, ch := range chunk.Choices {
+			if t := ch.Delta.Content + ch.Text; t != "" {
+				if err := fn(t); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return &StreamError{Message: "it ended before [DONE]"}
+}

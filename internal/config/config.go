@@ -139,13 +139,20 @@ type Settings struct {
 	StopTimeout       Duration  `yaml:"stop_timeout" json:"stop_timeout"` // default 10s
 	Restart           Restart   `yaml:"restart" json:"restart"`
 	Limits            Limits    `yaml:"limits" json:"limits"`
-	// Ctx is the context size, in tokens, substituted for {ctx} in argv
-	// templates and used by memory estimates; 0: the model's own default
-	// (SPEC §10 model entries set it).
+
+	// GPU and memory estimates (SPEC §11).
+
+	// Ctx is the context size, in tokens, the model's memory is estimated
+	// for and {ctx} in argv templates (SPEC §6, §10: model entries set
+	// it); 0: llama.cpp's default 4096, capped at the model's trained
+	// context.
 	Ctx int `yaml:"ctx" json:"ctx"`
-	// MemoryBytes is the worker's memory need in bytes, overriding the
-	// estimate from the model file (SPEC §11); 0: estimate.
+	// MemoryBytes is the worker's RAM need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
 	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
+	// VRAMBytes is the worker's GPU memory need in bytes, replacing the
+	// estimate from the model file; 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
 }
 
 // Probe is an HTTP probe of a generic worker.
@@ -153,6 +160,23 @@ type Probe struct {
 	Path   string `yaml:"path" json:"path"`     // default /health
 	Status int    `yaml:"status" json:"status"` // expected status; default 200
 }
+
+// ReadinessProbe is the readiness probe of an http worker: a Probe and how
+// far its interval backs off.
+type ReadinessProbe struct {
+	Probe `yaml:",inline"`
+	// MaxInterval is the longest wait between two readiness probes of a
+	// loading worker: probing starts every 25 ms and backs off to this
+	// (SPEC §6). Default 50ms; at least 25ms.
+	MaxInterval Duration `yaml:"max_interval,omitempty" json:"max_interval,omitempty"`
+}
+
+// ReadinessFirstInterval is the wait before the first readiness probe and
+// between the first few (SPEC §6).
+const ReadinessFirstInterval = Duration(25 * time.Millisecond)
+
+// DefaultReadinessMaxInterval is readiness.max_interval's default.
+const DefaultReadinessMaxInterval = Duration(50 * time.Millisecond)
 
 // Protocols a profile may speak.
 const (
@@ -163,15 +187,15 @@ const (
 // Profile says how to run one kind of worker.
 type Profile struct {
 	// Command is the argv template. {port}, {model}, {worker_id},
-	// {model_ref}, {backend}, {device} and {hive_url} are substituted token
+	// {model_ref}, {backend}, {device}, {gpu_uuid} and {hive_url} are substituted token
 	// by token; nothing goes through a shell. A bare command name is looked
 	// up beside the rbee-hive binary, then on PATH. For the rbee protocol the
 	// worker contract's flags are appended.
-	Command    []string `yaml:"command" json:"command"`
-	Protocol   string   `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
-	Readiness  Probe    `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
-	Liveness   Probe    `yaml:"liveness" json:"liveness"`       // probed every health.interval
-	StopSignal string   `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
+	Command    []string       `yaml:"command" json:"command"`
+	Protocol   string         `yaml:"protocol" json:"protocol"`       // "rbee" or "http"; default "http" for custom profiles
+	Readiness  ReadinessProbe `yaml:"readiness" json:"readiness"`     // http protocol: probed until it answers Status
+	Liveness   Probe          `yaml:"liveness" json:"liveness"`       // probed every health.interval
+	StopSignal string         `yaml:"stop_signal" json:"stop_signal"` // default SIGTERM
 	// StopTimeout, when set, replaces defaults.stop_timeout for this
 	// profile's workers (a spawn's settings still win).
 	StopTimeout Duration          `yaml:"stop_timeout" json:"stop_timeout"`
@@ -180,9 +204,34 @@ type Profile struct {
 	// the front door (SPEC §6, §10); 0: 1 for the http protocol, the
 	// worker's reported slots_total (at least 1) for rbee.
 	MaxConcurrency int `yaml:"max_concurrency" json:"max_concurrency"`
+	// AllowEnv lists the env names (or prefixes written PREFIX_*) a spawn
+	// request may set for this profile's workers (SPEC §14); empty: none.
+	// No RBEE_ name can be allowed.
+	AllowEnv []string `yaml:"allow_env" json:"allow_env"`
+	// RunAs, when its user is set, replaces the config's run_as for this
+	// profile's workers.
+	RunAs RunAs `yaml:"run_as" json:"run_as"`
+	// GPU makes every worker of this profile a GPU worker (SPEC §11), as
+	// backend cuda does: it gets a device, CUDA_VISIBLE_DEVICES and a VRAM
+	// preflight. Default false.
+	GPU bool `yaml:"gpu" json:"gpu"`
+	// GPULayers is how many of the model's layers a GPU worker offloads
+	// (llama.cpp's -ngl), for the VRAM estimate; 0: all of them.
+	GPULayers int `yaml:"gpu_layers" json:"gpu_layers"`
+	// VRAMBytes, when set, is the GPU memory need of this profile's
+	// workers in bytes (a spawn's vram_bytes wins); 0: estimate.
+	VRAMBytes int64 `yaml:"vram_bytes" json:"vram_bytes"`
 	// MemoryBytes, when set, is the memory need of this profile's workers
 	// in bytes (a model entry's or spawn's memory_bytes wins); 0: estimate.
 	MemoryBytes int64 `yaml:"memory_bytes" json:"memory_bytes"`
+}
+
+// RunAs names the user (and group) workers run as (SPEC §14). Empty user:
+// the hive's own user, except that a root hive uses the user "rbee" where
+// it exists. Group empty: the user's primary group.
+type RunAs struct {
+	User  string `yaml:"user" json:"user"`
+	Group string `yaml:"group" json:"group"`
 }
 
 // Ports is the inclusive range workers' ports come from.
@@ -209,10 +258,15 @@ type Config struct {
 	MemoryReserveBytes int64     `yaml:"memory_reserve_bytes" json:"memory_reserve_bytes"` // default 2 GiB; negative disables the preflight
 	ShutdownTimeout    Duration  `yaml:"shutdown_timeout" json:"shutdown_timeout"`         // default 30s
 	Retention          Retention `yaml:"retention" json:"retention"`
-	// AllowEnv lists env variable names that are otherwise refused in a
-	// spawn request because they change how processes load code
-	// (LD_PRELOAD and friends).
-	AllowEnv  []string           `yaml:"allow_env" json:"allow_env"`
+	// MaxWorkers caps live workers (SPEC §14); default 256.
+	MaxWorkers int `yaml:"max_workers" json:"max_workers"`
+	// MaxConnections caps open API connections (SPEC §14); default 1024.
+	MaxConnections int `yaml:"max_connections" json:"max_connections"`
+	// LimitsMax caps every limit a spawn may ask for; 0 in a field: no
+	// ceiling for it. A request can tighten, never loosen (SPEC §14).
+	LimitsMax Limits `yaml:"limits_max" json:"limits_max"`
+	// RunAs is the user workers run as (per profile too).
+	RunAs     RunAs              `yaml:"run_as" json:"run_as"`
 	LogFormat string             `yaml:"log_format" json:"log_format"` // text (default) or json
 	LogLevel  string             `yaml:"log_level" json:"log_level"`   // debug, info (default), warn, error
 	Defaults  Settings           `yaml:"defaults" json:"defaults"`
@@ -237,6 +291,14 @@ type Config struct {
 	MaxInferenceBodyBytes int64 `yaml:"max_inference_body_bytes" json:"max_inference_body_bytes"`
 	// Cluster registers the hive in etcd (SPEC §12); empty: single machine.
 	Cluster Cluster `yaml:"cluster" json:"cluster"`
+
+	// GPUInventory says where the GPU inventory comes from (SPEC §11):
+	// "auto" (default: nvidia-smi when it is on PATH, else no GPUs),
+	// "none", or the absolute path of a JSON file.
+	GPUInventory string `yaml:"gpu_inventory" json:"gpu_inventory"`
+	// VRAMReserveBytes is the GPU memory the VRAM preflight leaves free on
+	// every device; default 512 MiB.
+	VRAMReserveBytes int64 `yaml:"vram_reserve_bytes" json:"vram_reserve_bytes"`
 }
 
 // Model is one entry of `models:` (SPEC §10): the name clients put in
@@ -294,7 +356,7 @@ func DefaultSettings() Settings {
 		ReadyStallTimeout: Duration(60 * time.Second),
 		ReadyTimeout:      Duration(30 * time.Minute),
 		Health:            Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), FailureThreshold: 3},
-		Heartbeat:         Heartbeat{Interval: Duration(5 * time.Second), Timeout: Duration(15 * time.Second)},
+		Heartbeat:         Heartbeat{Interval: Duration(10 * time.Second), Timeout: Duration(30 * time.Second)},
 		IdleTimeout:       Duration(5 * time.Minute),
 		StopTimeout:       Duration(10 * time.Second),
 		Restart: Restart{Policy: RestartOnFailure, BaseDelay: Duration(time.Second), MaxDelay: Duration(time.Minute),
@@ -312,6 +374,8 @@ func Default() Config {
 		Retention:          Retention{MaxAge: Duration(time.Hour), MaxEntries: 1000},
 		LogFormat:          "text",
 		LogLevel:           "info",
+		MaxWorkers:         256,
+		MaxConnections:     1024,
 		Defaults:           DefaultSettings(),
 		Queue:              Queue{Max: 128, Timeout: Duration(60 * time.Second)},
 		Models: map[string]Model{
@@ -320,6 +384,8 @@ func Default() Config {
 			"stories": {ModelRef: "file:stories260K.gguf", Ctx: 256, MaxWorkers: 1},
 		},
 		MaxInferenceBodyBytes: 16 << 20,
+		GPUInventory:          "auto",
+		VRAMReserveBytes:      512 << 20,
 		Profiles: map[string]Profile{
 			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
@@ -327,18 +393,40 @@ func Default() Config {
 }
 
 // Parse reads a YAML configuration on top of the defaults. Unknown keys are
-// errors naming the key and its line.
+// errors naming the key, its line and the nearest known key; a wrong value
+// names the key, what was given and what is wanted. Sizes ("8GiB") are
+// accepted for every *_bytes key. Profiles' argv templates are checked for
+// unknown placeholders. Parse touches nothing outside data; Load also checks
+// that each configured profile's command can be found.
 func Parse(data []byte) (Config, error) {
+	cfg, _, err := parse(data)
+	return cfg, err
+}
+
+func parse(data []byte) (Config, *yaml.Node, error) {
 	cfg := Default()
 	builtin := cfg.Profiles["rbee"]
 	cfg.Profiles = nil
 	// A config file's models: replace the embedded demo model; without
 	// the key the demo stays.
 	cfg.Models = nil
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := checkNode(&root, Config{}, true, ConfigKeys()); err != nil {
+		return Config{}, nil, prefixErrs("config: ", err)
+	}
+	if root.Kind != 0 {
+		var err error
+		if data, err = yaml.Marshal(&root); err != nil {
+			return Config{}, nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, nil, fmt.Errorf("config: %w", err)
 	}
 	if cfg.Profiles == nil {
 		cfg.Profiles = map[string]Profile{}
@@ -359,18 +447,26 @@ func Parse(data []byte) (Config, error) {
 		cfg.Profiles[name] = p.withDefaults(name)
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
-	return cfg, nil
+	if err := checkPlaceholders(cfg.Profiles, &root); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, &root, nil
 }
 
-// Load reads and parses the file at path.
+// Load reads and parses the file at path, and checks that the command of
+// every profile the file configures is found (beside the rbee-hive binary,
+// then on PATH), as the hive will look for it at spawn time.
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, root, err := parse(data)
+	if err == nil {
+		err = checkCommands(cfg.Profiles, root)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -390,6 +486,9 @@ func (p Profile) withDefaults(name string) Profile {
 	}
 	if p.Readiness.Status == 0 {
 		p.Readiness.Status = 200
+	}
+	if p.Readiness.MaxInterval == 0 {
+		p.Readiness.MaxInterval = DefaultReadinessMaxInterval
 	}
 	if p.Liveness.Path == "" {
 		p.Liveness.Path = "/health"
@@ -481,6 +580,25 @@ func (c *Config) Validate() error {
 			bad("%v", err)
 		}
 	}
+	if c.MaxWorkers < 1 || c.MaxWorkers > 100000 {
+		bad("max_workers must be 1..100000 (got %d)", c.MaxWorkers)
+	}
+	if c.MaxConnections < 16 || c.MaxConnections > 1<<20 {
+		bad("max_connections must be 16..1048576 (got %d)", c.MaxConnections)
+	}
+	lm := c.LimitsMax
+	if err := (&Settings{Limits: lm}).validateLimits(); err != nil {
+		bad("limits_max: %v", err)
+	}
+	if _, err := ApplyCeilings(c.Defaults.Limits, c.Defaults.Limits, lm); err != nil {
+		bad("defaults.limits: %v", err)
+	}
+	if g := c.GPUInventory; g != "auto" && g != "none" && g != "" && !filepath.IsAbs(g) {
+		bad("gpu_inventory: want auto, none or an absolute path to a JSON file, got %q", g)
+	}
+	if c.VRAMReserveBytes < 0 {
+		bad("vram_reserve_bytes must not be negative")
+	}
 	if _, ok := c.Profiles[c.Defaults.Profile]; !ok {
 		bad("defaults.profile: no profile named %q", c.Defaults.Profile)
 	}
@@ -500,10 +618,23 @@ func (c *Config) Validate() error {
 		if p.MaxConcurrency < 0 || p.MaxConcurrency > 1<<16 {
 			bad("profiles.%s.max_concurrency must be 0..65536", name)
 		}
-		if p.MemoryBytes < 0 {
-			bad("profiles.%s.memory_bytes must not be negative", name)
+		if p.Readiness.MaxInterval < ReadinessFirstInterval || p.Readiness.MaxInterval > maxDuration {
+			bad("profiles.%s.readiness.max_interval %s: want %s to %s", name, p.Readiness.MaxInterval, ReadinessFirstInterval, maxDuration)
 		}
-		for _, pr := range []Probe{p.Readiness, p.Liveness} {
+		for _, a := range p.AllowEnv {
+			if err := CheckAllowEnv(a); err != nil {
+				bad("profiles.%s.allow_env: %v", name, err)
+			}
+		}
+		for k := range p.Env {
+			if strings.HasPrefix(k, "RBEE_") {
+				bad("profiles.%s.env: %s is reserved (every RBEE_ name is the hive's)", name, k)
+			}
+		}
+		if p.GPULayers < 0 || p.GPULayers > 1<<16 || p.VRAMBytes < 0 || p.MemoryBytes < 0 {
+			bad("profiles.%s: gpu_layers, vram_bytes and memory_bytes must not be negative", name)
+		}
+		for _, pr := range []Probe{p.Readiness.Probe, p.Liveness} {
 			if !strings.HasPrefix(pr.Path, "/") {
 				bad("profiles.%s: probe path %q must start with /", name, pr.Path)
 			}
@@ -611,8 +742,11 @@ func (s *Settings) Validate() error {
 	if s.Health.Interval > 0 && s.Health.Timeout <= 0 {
 		bad("health.timeout must be positive when health.interval is set")
 	}
-	if s.Heartbeat.Interval <= 0 {
-		bad("heartbeat.interval must be positive")
+	if s.Heartbeat.Interval < MinInterval {
+		bad("heartbeat.interval must be at least %s (got %s)", MinInterval, s.Heartbeat.Interval)
+	}
+	if s.Health.Interval != 0 && s.Health.Interval < MinInterval {
+		bad("health.interval must be 0 (off) or at least %s (got %s)", MinInterval, s.Health.Interval)
 	}
 	if s.Heartbeat.Timeout > 0 && s.Heartbeat.Timeout < s.Heartbeat.Interval {
 		bad("heartbeat.timeout (%s) must be at least heartbeat.interval (%s)", s.Heartbeat.Timeout, s.Heartbeat.Interval)
@@ -631,6 +765,21 @@ func (s *Settings) Validate() error {
 	if s.Restart.MaxDelay < s.Restart.BaseDelay {
 		bad("restart.max_delay (%s) must be at least restart.base_delay (%s)", s.Restart.MaxDelay, s.Restart.BaseDelay)
 	}
+	if s.Ctx < 0 || s.Ctx > 1<<24 {
+		bad("ctx must be 0..16777216 (got %d)", s.Ctx)
+	}
+	if s.MemoryBytes < 0 || s.VRAMBytes < 0 {
+		bad("memory_bytes and vram_bytes must not be negative")
+	}
+	if err := s.validateLimits(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Settings) validateLimits() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	l := s.Limits
 	if l.MemoryMaxBytes < 0 || (l.MemoryMaxBytes > 0 && l.MemoryMaxBytes < 4<<20) {
 		bad("limits.memory_max_bytes must be 0 or at least 4 MiB (got %d)", l.MemoryMaxBytes)
@@ -644,12 +793,6 @@ func (s *Settings) Validate() error {
 	if l.Nofile > 1<<20 || (l.Nofile > 0 && l.Nofile < 16) {
 		bad("limits.nofile must be 0 or 16..1048576 (got %d)", l.Nofile)
 	}
-	if s.Ctx < 0 || s.Ctx > 1<<24 {
-		bad("ctx must be 0..16777216 (got %d)", s.Ctx)
-	}
-	if s.MemoryBytes < 0 {
-		bad("memory_bytes must not be negative (got %d)", s.MemoryBytes)
-	}
 	return errors.Join(errs...)
 }
 
@@ -659,6 +802,23 @@ func (s *Settings) Validate() error {
 func Override(base Settings, raw json.RawMessage) (Settings, error) {
 	s := base
 	if len(bytes.TrimSpace(raw)) > 0 && string(bytes.TrimSpace(raw)) != "null" {
+		// JSON is YAML: check it key by key for readable errors, and
+		// turn sizes such as "8GiB" into numbers.
+		if !json.Valid(raw) {
+			return base, errors.New("settings: not valid JSON (want an object such as {\"idle_timeout\":\"10m\"})")
+		}
+		var n yaml.Node
+		if yaml.Unmarshal(raw, &n) == nil {
+			if err := checkNode(&n, Settings{}, false, SettingsKeys()); err != nil {
+				return base, prefixErrs("settings: ", err)
+			}
+			var v any
+			if n.Decode(&v) == nil {
+				if b, err := json.Marshal(v); err == nil {
+					raw = b
+				}
+			}
+		}
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&s); err != nil {

@@ -15,7 +15,7 @@ func FuzzParse(f *testing.F) {
 		"addr: 127.0.0.1:9200\nports: {min: 8081, max: 9000}\nshutdown_timeout: 30s\n",
 		"defaults:\n  idle_timeout: 0\n  restart: {policy: always, jitter: 0.5}\n  limits: {memory_max_bytes: 4194304, cpu_max: 1.5}\n",
 		"profiles:\n  llama:\n    command: [llama-server, -m, \"{model}\", --port, \"{port}\"]\n    readiness: {path: /health, status: 200}\n    stop_signal: SIGINT\n",
-		"api_token_file: /etc/rbee/token\nmetrics_public: true\nallow_env: [LD_PRELOAD]\nmodel_roots: [/models]\n",
+		"api_token_file: /etc/rbee/token\nmetrics_public: true\nmodel_roots: [/models]\n",
 		"defaults:\n  idle_timout: 5m\n",
 		"shutdown_timeout: forever\n",
 		"a: &a [*a, *a]\n",

@@ -14,11 +14,13 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/api"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/config"
@@ -193,11 +195,24 @@ func Run(ctx context.Context, o Options) error {
 	if o.Stderr == nil {
 		o.Stderr = os.Stderr
 	}
+	// SIGINT and SIGTERM are caught from the start: one that comes while
+	// the hive recovers or before it serves is a graceful shutdown once it
+	// can take one, never Go's default exit with the workers unaccounted.
+	sigs := o.Signals
+	if sigs == nil {
+		ch := make(chan os.Signal, 2)
+		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(ch)
+		sigs = ch
+	}
 	cfg, err := LoadConfig(o)
 	if err != nil {
 		return err
 	}
 	log := NewLogger(o.Stderr, cfg.LogFormat, cfg.LogLevel)
+	for _, w := range cfg.Warnings() {
+		log.Warn("Config: " + w)
+	}
 	loopback := IsLoopback(cfg.Addr)
 	if cfg.APIToken == "" && !loopback {
 		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cfg.Addr)
@@ -217,17 +232,34 @@ func Run(ctx context.Context, o Options) error {
 	if err := hive.PrepareStateDir(cfg.StateDir); err != nil {
 		return err
 	}
+	// One hive per state dir, for the daemon's whole life (SPEC §3).
+	lock, err := hive.LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	hardenSelf(log)
+	// The built-in model, so the embedded default config serves out of the box.
+	if len(cfg.ModelRoots) == 0 {
+		if p, err := builtinmodel.WriteTo(filepath.Join(cfg.StateDir, "models")); err != nil {
+			log.Warn("Cannot write the built-in model", "error", err)
+		} else {
+			log.Info("Built-in model available", "path", p)
+		}
+	}
 	// Grandchildren orphaned by a dying worker are re-parented to the hive
 	// and reaped here, so none is left as a zombie.
 	if err := process.BecomeSubreaper(); err != nil {
 		log.Warn("Cannot become child subreaper; orphaned grandchildren go to PID 1", "error", err)
 	}
-	reaper, err := process.StartReaper(log)
+	instance := hive.InstanceID(cfg.StateDir)
+	// A process that escaped its worker and is handed to the hive is
+	// killed at once (SPEC §14).
+	reaper, err := process.StartReaperKillingEscapes(log, hive.MarkerEnv, instance)
 	if err != nil {
 		return err
 	}
 	defer reaper.Close()
-	instance := hive.InstanceID(cfg.StateDir)
 	cg, err := cgroup.New(cgroup.Options{Scope: "rbee-hive/" + instance, Logger: log})
 	if err != nil {
 		log.Warn("cgroups unavailable", "error", err)
@@ -287,7 +319,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("Front door serving models", "models", strings.Join(fd.Names(), ","), "memory_budget_bytes", fd.Budget(),
 		"inference_tokens", len(cfg.InferenceTokens))
+	conns := api.NewConns(cfg.MaxConnections, log)
+	ln = conns.Listener(ln)
 	srv := &http.Server{
+		ConnContext: conns.ConnContext,
+		ConnState:   conns.ConnState,
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
 			MetricsPublic: cfg.MetricsPublic || loopback,
@@ -334,13 +370,6 @@ func Run(ctx context.Context, o Options) error {
 		log.Info("systemd watchdog enabled", "timeout", wd.String(), "ping_every", (wd / 2).String())
 	}
 
-	sigs := o.Signals
-	if sigs == nil {
-		ch := make(chan os.Signal, 2)
-		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-		defer signal.Stop(ch)
-		sigs = ch
-	}
 	var runErr error
 	select {
 	case s := <-sigs:
@@ -351,6 +380,9 @@ func Run(ctx context.Context, o Options) error {
 		runErr = fmt.Errorf("serve: %w", err)
 		log.Error("API server failed", "error", err)
 	}
+	// The API takes no spawn from here on (503 SHUTTING_DOWN); the hive's
+	// shutdown snapshot comes after.
+	h.StopAdmitting()
 
 	if err := notifier.Notify(sdnotify.Stopping, "STATUS=stopping workers"); err != nil {
 		log.Warn("sd_notify STOPPING failed", "error", err)
@@ -401,7 +433,8 @@ func callbackAddr(a *net.TCPAddr) string {
 }
 
 // servePprof serves net/http/pprof on addr, which must be a loopback
-// address. The returned func stops it.
+// address, and only to requests whose Host is loopback (a web page cannot
+// reach it through DNS rebinding). The returned func stops it.
 func servePprof(addr string, log *slog.Logger) (func(), error) {
 	if !IsLoopback(addr) {
 		return nil, fmt.Errorf("--pprof %s: only a loopback address is allowed", addr)
@@ -410,14 +443,40 @@ func servePprof(addr string, log *slog.Logger) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	// A name passed the check above; what counts is what it resolved to.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("--pprof %s resolves to %s: only a loopback address is allowed", addr, ln.Addr())
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !loopbackHost(r.Host) {
+			http.Error(w, "forbidden host", http.StatusForbidden)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: guard, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	log.Info("pprof listening", "addr", ln.Addr().String())
 	return func() { _ = srv.Close() }, nil
+}
+
+// loopbackHost reports whether a Host header names loopback: "localhost"
+// or a loopback IP, with or without a port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

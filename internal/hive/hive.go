@@ -77,13 +77,19 @@ type Hive struct {
 	events   *Hub
 	metrics  supervisor.Metrics
 	stats    *stats.Sampler
-	lstats   *listStats // List's stats, refreshed in the background (liststats.go)
-	baseEnv  []string
-	store    *store.Store // durable registry (recover.go)
+	lstats   *listStats            // List's stats, refreshed in the background (liststats.go)
+	users    map[string]WorkerUser // per profile: who its workers run as (env.go)
+	store    *store.Store          // durable registry (recover.go)
+	gpu      *gpuBook              // GPU inventory and placement (gpu.go)
 
 	mu           sync.RWMutex
 	workers      map[string]*supervisor.Worker
 	shuttingDown bool
+	// admitting counts spawns admitted (under mu, while not shutting
+	// down) that have not yet registered their worker or given up:
+	// Shutdown waits for them before it takes its snapshot.
+	admitting sync.WaitGroup
+	pending   int // admitted spawns not yet registered, for max_workers
 
 	stopPrune chan struct{}
 	pruneDone chan struct{}
@@ -150,11 +156,31 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 		metrics:   opts.Metrics,
 		stats:     stats.New(stats.Options{Cgroups: opts.Cgroups}),
 		lstats:    newListStats(opts.Cgroups),
-		baseEnv:   workerBaseEnv(os.Environ()),
+		users:     map[string]WorkerUser{},
 		store:     st,
 		workers:   map[string]*supervisor.Worker{},
 		stopPrune: make(chan struct{}),
 		pruneDone: make(chan struct{}),
+	}
+	warned := false
+	for name, p := range cfg.Profiles {
+		ra := cfg.RunAs
+		if p.RunAs.User != "" {
+			ra = p.RunAs
+		}
+		u, rootDefault, err := resolveRunAs(ra)
+		if err != nil {
+			lw.Close()
+			return nil, fmt.Errorf("hive: profiles.%s: %w", name, err)
+		}
+		if rootDefault && !warned {
+			warned = true
+			log.Warn("Workers run as root: no run_as is configured and there is no user \"rbee\" (SPEC §14; see SECURITY.md)")
+		}
+		h.users[name] = u
+	}
+	if err := h.initGPU(); err != nil {
+		return nil, err
 	}
 	go h.pruneLoop()
 	return h, nil
@@ -201,22 +227,6 @@ func PrepareStateDir(dir string) error {
 	return nil
 }
 
-// workerBaseEnv is the hive's environment minus what must not reach workers:
-// the operator token and the hive's own service-manager variables.
-func workerBaseEnv(env []string) []string {
-	var out []string
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case strings.HasPrefix(k, "RBEE_"), k == "NOTIFY_SOCKET", strings.HasPrefix(k, "WATCHDOG_"),
-			strings.HasPrefix(k, "LISTEN_"), k == "INVOCATION_ID":
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
 // Config returns the hive's configuration.
 func (h *Hive) Config() config.Config { return h.cfg }
 
@@ -231,14 +241,19 @@ func (h *Hive) StateDir() string { return h.stateDir }
 
 // Changed implements supervisor.Observer.
 func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool) {
-	// A change is durable before anyone hears of it (recover.go), except a
-	// failure: the process is already dead, a restarted hive finds that out
-	// again by itself, and a slow fsync must not delay the news of a crash.
-	failed := ev != nil && ev.To == state.Failed
+	// A change is durable before anyone hears of it (recover.go), except an
+	// end (failed, terminated): the process is already dead, a restarted hive
+	// finds that out again by itself (a dead worker recorded stopping ends
+	// as asked), and a slow fsync must not delay the news of a crash or of
+	// a stop.
+	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
 	if durable && !failed {
 		h.persist(w, ev)
 	}
 	if ev != nil {
+		if info != nil && info.GPUUUID != "" {
+			h.gpuChanged(ev.To)
+		}
 		h.events.Publish(*ev)
 		// Crash detection: from the reaper seeing an exit nobody asked for
 		// to the failure being recorded (this call).
@@ -277,11 +292,10 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	if e := validate.Backend(req.Backend); e != nil {
 		return nil, e
 	}
-	if e := validate.Device(req.Device); e != nil {
-		return nil, e
-	}
-	if e := validate.Env(req.Env, h.cfg.AllowEnv); e != nil {
-		return nil, e
+	if req.Device != apiv1.DeviceAuto {
+		if e := validate.Device(req.Device); e != nil {
+			return nil, e
+		}
 	}
 	if e := validate.Labels(req.Labels); e != nil {
 		return nil, e
@@ -301,6 +315,9 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	if !ok {
 		return nil, &validate.Error{Code: "INVALID_PROFILE", Message: fmt.Sprintf("no profile named %q", clip(name))}
 	}
+	if e := validate.Env(req.Env, prof.AllowEnv); e != nil {
+		return nil, e
+	}
 	base := h.cfg.Defaults
 	if prof.StopTimeout > 0 {
 		base.StopTimeout = prof.StopTimeout
@@ -310,6 +327,11 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		return nil, &validate.Error{Code: "INVALID_SETTINGS", Message: err.Error()}
 	}
 	settings.Profile = name
+	lim, err := config.ApplyCeilings(h.cfg.Defaults.Limits, settings.Limits, h.cfg.LimitsMax)
+	if err != nil {
+		return nil, &validate.Error{Code: "LIMITS_NOT_ALLOWED", Message: err.Error()}
+	}
+	settings.Limits = lim
 
 	path, size, err := h.resolver.Resolve(req.ModelRef, req.ModelPath)
 	if err != nil {
@@ -323,54 +345,96 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 			return nil, err
 		}
 	}
-	if h.cfg.MemoryReserveBytes >= 0 {
-		avail, err := models.MemAvailable()
+	onGPU := wantsGPU(req.Backend, prof)
+	est, ramBasis := estimate(&h.gpu.estimates, path, size, prof, settings, onGPU)
+	id := "worker-" + uuid.NewString()
+	device, gpuUUID := req.Device, ""
+	if onGPU {
+		dev, release, err := h.placeGPU(ctx, id, req, est.VRAMBytes)
 		if err != nil {
-			return nil, fmt.Errorf("memory preflight: %w", err)
-		}
-		if err := models.Preflight(size, avail, h.cfg.MemoryReserveBytes); err != nil {
 			return nil, err
 		}
+		defer release() // the registered worker's own state holds the reservation from then on
+		device, gpuUUID = dev.Index, dev.UUID
+	} else if device == apiv1.DeviceAuto {
+		device = 0
+	}
+	if err := h.preflightRAM(est, ramBasis); err != nil {
+		return nil, err
 	}
 	cmd, err := resolveCommand(prof.Command)
 	if err != nil {
 		return nil, &supervisor.SpawnError{Err: err}
 	}
 
-	h.mu.RLock()
-	closing := h.shuttingDown
-	h.mu.RUnlock()
-	if closing {
-		return nil, ErrShuttingDown
+	// Admission (SPEC §14, §3): decided under the lock Shutdown takes its
+	// snapshot under, so a spawn is either refused or registered before
+	// that snapshot (Shutdown waits for admitted spawns to register).
+	if err := h.admit(); err != nil {
+		return nil, err
 	}
-	id := "worker-" + uuid.NewString()
+	registered := false
+	defer func() {
+		if !registered {
+			h.mu.Lock()
+			h.pending--
+			h.mu.Unlock()
+			h.admitting.Done()
+		}
+	}()
 	port, err := h.ports.Acquire(id)
 	if err != nil {
 		return nil, err
 	}
-	env := append([]string(nil), h.baseEnv...)
-	for k, v := range prof.Env {
-		env = append(env, k+"="+v)
-	}
-	for k, v := range req.Env {
-		env = append(env, k+"="+v)
+	wu := h.users[name]
+	env := BuildEnv(BaseEnv(wu.Home, os.Getenv), prof.Env, req.Env)
+	if gpuUUID != "" {
+		env = withGPUEnv(env, gpuUUID)
 	}
 	spec := supervisor.Spec{
 		ID: id, ModelRef: req.ModelRef, ModelPath: path, ModelSize: size, Backend: req.Backend,
-		Device: req.Device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
-		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker,
+		Device: device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
+		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker, Credential: wu.Credential,
+		GPUUUID: gpuUUID, Estimate: &est,
 	}
-	w, err := supervisor.Start(h.deps(), spec, port, h.register)
+	w, err := supervisor.Start(h.deps(), spec, port, func(w *supervisor.Worker) {
+		registered = true
+		h.mu.Lock()
+		h.workers[w.ID()] = w
+		h.pending--
+		h.mu.Unlock()
+		h.admitting.Done()
+	})
 	if err != nil && w == nil {
 		h.ports.Release(port, id)
 	}
 	return w, err
 }
 
-func (h *Hive) register(w *supervisor.Worker) {
+// ErrTooManyWorkers: max_workers live workers already.
+var ErrTooManyWorkers = errors.New("too many workers")
+
+// admit decides, under h.mu, whether a spawn may go ahead: not while the
+// hive shuts down, not beyond max_workers live workers. An admitted spawn
+// must end with exactly one admitting.Done (and pending--).
+func (h *Hive) admit() error {
 	h.mu.Lock()
-	h.workers[w.ID()] = w
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if h.shuttingDown {
+		return ErrShuttingDown
+	}
+	live := h.pending
+	for _, w := range h.workers {
+		if info := w.Info(); info != nil && !info.State.Ended() {
+			live++
+		}
+	}
+	if max := h.cfg.MaxWorkers; max > 0 && live >= max {
+		return fmt.Errorf("%w: %d live workers; max_workers is %d", ErrTooManyWorkers, live, max)
+	}
+	h.pending++
+	h.admitting.Add(1)
+	return nil
 }
 
 // resolveCommand makes argv[0] absolute: a bare name is looked up beside the
@@ -451,7 +515,7 @@ func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
 // not modified) when the worker has a process. The numbers are at most a
 // couple of seconds old (stats.DefaultMaxAge).
 func (h *Hive) WithStats(info *apiv1.WorkerInfo) *apiv1.WorkerInfo {
-	return h.stats.Get(info)
+	return h.withGPUUse([]*apiv1.WorkerInfo{h.stats.Get(info)})[0]
 }
 
 // List returns snapshots of the workers, sorted by start time then id; ended
@@ -477,7 +541,7 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 		}
 		return a.ID < b.ID
 	})
-	return h.lstats.fill(out, h.stats)
+	return h.withGPUUse(h.lstats.fill(out, h.stats))
 }
 
 // Status summarises the hive.
@@ -502,17 +566,26 @@ func (h *Hive) Status() apiv1.Status {
 			st.Totals.CPUSeconds += info.Stats.CPUSeconds
 			st.Totals.Threads += info.Stats.Threads
 			st.Totals.OpenFDs += info.Stats.OpenFDs
+			st.Totals.GPUMemoryBytes += info.Stats.GPUMemoryBytes
 		}
 	}
+	h.gpuStatus(&st)
 	return st
 }
 
 // Shutdown stops every live worker in parallel within ctx (the shutdown
 // budget); what is still alive when ctx ends is killed. It then releases the
 // hive's services. It logs the progress lines of SPEC §3.
+//
+//  1. Under h.mu, refuse every later spawn (ErrShuttingDown).
+//  2. Wait for the spawns admitted before that to register their worker.
+//  3. Snapshot the workers under h.mu: none can be added after it.
+//  4. Stop the live ones and wait on their endings (no polling); at the
+//     budget, kill what is left and wait (bounded) for those endings too.
+//     Only workers that ended are counted as stopped.
 func (h *Hive) Shutdown(ctx context.Context) {
+	h.beginClosing(ctx)
 	h.mu.Lock()
-	h.shuttingDown = true
 	var live, ending []*supervisor.Worker
 	for _, w := range h.workers {
 		if info := w.Info(); info != nil && !info.State.Ended() {
@@ -525,51 +598,49 @@ func (h *Hive) Shutdown(ctx context.Context) {
 	n := len(live)
 	h.log.Info(fmt.Sprintf("Shutting down %d workers...", n), "workers", n)
 	start := time.Now()
+	ended := make(chan *supervisor.Worker, n) // buffered: a waiter never blocks
+	remaining := make(map[*supervisor.Worker]bool, n)
 	for _, w := range live {
-		go func() { _ = w.Stop(context.Background(), state.HiveShutdown) }()
+		remaining[w] = true
+		go func() {
+			_ = w.Stop(context.Background(), state.HiveShutdown)
+			<-w.Done()
+			ended <- w
+		}()
 	}
 	stopped := 0
-	lastLog := time.Time{}
-	remaining := append([]*supervisor.Worker(nil), live...)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	budget := ctx.Done()
+	var killWait <-chan time.Time
+wait:
 	for len(remaining) > 0 {
-		next := remaining[:0]
-		for _, w := range remaining {
-			select {
-			case <-w.Done():
-				stopped++
-			default:
-				next = append(next, w)
-			}
-		}
-		remaining = next
-		if len(remaining) == 0 {
-			break
-		}
-		if time.Since(lastLog) > 500*time.Millisecond {
-			h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n))
-			lastLog = time.Now()
-		}
 		select {
-		case <-remaining[0].Done():
-		case <-ctx.Done():
+		case w := <-ended:
+			delete(remaining, w)
+			stopped++
+		case <-tick.C:
+			h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n))
+		case <-budget:
+			budget = nil
 			h.log.Warn(fmt.Sprintf("Shutdown budget spent, killing %d workers", len(remaining)))
-			for _, w := range remaining {
+			for w := range remaining {
 				go func() { _ = w.Kill(context.Background(), state.HiveShutdown) }()
 			}
-			for _, w := range remaining {
-				select {
-				case <-w.Done():
-				case <-time.After(10 * time.Second):
-					h.log.Error("Worker did not end after kill", "worker_id", w.ID())
-				}
+			killWait = time.After(10 * time.Second)
+		case <-killWait:
+			for w := range remaining {
+				h.log.Error("Worker did not end after kill", "worker_id", w.ID())
 			}
-			stopped += len(remaining)
-			remaining = nil
-		case <-time.After(100 * time.Millisecond):
+			break wait
 		}
 	}
 	h.log.Info(fmt.Sprintf("%d/%d workers stopped", stopped, n), "after", time.Since(start).String())
-	h.log.Info("All workers stopped, exiting")
+	if stopped == n {
+		h.log.Info("All workers stopped, exiting")
+	} else {
+		h.log.Error(fmt.Sprintf("%d workers did not end, exiting", n-stopped))
+	}
 	// Workers that had just ended may still be removing their trees and
 	// cgroups; let them finish (bounded) before the scope goes.
 	for _, w := range ending {
@@ -589,11 +660,35 @@ func (h *Hive) Shutdown(ctx context.Context) {
 	h.close()
 }
 
+// beginClosing refuses every later spawn (under h.mu, where admission is
+// decided) and waits, within ctx, for the spawns already admitted to
+// register their worker.
+func (h *Hive) beginClosing(ctx context.Context) {
+	h.mu.Lock()
+	h.shuttingDown = true
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() { h.admitting.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		h.log.Error("Spawns admitted before the shutdown did not register in time")
+	}
+}
+
+// StopAdmitting makes every later spawn fail with ErrShuttingDown; the
+// daemon calls it first when a shutdown begins, before it stops serving.
+func (h *Hive) StopAdmitting() {
+	h.mu.Lock()
+	h.shuttingDown = true
+	h.mu.Unlock()
+}
+
 // Detach lets every live worker keep running (for --keep-workers-on-exit)
 // and releases the hive's services.
 func (h *Hive) Detach(ctx context.Context) {
+	h.beginClosing(ctx)
 	h.mu.Lock()
-	h.shuttingDown = true
 	ws := make([]*supervisor.Worker, 0, len(h.workers))
 	for _, w := range h.workers {
 		ws = append(ws, w)
@@ -613,14 +708,19 @@ func (h *Hive) close() {
 	close(h.stopPrune)
 	<-h.pruneDone
 	h.lstats.close()
+	h.gpu.inv.Close()
 	h.logs.Close()
 	h.client.CloseIdleConnections()
 }
 
+// pruneEvery is how often ended workers past retention are dropped: rare,
+// so an idle hive is not woken for it (retention is counted in minutes).
+const pruneEvery = 30 * time.Second
+
 // pruneLoop drops ended workers past the retention window.
 func (h *Hive) pruneLoop() {
 	defer close(h.pruneDone)
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
 	for {
 		select {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -53,8 +54,8 @@ func TestShutdownLeavesNothingBehind(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 
-	model := filepath.Join(dir, "models", "m.gguf")
-	if err := os.WriteFile(model, []byte("weights"), 0o600); err != nil {
+	model, err := builtinmodel.WriteTo(filepath.Join(dir, "models"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	var pids []int

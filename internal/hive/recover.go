@@ -47,8 +47,9 @@ type Recovery struct {
 // change is acknowledged (Changed runs synchronously in the worker's owner).
 // Changes without an event (heartbeat details, health-check counts) are not
 // written: a later hive re-learns them from the next heartbeat or probe.
-// Idle ⇄ busy flips are written without fsync (a machine crash may lose
-// them; heartbeats re-establish them).
+// Idle ⇄ busy flips are not written; the move to spawning is written
+// without fsync: it comes before the process starts, where an fsync would
+// delay the start, and a machine crash that loses it loses no process.
 func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if h.store == nil {
 		return
@@ -61,11 +62,11 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	// front-door request, and a restarted hive has no request running
 	// through it (a worker is adopted idle; an rbee worker's next heartbeat
 	// says busy if it is).
-	flip := ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle))
-	if flip {
+	if ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle)) {
 		return
 	}
-	if err := h.store.Put(rec, true); err != nil {
+	sync := ev == nil || ev.To != state.Spawning
+	if err := h.store.Put(rec, sync); err != nil {
 		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
 			"worker_id", w.ID(), "state", rec.Info.State, "error", err)
 	}

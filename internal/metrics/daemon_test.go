@@ -21,7 +21,8 @@ import (
 const wait = 20 * time.Second
 
 // fakeEnv lets spawn requests switch on the reference worker's misbehaviours.
-const fakeEnv = "allow_env: [LLMW_FAKE_IGNORE_SHUTDOWN, LLMW_FAKE_HANG_HEALTH, LLMW_FAKE_NO_HEARTBEAT, LLMW_FAKE_ALLOC_MB]\n"
+// (The test profile of refworker.WithTestMode allows LLMW_FAKE_*.)
+const fakeEnv = ""
 
 // scrape reads /metrics into series → value, the series written as the text
 // format writes it (name{label="v",…}, labels sorted by name).
@@ -236,10 +237,13 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 		t.Errorf("stop latency sum %v, want ≥ 0.2 s (the forced stop waited 200ms)", sum)
 	}
 
-	// 4. a hung health endpoint: health-check failures, then failed.
-	c := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1"},
+	// 4. a hung health endpoint: health-check failures, then failed. No
+	// heartbeats after ready: fresh healthy ones would stand in for the
+	// probes (SPEC §3).
+	c := h.MustSpawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_HANG_HEALTH": "1", "LLMW_FAKE_NO_HEARTBEAT": "1"},
 		Settings: settings(t, map[string]any{"health": map[string]any{"interval": "100ms", "timeout": "100ms", "failure_threshold": 3},
-			"restart": map[string]any{"policy": "never"}})})
+			"heartbeat": map[string]any{"interval": "100ms", "timeout": "0s"},
+			"restart":   map[string]any{"policy": "never"}})})
 	info := h.WaitState(c.WorkerID, wait, "failed")
 	if info.Reason != "health_check_failed" {
 		t.Fatalf("worker ended %s, want health_check_failed", info.Reason)

@@ -255,7 +255,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (c *workerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWorkers, descRSS, descCPU, descThreads, descFDs, descRestart} {
+	for _, d := range append([]*prometheus.Desc{descWorkers, descRSS, descCPU, descThreads, descFDs, descRestart}, gpuDescs...) {
 		ch <- d
 	}
 }
@@ -284,7 +284,9 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descThreads, prometheus.GaugeValue, float64(st.Threads), lv...)
 			ch <- prometheus.MustNewConstMetric(descFDs, prometheus.GaugeValue, float64(st.OpenFDs), lv...)
 		}
+		collectWorkerGPU(ch, w)
 	}
+	collectGPUs(ch, *lp)
 	for s, n := range byState {
 		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(n), string(s))
 	}

@@ -57,14 +57,21 @@ func parseMemAvailable(r io.Reader) (int64, error) {
 // in bytes. It unwraps to ErrInsufficientMemory (API: 507
 // INSUFFICIENT_MEMORY).
 type InsufficientMemoryError struct {
-	Need      int64 // estimated need: model size × 1.2
+	Need      int64 // estimated need
 	Available int64 // memory available now
 	Reserve   int64 // memory that must stay free
+	// Basis says how Need was found ("estimate from the GGUF file",
+	// "memory_bytes"); empty: file size × 1.2.
+	Basis string
 }
 
 func (e *InsufficientMemoryError) Error() string {
-	return fmt.Sprintf("insufficient memory: the model needs about %s (file size × 1.2), %s is available and %s must stay free",
-		mib(e.Need), mib(e.Available), mib(e.Reserve))
+	basis := e.Basis
+	if basis == "" {
+		basis = "file size × 1.2"
+	}
+	return fmt.Sprintf("insufficient memory: the model needs about %s (%s), %s is available and %s must stay free",
+		mib(e.Need), basis, mib(e.Available), mib(e.Reserve))
 }
 
 // Unwrap returns ErrInsufficientMemory.
@@ -91,13 +98,42 @@ func NeedBytes(modelSize int64) int64 {
 // when reserve is negative (the preflight is disabled); otherwise an
 // *InsufficientMemoryError. It is pure.
 func Preflight(modelSize, available, reserve int64) error {
+	return PreflightNeed(NeedBytes(modelSize), available, reserve, "")
+}
+
+// PreflightNeed checks that a worker needing need bytes (an estimate found
+// as basis says, for the error's message) leaves at least reserve bytes of
+// the available memory free; it is Preflight for a need that is not the
+// file size × 1.2. It is pure.
+func PreflightNeed(need, available, reserve int64, basis string) error {
 	if reserve < 0 {
 		return nil
 	}
-	need := NeedBytes(modelSize)
+	need = max(need, 0)
 	// available − need < reserve, without overflow: available < need + reserve.
 	if need > math.MaxInt64-reserve || available < need+reserve {
-		return &InsufficientMemoryError{Need: need, Available: available, Reserve: reserve}
+		return &InsufficientMemoryError{Need: need, Available: available, Reserve: reserve, Basis: basis}
 	}
 	return nil
+}
+
+// MemTotal returns MemTotal from /proc/meminfo, in bytes.
+func MemTotal() (int64, error) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("models: total memory: %w", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				if err == nil && kb >= 0 && kb <= math.MaxInt64/1024 {
+					return kb * 1024, nil
+				}
+			}
+			break
+		}
+	}
+	return 0, fmt.Errorf("models: total memory: no MemTotal line in /proc/meminfo")
 }

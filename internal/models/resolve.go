@@ -141,6 +141,9 @@ func (r *Resolver) check(p, field, prefix string) (string, int64, error) {
 		return fail(ErrNotFound, "%s cannot be resolved: %v", p, unwrapPath(err))
 	}
 	if !r.inside(real) {
+		if r.isRoot(real) {
+			return fail(ErrNotAllowed, "%s is a directory (a model root itself), not a model file inside it", p)
+		}
 		return fail(ErrNotAllowed, "%s is %s", p, r.notInside())
 	}
 	fi, err := os.Stat(real)
@@ -161,6 +164,16 @@ func (r *Resolver) notInside() string {
 		return "not inside a model root (no model roots are configured)"
 	}
 	return "not inside a model root (" + strings.Join(r.Roots(), ", ") + ")"
+}
+
+// isRoot reports whether the resolved path p is one of the roots itself.
+func (r *Resolver) isRoot(p string) bool {
+	for _, rt := range r.roots {
+		if rt.real == p {
+			return true
+		}
+	}
+	return false
 }
 
 // inside reports whether the resolved path p lies strictly inside one of the

@@ -98,3 +98,82 @@ func TestGetFailsWhenNothingListens(t *testing.T) {
 		t.Fatal("probe of a closed port passed")
 	}
 }
+
+// A slow answer is waited for, and a kept connection serves again.
+func TestGetWaitsForASlowAnswer(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(150 * time.Millisecond)
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	p := New(strings.TrimPrefix(srv.URL, "http://"))
+	defer p.Close()
+	for range 2 { // the second on the kept connection
+		if err := p.Get("/health", 200, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// rawServer answers every connection with resp and closes it (or, with
+// keep, reads the next request on it).
+func rawServer(t *testing.T, resp string) (addr string, conns *atomic.Int32) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	conns = new(atomic.Int32)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+				c.Write([]byte(resp))
+			}()
+		}
+	}()
+	return l.Addr().String(), conns
+}
+
+// Servers that close after answering (HTTP/1.0, Connection: close,
+// chunked bodies) get a new connection per probe, and their answers count.
+func TestGetOnServersThatCloseOrChunk(t *testing.T) {
+	for _, c := range []struct{ name, resp string }{
+		{"HTTP/1.0", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		{"connection close", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"},
+		{"no length", "HTTP/1.1 200 OK\r\n\r\nok"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr, conns := rawServer(t, c.resp)
+			p := New(addr)
+			defer p.Close()
+			for range 3 {
+				if err := p.Get("/health", 200, 2*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := conns.Load(); n != 3 {
+				t.Fatalf("%d connections for 3 probes", n)
+			}
+		})
+	}
+	addr, _ := rawServer(t, "garbage\r\n\r\n")
+	if err := New(addr).Get("/health", 200, 2*time.Second); err == nil || !strings.Contains(err.Error(), "malformed") {
+		t.Fatalf("garbage answer: %v", err)
+	}
+	addr, _ = rawServer(t, "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+	if err := New(addr).Get("/health", 200, 2*time.Second); err == nil || !strings.Contains(err.Error(), "status 503") {
+		t.Fatalf("503 answer: %v", err)
+	}
+}

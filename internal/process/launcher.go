@@ -19,10 +19,17 @@ const launchExitCode = 127
 
 // launchOptions travel, JSON-encoded, as the shim's os.Args[2].
 type launchOptions struct {
-	Path      string   `json:"path"`                 // target program
-	JoinProcs []string `json:"join_procs,omitempty"` // cgroup v1 cgroup.procs files
-	Nofile    uint64   `json:"nofile,omitempty"`     // RLIMIT_NOFILE soft=hard; 0: leave
-	StatusFD  int      `json:"status_fd,omitempty"`  // failure report pipe; 0: none
+	Path      string      `json:"path"`                 // target program
+	JoinProcs []string    `json:"join_procs,omitempty"` // cgroup v1 cgroup.procs files
+	Nofile    uint64      `json:"nofile,omitempty"`     // RLIMIT_NOFILE soft=hard; 0: leave
+	StatusFD  int         `json:"status_fd,omitempty"`  // failure report pipe; 0: none
+	Cred      *launchCred `json:"cred,omitempty"`       // user to become before exec; nil: stay
+}
+
+// launchCred is Spec.Credential for the shim.
+type launchCred struct {
+	Uid, Gid uint32
+	Groups   []uint32
 }
 
 func encodeLaunch(o launchOptions) (string, error) {
@@ -98,6 +105,21 @@ func launchSteps(o launchOptions, argv []string) *launchError {
 		// soft limit over ours.
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 			return &launchError{Step: "set RLIMIT_NOFILE to " + strconv.FormatUint(o.Nofile, 10), Err: err}
+		}
+	}
+	if c := o.Cred; c != nil {
+		groups := make([]int, len(c.Groups))
+		for i, g := range c.Groups {
+			groups[i] = int(g)
+		}
+		if err := syscall.Setgroups(groups); err != nil {
+			return &launchError{Step: "set supplementary groups", Err: err}
+		}
+		if err := syscall.Setgid(int(c.Gid)); err != nil {
+			return &launchError{Step: "setgid " + strconv.Itoa(int(c.Gid)), Err: err}
+		}
+		if err := syscall.Setuid(int(c.Uid)); err != nil {
+			return &launchError{Step: "setuid " + strconv.Itoa(int(c.Uid)), Err: err}
 		}
 	}
 	err := syscall.Exec(o.Path, argv, os.Environ())

@@ -21,11 +21,13 @@
 // parent instead, and a Reaper (StartReaper) reaps every exited child that
 // no Proc owns, without ever taking a Proc's exit status.
 //
-// Programs that Start with Spec.JoinProcs or Spec.Nofile set are launched
-// through a shim: the current executable re-executed with a private first
-// argument. Every binary that starts such processes (cmd/rbee-hive, and the
-// test binaries of packages that do) must call LauncherMain first thing in
-// main (or TestMain).
+// Programs that Start with Spec.JoinProcs or Spec.Nofile set are stopped by
+// the kernel right after their exec (ptrace) while Start joins them to their
+// cgroups and sets the limit (traced.go). Where ptrace is denied they are
+// launched through a shim instead: the current executable re-executed with a
+// private first argument. Every binary that starts such processes
+// (cmd/rbee-hive, and the test binaries of packages that do) must call
+// LauncherMain first thing in main (or TestMain).
 package process
 
 import (
@@ -34,6 +36,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -85,16 +88,27 @@ type Spec struct {
 	// never runs a single instruction outside it. 0 or negative: none.
 	CgroupFD int
 	// JoinProcs lists cgroup v1 "cgroup.procs" files the process joins
-	// (by writing its own PID) before the target program runs. Setting it
-	// routes the start through the launcher shim (see LauncherMain).
+	// before the target program runs its first instruction (at the exec
+	// stop, or through the launcher shim where ptrace is denied).
 	JoinProcs []string
+	// JoinAfter lists cgroup v1 "cgroup.procs" files the process is moved
+	// into by Start right after its exec, from the outside and without
+	// stopping it: for cgroups that only account (no limit to enforce), so
+	// the program's first instructions, or a child it forks at once, may
+	// run outside them. It costs the start nothing (JoinProcs stops the
+	// program until it has joined).
+	JoinAfter []string
 	// Nofile, when > 0, sets RLIMIT_NOFILE (soft and hard) of the target
-	// program before it runs. Setting it routes the start through the
-	// launcher shim. 0 means inherited (Go's original soft limit).
+	// program before it runs (like JoinProcs). 0 means inherited (Go's
+	// original soft limit).
 	Nofile uint64
+	// Credential, when not nil, is the user and groups the program runs
+	// as (set after the cgroup joins and the rlimit, before exec). Nil:
+	// this process's own.
+	Credential *syscall.Credential
 }
 
-// usesLauncher reports whether the start must go through the shim.
+// usesLauncher reports whether the start needs the exec stop or the shim.
 func (s Spec) usesLauncher() bool { return len(s.JoinProcs) > 0 || s.Nofile > 0 }
 
 // Exit is how a process ended. The zero value means "not ended yet".
@@ -468,6 +482,17 @@ func Start(spec Spec) (*Proc, error) {
 		files[2] = spec.Stderr
 	}
 
+	// Joins and limits at the exec stop where ptrace is allowed (traced.go);
+	// else through the launcher shim.
+	fellBack := false
+	if spec.usesLauncher() && !traceDenied.Load() {
+		p, err := startTraced(spec, argv, files, bootID)
+		if !errors.Is(err, errTraceUnusable) {
+			return p, err
+		}
+		fellBack = true
+	}
+
 	// The launcher reports failure on fd 3 (a close-on-exec pipe: EOF with
 	// no data means the target program was exec'd).
 	var statusR *os.File
@@ -480,7 +505,11 @@ func Start(spec Spec) (*Proc, error) {
 		defer r.Close()
 		defer w.Close()
 		files = append(files, w)
-		enc, err := encodeLaunch(launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3})
+		lo := launchOptions{Path: spec.Path, JoinProcs: spec.JoinProcs, Nofile: spec.Nofile, StatusFD: 3}
+		if c := spec.Credential; c != nil {
+			lo.Cred = &launchCred{Uid: c.Uid, Gid: c.Gid, Groups: append([]uint32{}, c.Groups...)}
+		}
+		enc, err := encodeLaunch(lo)
 		if err != nil {
 			return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 		}
@@ -500,10 +529,22 @@ func Start(spec Spec) (*Proc, error) {
 		sys.UseCgroupFD = true
 		sys.CgroupFD = spec.CgroupFD
 	}
+	if spec.Credential != nil && !spec.usesLauncher() {
+		// The launcher shim must stay privileged for its cgroup joins and
+		// rlimit; it drops to the credential itself.
+		sys.Credential = spec.Credential
+	}
 	var pid int
 	// The child is tracked (so a Reaper leaves it to us) from before the
 	// fork until its owner has reaped it: see "Ordering" in reaper.go.
 	beginStart()
+	// The child is forked from this thread and inherits its no_new_privs:
+	// set it here (idempotent, one-way, harmless to the hive, which never
+	// execs anything to gain privileges), so no worker can gain privileges
+	// through a set-user-ID program (SPEC §14). Go offers no SysProcAttr
+	// field for it, and AllThreadsSyscall is unavailable with cgo.
+	runtime.LockOSThread()
+	nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 	err = withFDs(files, nil, func(fds []uintptr) error {
 		var serr error
 		pid, _, serr = syscall.StartProcess(argv0, argv, &syscall.ProcAttr{
@@ -514,10 +555,20 @@ func Start(spec Spec) (*Proc, error) {
 		})
 		return serr
 	})
+	runtime.UnlockOSThread()
 	if err != nil {
 		pid = 0 // no child (Go's fork code reaped a failed one itself)
 	}
 	endStart(pid)
+	if err == nil && nnpErr != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		reap(pid)
+		untrackChild(pid)
+		if pidfd >= 0 {
+			syscall.Close(pidfd)
+		}
+		return nil, fmt.Errorf("process: start %s: set no_new_privs: %w", spec.Path, nnpErr)
+	}
 	if err != nil {
 		if spec.CgroupFD > 0 {
 			return nil, fmt.Errorf("process: start %s (into cgroup fd %d): %w", spec.Path, spec.CgroupFD, err)
@@ -544,6 +595,9 @@ func Start(spec Spec) (*Proc, error) {
 			return abort(err)
 		}
 	}
+	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+		return abort(err)
+	}
 	st, err := readStat(pid)
 	if err != nil {
 		return abort(err) // cannot happen for an unreaped child; be safe
@@ -555,7 +609,21 @@ func Start(spec Spec) (*Proc, error) {
 		untrackChild(pid)
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
+	if fellBack {
+		traceDenied.Store(true) // the shim worked where ptrace did not
+	}
 	return p, nil
+}
+
+// joinAfter writes pid into each cgroup.procs file of files.
+func joinAfter(files []string, pid int) error {
+	spid := []byte(strconv.Itoa(pid))
+	for _, procs := range files {
+		if err := writeProcs(procs, spid); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", procs, err)
+		}
+	}
+	return nil
 }
 
 // closeOnExecInherited marks every descriptor >= 3 of this process

@@ -468,7 +468,9 @@ func TestNilStdioIsDevNull(t *testing.T) {
 	}
 }
 
-func TestLauncherNofile(t *testing.T) {
+func TestLauncherNofile(t *testing.T) { bothJoins(t, testLauncherNofile) }
+
+func testLauncherNofile(t *testing.T, shim bool) {
 	spec := sleepSpec()
 	spec.Nofile = 1234
 	spec.Env = []string{"RBEE_MARK=nofile"}
@@ -476,6 +478,9 @@ func TestLauncherNofile(t *testing.T) {
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
 	if !strings.HasSuffix(exe, "/sleep") {
 		t.Fatalf("exe = %q: Start returned before the target was exec'd", exe)
+	}
+	if tracer := statusField(t, p.PID, "TracerPid"); tracer != "0" {
+		t.Fatalf("TracerPid %s: the worker is still traced", tracer)
 	}
 	if st, _ := ReadStartTime(p.PID); st != p.StartTime {
 		t.Fatalf("start time changed across exec: %d vs %d", st, p.StartTime)
@@ -543,7 +548,9 @@ func cgroupOf(t *testing.T, pid int, ctrl string) string {
 	return ""
 }
 
-func TestLauncherJoinProcsV1(t *testing.T) {
+func TestLauncherJoinProcsV1(t *testing.T) { bothJoins(t, testLauncherJoinProcsV1) }
+
+func testLauncherJoinProcsV1(t *testing.T, shim bool) {
 	dir := makeCgroup(t, "/sys/fs/cgroup/pids")
 	spec := sleepSpec()
 	spec.JoinProcs = []string{filepath.Join(dir, "cgroup.procs")}
@@ -558,6 +565,10 @@ func TestLauncherJoinProcsV1(t *testing.T) {
 }
 
 func TestLauncherJoinProcsFailureLeavesNothing(t *testing.T) {
+	bothJoins(t, testLauncherJoinProcsFailureLeavesNothing)
+}
+
+func testLauncherJoinProcsFailureLeavesNothing(t *testing.T, shim bool) {
 	spec := sleepSpec()
 	spec.JoinProcs = []string{"/sys/fs/cgroup/pids/" + randomName(t) + "/cgroup.procs"}
 	errf := tempFile(t, "err.log")
@@ -575,7 +586,7 @@ func TestLauncherJoinProcsFailureLeavesNothing(t *testing.T) {
 		t.Fatalf("processes left: %v", left)
 	}
 	e, _ := os.ReadFile(errf.Name())
-	if !strings.HasPrefix(string(e), "rbee-launch: join cgroup ") {
+	if shim && !strings.HasPrefix(string(e), "rbee-launch: join cgroup ") {
 		t.Fatalf("stderr = %q", e)
 	}
 }
@@ -598,6 +609,10 @@ func TestCloneIntoCgroupV2(t *testing.T) {
 // All three at once, as on a hybrid host with limits: created in the v2
 // cgroup, joins the v1 one, then runs with the limit.
 func TestLauncherWithCgroupV2AndV1AndNofile(t *testing.T) {
+	bothJoins(t, testLauncherWithCgroupV2AndV1AndNofile)
+}
+
+func testLauncherWithCgroupV2AndV1AndNofile(t *testing.T, shim bool) {
 	v2 := makeCgroup(t, "/sys/fs/cgroup/unified")
 	v1 := makeCgroup(t, "/sys/fs/cgroup/pids")
 	fd, err := syscall.Open(v2, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
@@ -789,5 +804,66 @@ func TestConcurrentSignalCloseAndExit(t *testing.T) {
 		if ex := p.Exit(); ex.Signal != syscall.SIGKILL {
 			t.Fatalf("Exit = %+v", ex)
 		}
+	}
+}
+
+// bothJoins runs a launcher test twice: joins and limits applied at the
+// exec stop (ptrace, the default) and through the launcher shim (the
+// fallback where ptrace is denied).
+func bothJoins(t *testing.T, f func(t *testing.T, shim bool)) {
+	for _, shim := range []bool{false, true} {
+		name := "ptrace"
+		if shim {
+			name = "shim"
+		}
+		t.Run(name, func(t *testing.T) {
+			traceDenied.Store(shim)
+			defer traceDenied.Store(false)
+			f(t, shim)
+			if !shim && traceDenied.Load() {
+				t.Fatal("the traced start fell back to the shim")
+			}
+		})
+	}
+}
+
+// statusField returns a field of /proc/pid/status.
+func statusField(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
+}
+
+// Accounting-only v1 cgroups are joined right after the start, without an
+// exec stop (and without the shim).
+func TestJoinAfterV1(t *testing.T) {
+	dir := makeCgroup(t, "/sys/fs/cgroup/pids")
+	spec := sleepSpec()
+	spec.JoinAfter = []string{filepath.Join(dir, "cgroup.procs")}
+	p := start(t, spec)
+	if got, want := cgroupOf(t, p.PID, "pids"), "/"+filepath.Base(dir); got != want {
+		t.Fatalf("pids cgroup %q, want %q", got, want)
+	}
+	if tracer := statusField(t, p.PID, "TracerPid"); tracer != "0" {
+		t.Fatalf("TracerPid %s", tracer)
+	}
+	spec.JoinAfter = []string{"/sys/fs/cgroup/pids/" + randomName(t) + "/cgroup.procs"}
+	if p, err := Start(spec); err == nil {
+		cleanupProc(t, p)
+		t.Fatal("Start succeeded with a missing cgroup")
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("err = %v", err)
+	}
+	if left := children(); len(left) > 1 { // the first sleep is still running
+		t.Fatalf("processes left: %v", left)
 	}
 }

@@ -130,3 +130,20 @@ func FindByEnv(key, value string) []int {
 	slices.Sort(pids)
 	return pids
 }
+
+// HasEnv reports whether the environment pid was exec'd with
+// (/proc/PID/environ) holds the exact entry key=value. An unreadable
+// environment (gone, no permission) counts as not holding it.
+func HasEnv(pid int, key, value string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	want := []byte(key + "=" + value)
+	for entry := range bytes.SplitSeq(b, []byte{0}) {
+		if bytes.Equal(entry, want) {
+			return true
+		}
+	}
+	return false
+}

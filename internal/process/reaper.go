@@ -106,8 +106,10 @@ func BecomeSubreaper() error {
 
 // reaperInterval is the backstop period of a Reaper: a round runs this often
 // even without SIGCHLD (signals coalesce, and a listing can miss a child
-// moving between threads).
-const reaperInterval = 2 * time.Second
+// moving between threads). Rare: every SIGCHLD runs a round, a zombie left
+// for the backstop is harmless meanwhile, and an idle hive should not wake
+// up (each round reads a file per thread) for nothing.
+const reaperInterval = 30 * time.Second
 
 // reaperRetry is how soon a Reaper looks again after a round that had to
 // leave an exited child unreaped because a Start was in flight.
@@ -133,6 +135,9 @@ type Reaper struct {
 	done chan struct{} // closed when the goroutine has returned
 
 	closeOnce sync.Once
+
+	escMu  sync.Mutex
+	marker [2]string // key, value: kill escapes carrying it (escaped.go); empty: none
 }
 
 // StartReaper starts a Reaper: one goroutine that, on every SIGCHLD this
@@ -217,6 +222,8 @@ func (r *Reaper) round() (again bool) {
 		again = again || deferred
 		if reaped {
 			r.log.Debug("reaped orphan", "pid", pid, "exit", ex.String())
+		} else if !deferred && r.killIfEscaped(pid) {
+			again = true // reap it soon
 		}
 	}
 	return again

@@ -42,6 +42,12 @@ type config struct {
 	// spawn request's env can never switch them on (SPEC §5, §14).
 	testMode bool
 
+	ctx     int // --ctx: tokens per slot; 0: the model's, at least defaultCtx
+	threads int // --threads: goroutines per matrix product
+	// parallel is --parallel as given (0: not given); slots is the
+	// effective slot count: --parallel, else RBEE_WORKER_SLOTS, else 1.
+	parallel int
+
 	token             string
 	heartbeatInterval time.Duration
 	slots             int
@@ -88,6 +94,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.device, "device", 0, "device index")
 	fs.IntVar(&c.port, "port", -1, "port to bind on 127.0.0.1 (0: any free port) (required)")
 	fs.StringVar(&c.hiveURL, "hive-url", "", "hive base URL, e.g. http://127.0.0.1:9200 (empty: standalone)")
+	fs.IntVar(&c.ctx, "ctx", 0, "context size per slot in tokens (0: the model's context length, within 512..4096)")
+	fs.IntVar(&c.parallel, "parallel", 0, "inference slots, each with its own KV cache (default: RBEE_WORKER_SLOTS, else 1)")
+	fs.IntVar(&c.threads, "threads", 1, "goroutines each matrix product is split across")
 	fs.BoolVar(&c.testMode, "test-mode", false, "honour the LLMW_FAKE_* misbehaviour variables (tests and benchmarks only)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("%w: %w", ErrUsage, err)
@@ -102,6 +111,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, fmt.Errorf("%w: --model is required", ErrUsage)
 	case c.port < 0 || c.port > 65535:
 		return c, fmt.Errorf("%w: --port is required and must be 0..65535", ErrUsage)
+	case c.ctx < 0 || c.ctx > 1<<20:
+		return c, fmt.Errorf("%w: --ctx must be 0..1048576", ErrUsage)
+	case c.parallel < 0 || c.parallel > 1024:
+		return c, fmt.Errorf("%w: --parallel must be 1..1024", ErrUsage)
+	case c.threads < 1 || c.threads > 1024:
+		return c, fmt.Errorf("%w: --threads must be 1..1024", ErrUsage)
 	}
 	if c.hiveURL != "" {
 		u, err := url.Parse(c.hiveURL)
@@ -114,7 +129,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	e := envReader{getenv: getenv}
 	c.token = getenv("RBEE_WORKER_TOKEN")
 	c.heartbeatInterval = e.ms("RBEE_HEARTBEAT_INTERVAL_MS", 5000)
-	c.slots = e.int("RBEE_WORKER_SLOTS", 4)
+	c.slots = e.int("RBEE_WORKER_SLOTS", 1)
+	if c.parallel > 0 {
+		c.slots = c.parallel
+	}
 	c.drainTimeout = e.ms("RBEE_DRAIN_TIMEOUT_MS", 5000)
 	if c.heartbeatInterval <= 0 {
 		e.fail("RBEE_HEARTBEAT_INTERVAL_MS", "must be positive")
@@ -210,7 +228,7 @@ func (e *envReader) bool(name string) bool {
 
 // testProfile overrides the built-in rbee profile so that the hive starts
 // the reference worker with --test-mode.
-const testProfile = "  rbee: {command: [llm-worker-rbee, --test-mode], protocol: rbee}\n"
+const testProfile = "  rbee: {command: [llm-worker-rbee, --test-mode], protocol: rbee, allow_env: [\"LLMW_FAKE_*\"]}\n"
 
 // WithTestMode returns hive config YAML (a whole document) in which the
 // rbee profile starts the reference worker with --test-mode, so tests and

@@ -1,12 +1,21 @@
 // Package refworker is the reference worker, llm-worker-rbee: a real HTTP
-// worker that follows the worker contract of SPEC §5. cmd/llm-worker-rbee is
+// worker that follows the worker contract of SPEC §5 and runs a real GGUF
+// Llama model on the CPU in pure Go (SPEC §15; packages gguf and llama). cmd/llm-worker-rbee is
 // a thin main around Main; everything lives here so tests (and test binaries
 // that re-execute themselves as a worker) can reach it.
 //
 // # Command line and environment
 //
 //	llm-worker-rbee --worker-id ID --model PATH --model-ref REF --backend B
-//	    --device N --port P --hive-url URL
+//	    --device N --port P --hive-url URL [--ctx N] [--parallel N] [--threads N]
+//	    [--test-mode]
+//
+// --ctx is each slot's context in tokens (default: the model's context
+// length, within 512..4096); --parallel the number of slots, i.e. concurrent
+// requests, each with its own KV cache made on first use (default:
+// RBEE_WORKER_SLOTS, else 1); --threads the goroutines each matrix product
+// is split across (default 1; for a model as small as stories260K one
+// thread is fastest).
 //
 // --hive-url is the hive's base URL (http://127.0.0.1:9200); the worker
 // appends /v1/workers/ready and /v1/heartbeat itself. An empty --hive-url runs
@@ -17,9 +26,9 @@
 //
 //	RBEE_WORKER_TOKEN            sent as "Authorization: Bearer <token>" on ready and heartbeat calls
 //	RBEE_HEARTBEAT_INTERVAL_MS   heartbeat interval once ready (default 5000)
-//	RBEE_WORKER_SLOTS            concurrent inference requests (default 4)
+//	RBEE_WORKER_SLOTS            concurrent inference requests when --parallel is not given (default 1)
 //	RBEE_DRAIN_TIMEOUT_MS        how long a shutdown waits for in-flight requests (default 5000)
-//	LLMW_FAKE_LOAD_MS            spread the model read over this many ms (default 0: as fast as the disk)
+//	LLMW_FAKE_LOAD_MS            spread the model load over this many ms (default 0: as fast as the disk)
 //	LLMW_FAKE_TOKEN_DELAY_MS     default delay before each streamed token (default 0)
 //	LLMW_FAKE_READY_STAMP       for benchmarks: a file that gets "PID NS" once the ready
 //	                             callback is accepted, NS being the wall-clock Unix ns just
@@ -29,10 +38,12 @@
 //
 //  1. Bind 127.0.0.1:P (exit 2 if that fails), so /health and /v1/ready answer
 //     while loading.
-//  2. Read the model file in chunks (never held in memory; a CRC-32C is kept),
-//     sending loading heartbeats {state:"loading", progress:{done,total}} at
-//     the start, at most every 250 ms, and at the end. A missing or unreadable
-//     model exits 1.
+//  2. Memory-map the GGUF model (so workers of the same model share its pages)
+//     and read its tensors in file order, sending loading heartbeats
+//     {state:"loading", progress:{done,total}} in tensor bytes at the start,
+//     at most every 250 ms, and at the end. A missing file, or one that is
+//     not a loadable GGUF Llama model, exits 1 with a message naming the file
+//     and the fault.
 //  3. POST /v1/workers/ready, retrying with back-off (50 ms doubling to 2 s)
 //     while the hive is unreachable or answers 5xx, for up to 2 minutes; a 4xx
 //     answer (or giving up) exits 1.
@@ -41,8 +52,23 @@
 //     wait up to the drain timeout for in-flight requests, exit 0.
 //
 // HTTP endpoints: GET /health, GET /v1/ready, GET /v1/loading/progress (SSE),
-// POST /v1/inference (SSE), POST /v1/shutdown. While draining, /v1/ready
-// answers {"ready":false,"state":"draining"}.
+// POST /v1/inference (SSE), POST /v1/completions, POST /v1/chat/completions,
+// POST /v1/shutdown. While draining, /v1/ready answers
+// {"ready":false,"state":"draining"}.
+//
+// POST /v1/inference takes {"prompt", "max_tokens" (default 16),
+// "temperature" (default 0: greedy), "top_k", "top_p", "seed",
+// "token_delay_ms"} and streams {"token","index"} events, then [DONE]. The
+// prompt gets the BOS token in front, as llama.cpp does. Greedy output of
+// the built-in stories260K model equals llama.cpp's token for token.
+//
+// The OpenAI routes take OpenAI's fields (model, prompt or messages,
+// max_tokens, temperature default 1, top_p, top_k, seed, stop, stream) and
+// answer in OpenAI's shapes, streaming chunks ending in data: [DONE], with
+// usage and finish_reason ("length", or "stop" at a stop string). Chat
+// template: the messages' contents joined by newlines (base models have no
+// chat format). Every route answers 503 ALL_SLOTS_BUSY when every slot is
+// taken; a client that goes away stops its generation at once.
 //
 // # Misbehaviours for tests
 //
@@ -74,5 +100,9 @@
 // # Footprint
 //
 // Unless GOMAXPROCS or GOGC are set in the environment, Main caps GOMAXPROCS
-// at 2 and sets GOGC to 50, so a thousand idle workers fit on a small box.
+// at 2 (or --threads) and sets GOGC to 50, so a thousand idle workers fit on
+// a small box. The model is memory-mapped read-only and shared, so workers of
+// one model share its pages in the page cache; a slot's KV cache is made when
+// the slot first serves. An idle stories260K worker costs about 1.5 MiB of
+// private memory (RssAnon; Pss about 1.9 MiB).
 package refworker

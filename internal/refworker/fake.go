@@ -45,7 +45,7 @@ func runChild(mode string, getenv func(string) string, stderr io.Writer) int {
 		f.Write([]byte{1})
 		f.Close()
 	}
-	tuneRuntime(func(string) string { return "" })
+	tuneRuntime(func(string) string { return "" }, 1)
 	for {
 		time.Sleep(time.Hour)
 	}

@@ -2,7 +2,6 @@ package refworker_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
+	"github.com/rbee/rbee-hive/internal/gguf"
 	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
 )
 
@@ -195,21 +196,36 @@ type proc struct {
 	client  *http.Client
 }
 
-func writeModel(t testing.TB, size int) string {
+// writeModel writes the built-in stories260K model into a fresh directory.
+func writeModel(t testing.TB) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "model.gguf")
-	b := bytes.Repeat([]byte("rbee-model-bytes"), size/16+1)[:size]
-	if err := os.WriteFile(p, b, 0o644); err != nil {
+	p, err := builtinmodel.WriteTo(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// modelTensorBytes is the load progress total of a model: its tensor bytes.
+func modelTensorBytes(t testing.TB, path string) int64 {
+	t.Helper()
+	f, err := gguf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n int64
+	for _, tt := range f.Tensors {
+		n += tt.Size
+	}
+	return n
 }
 
 func startWorker(t *testing.T, o workerOpts) *proc {
 	t.Helper()
 	bin := buildbin.Build(t, "cmd/llm-worker-rbee")
 	if o.model == "" {
-		o.model = writeModel(t, 64<<10)
+		o.model = writeModel(t)
 	}
 	args := []string{
 		"--worker-id", "worker-test-1", "--model", o.model, "--model-ref", "file:" + o.model,

@@ -35,6 +35,8 @@ func (w *worker) routes() http.Handler {
 	mux.HandleFunc("GET /v1/ready", w.handleReady)
 	mux.HandleFunc("GET /v1/loading/progress", w.handleProgress)
 	mux.HandleFunc("POST /v1/inference", w.handleInference)
+	mux.HandleFunc("POST /v1/completions", w.handleCompletions)
+	mux.HandleFunc("POST /v1/chat/completions", w.handleChatCompletions)
 	mux.HandleFunc("POST /v1/shutdown", w.handleShutdown)
 	return mux
 }
@@ -137,9 +139,13 @@ func (w *worker) handleProgress(rw http.ResponseWriter, r *http.Request) {
 }
 
 type inferenceRequest struct {
-	Prompt       string `json:"prompt"`
-	MaxTokens    *int   `json:"max_tokens"`
-	TokenDelayMS *int   `json:"token_delay_ms"`
+	Prompt       string   `json:"prompt"`
+	MaxTokens    *int     `json:"max_tokens"`
+	TokenDelayMS *int     `json:"token_delay_ms"`
+	Temperature  *float64 `json:"temperature"`
+	TopK         *int     `json:"top_k"`
+	TopP         *float64 `json:"top_p"`
+	Seed         *int64   `json:"seed"`
 }
 
 const (
@@ -149,80 +155,68 @@ const (
 
 var errInvalidRequest = apiError{http.StatusBadRequest, "INVALID_REQUEST", ""}
 
-func (w *worker) handleInference(rw http.ResponseWriter, r *http.Request) {
-	var req inferenceRequest
+func invalid(format string, args ...any) *apiError {
+	e := errInvalidRequest
+	e.message = fmt.Sprintf(format, args...)
+	return &e
+}
+
+// decodeBody decodes one JSON value from the request body (at most 1 MiB).
+func decodeBody(r *http.Request, v any) *apiError {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-	if err := dec.Decode(&req); err != nil {
-		e := errInvalidRequest
-		e.message = "malformed JSON body: " + err.Error()
-		writeError(rw, e)
-		return
+	if err := dec.Decode(v); err != nil {
+		return invalid("malformed JSON body: %v", err)
 	}
 	if dec.More() {
-		e := errInvalidRequest
-		e.message = "trailing data after the JSON body"
-		writeError(rw, e)
-		return
+		return invalid("trailing data after the JSON body")
 	}
-	n := defaultMaxTokens
-	if req.MaxTokens != nil {
-		n = *req.MaxTokens
-	}
-	if n < 0 || n > maxMaxTokens {
-		e := errInvalidRequest
-		e.message = fmt.Sprintf("max_tokens must be 0..%d", maxMaxTokens)
-		writeError(rw, e)
+	return nil
+}
+
+func (w *worker) handleInference(rw http.ResponseWriter, r *http.Request) {
+	var req inferenceRequest
+	if e := decodeBody(r, &req); e != nil {
+		writeError(rw, *e)
 		return
 	}
 	delay := w.cfg.tokenDelay
 	if req.TokenDelayMS != nil {
 		if *req.TokenDelayMS < 0 {
-			e := errInvalidRequest
-			e.message = "token_delay_ms must not be negative"
-			writeError(rw, e)
+			writeError(rw, *invalid("token_delay_ms must not be negative"))
 			return
 		}
 		delay = time.Duration(*req.TokenDelayMS) * time.Millisecond
 	}
-	release, refusal := w.acquire()
+	g, e := newGeneration(req.MaxTokens, req.Temperature, req.TopK, req.TopP, req.Seed, 0)
+	if e != nil {
+		writeError(rw, *e)
+		return
+	}
+	g.delay = delay
+	job, refusal := w.start(g, req.Prompt)
 	if refusal != nil {
 		writeError(rw, *refusal)
 		return
 	}
-	completed := false
-	defer func() { release(completed) }()
+	defer job.done()
 
 	rc := sse(rw)
-	gen := newGenerator(req.Prompt)
-	var t *time.Timer
-	for i := range n {
-		if delay > 0 {
-			if t == nil {
-				t = time.NewTimer(delay)
-				defer t.Stop()
-			} else {
-				t.Reset(delay)
-			}
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				return
-			case <-w.ctx.Done():
-				return
-			}
-		}
+	i := 0
+	_, err := job.run(r.Context(), func(piece string) error {
 		b, _ := json.Marshal(struct {
 			Token string `json:"token"`
 			Index int    `json:"index"`
-		}{gen.next(), i})
-		if sseData(rw, rc, b) != nil {
-			return
-		}
+		}{piece, i})
+		i++
+		return sseData(rw, rc, b)
+	})
+	if err != nil {
+		return
 	}
 	if sseData(rw, rc, []byte("[DONE]")) != nil {
 		return
 	}
-	completed = true
+	job.completed = true
 }
 
 func (w *worker) handleShutdown(rw http.ResponseWriter, r *http.Request) {

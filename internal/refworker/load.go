@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
-	"os"
 	"sync"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/gguf"
+	"github.com/rbee/rbee-hive/internal/llama"
 )
 
 // ErrModel marks a model file that cannot be loaded.
@@ -49,79 +49,92 @@ func (p *progress) snapshot() (done, total int64, finished bool, changed <-chan 
 	return p.done, p.total, p.finished, p.changed
 }
 
-const (
-	readChunk          = 256 << 10
-	progressHBInterval = 250 * time.Millisecond
-)
+const progressHBInterval = 250 * time.Millisecond
 
-// load reads the model file from disk in chunks, discarding the bytes but
-// keeping a CRC-32C, and reports progress. With loadDelay set, the reading is
-// spread over that long. It blocks until the file is read or ctx is done.
-func (w *worker) load(ctx context.Context) (uint32, error) {
-	f, err := os.Open(w.cfg.modelPath)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrModel, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrModel, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return 0, fmt.Errorf("%w: %s is not a regular file", ErrModel, w.cfg.modelPath)
-	}
-	total := fi.Size()
-	w.log.Info(fmt.Sprintf("loading model %s (%d bytes)", w.cfg.modelPath, total))
+// engine is the loaded model and the slots' sessions. Sessions (each with its
+// own KV cache) are made on first use and kept for reuse; the worker's slot
+// count (acquire) bounds how many exist.
+type engine struct {
+	file  *gguf.File
+	model *llama.Model
+	ctx   int
 
-	chunk := int64(readChunk)
-	if d := w.cfg.loadDelay; d > 0 && total > 0 {
-		// About one chunk every 20 ms, so progress keeps moving.
-		steps := max(int64(d/(20*time.Millisecond)), 1)
-		chunk = min(max((total+steps-1)/steps, 1), readChunk)
-	}
-	buf := make([]byte, chunk)
-	sum := crc32.New(crc32.MakeTable(crc32.Castagnoli))
-	start := time.Now()
-	var done int64
-	w.prog.set(0, total)
-	w.hive.loading(0, total)
-	lastHB := time.Now()
-	for {
-		n, rerr := f.Read(buf)
-		if n > 0 {
-			sum.Write(buf[:n])
-			done += int64(n)
-			total = max(total, done)
-			w.prog.set(done, total)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return 0, fmt.Errorf("%w: %w", ErrModel, rerr)
-		}
-		if d := w.cfg.loadDelay; d > 0 {
-			due := start.Add(time.Duration(float64(d) * float64(done) / float64(total)))
-			if err := sleepUntil(ctx, due); err != nil {
-				return 0, err
-			}
-		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		if time.Since(lastHB) >= progressHBInterval {
-			w.hive.loading(done, total)
-			lastHB = time.Now()
-		}
-	}
-	if total == 0 && w.cfg.loadDelay > 0 {
-		if err := sleepUntil(ctx, start.Add(w.cfg.loadDelay)); err != nil {
-			return 0, err
-		}
-	}
-	w.hive.loading(done, total)
-	return sum.Sum32(), nil
+	mu   sync.Mutex
+	free []*llama.Session
 }
+
+func (e *engine) session() *llama.Session {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n := len(e.free); n > 0 {
+		s := e.free[n-1]
+		e.free = e.free[:n-1]
+		return s
+	}
+	return e.model.NewSession(e.ctx)
+}
+
+func (e *engine) put(s *llama.Session) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.free = append(e.free, s)
+}
+
+// load memory-maps the GGUF model and builds the model from it, touching
+// every tensor in file order and reporting progress in bytes (loading
+// heartbeats at the start, at most every 250 ms, and at the end). With
+// loadDelay set, the reading is spread over that long. A file that is not a
+// loadable GGUF Llama model gives an error wrapping ErrModel.
+func (w *worker) load(ctx context.Context) (*engine, error) {
+	w.log.Info("loading model " + w.cfg.modelPath)
+	f, err := gguf.Open(w.cfg.modelPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
+	}
+	start := time.Now()
+	var lastHB time.Time
+	m, err := llama.Load(f, llama.Options{
+		Threads: w.cfg.threads,
+		Progress: func(done, total int64) error {
+			w.prog.set(done, total)
+			if d := w.cfg.loadDelay; d > 0 && total > 0 {
+				due := start.Add(time.Duration(float64(d) * float64(done) / float64(total)))
+				if err := sleepUntil(ctx, due); err != nil {
+					return err
+				}
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if done == 0 || done == total || time.Since(lastHB) >= progressHBInterval {
+				w.hive.loading(done, total)
+				lastHB = time.Now()
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		f.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrModel, w.cfg.modelPath, err)
+	}
+	n := w.cfg.ctx
+	if n == 0 {
+		n = min(max(m.ContextLength, defaultCtx), maxDefaultCtx)
+	}
+	w.log.Info(fmt.Sprintf("model loaded: %s; context %d, %d slots, %d threads", f.Describe(), n, w.cfg.slots, max(w.cfg.threads, 1)))
+	return &engine{file: f, model: m, ctx: n}, nil
+}
+
+// Without --ctx a slot gets the model's own context length, but at least
+// defaultCtx and at most maxDefaultCtx (as llama-server's 4096: a model
+// trained on 128K tokens would otherwise ask for a huge KV cache).
+const (
+	defaultCtx    = 512
+	maxDefaultCtx = 4096
+)
 
 // sleepUntil waits until t or until ctx is done, whichever is first.
 func sleepUntil(ctx context.Context, t time.Time) error {

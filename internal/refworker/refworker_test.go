@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/refworker"
 )
 
@@ -27,10 +29,11 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestSlowLoadAnswersWhileLoadingAndReportsProgress(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	const size = 2 << 20
+	model := writeModel(t)
+	size := modelTensorBytes(t, model)
 	w := startWorker(t, workerOpts{
 		hiveURL: hive.srv.URL,
-		model:   writeModel(t, size),
+		model:   model,
 		env:     []string{"LLMW_FAKE_LOAD_MS=1500"},
 	})
 	w.waitListening()
@@ -381,6 +384,30 @@ func TestMissingModelExits1(t *testing.T) {
 	}
 }
 
+// A file that is not a loadable GGUF model exits 1 with a message that names
+// the file and says what is wrong (SPEC §5.3).
+func TestUnloadableModelExits1(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.gguf")
+	if err := os.WriteFile(junk, bytes.Repeat([]byte("rbee model weights "), 1<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "truncated.gguf")
+	if err := os.WriteFile(truncated, builtinmodel.Bytes()[:600<<10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, why := range map[string]string{junk: "wrong magic", truncated: "runs past the end", dir: "not a regular file"} {
+		w := startWorker(t, workerOpts{model: path})
+		if code, _ := w.waitExit(5 * time.Second); code != refworker.ExitFailure {
+			t.Fatalf("%s: exit %d, want 1", path, code)
+		}
+		if e := w.stderr(); !strings.Contains(e, path) || !strings.Contains(e, why) || !strings.Contains(e, "cannot load model") {
+			t.Fatalf("stderr does not say %q about %s:\n%s", why, path, e)
+		}
+	}
+}
+
 func TestBindFailureExits2(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -635,7 +662,7 @@ func cpuTicks(t *testing.T, pid int) int {
 func TestIdleWorkerIsSmall(t *testing.T) {
 	t.Parallel()
 	hive := newFakeHive(t)
-	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, model: writeModel(t, 8<<20), env: []string{"RBEE_HEARTBEAT_INTERVAL_MS=50"}})
+	w := startWorker(t, workerOpts{hiveURL: hive.srv.URL, model: writeModel(t), env: []string{"RBEE_HEARTBEAT_INTERVAL_MS=50"}})
 	w.waitReady()
 	w.infer("warm up", 4)
 	eventually(t, 5*time.Second, "a few heartbeats", func() bool { return len(hive.heartbeatsIn("idle")) >= 4 })
@@ -673,26 +700,23 @@ func TestMainUsageErrorsExit2(t *testing.T) {
 	}
 }
 
-func TestTokensAreDeterministic(t *testing.T) {
+func TestTokensAreTheModelsGreedyOutput(t *testing.T) {
 	t.Parallel()
-	a, b := refworker.Tokens("hello", 50), refworker.Tokens("hello", 50)
-	if !slices.Equal(a, b) || len(a) != 50 {
-		t.Fatalf("%q vs %q", a, b)
+	a := refworker.Tokens("Once upon a time", 48)
+	if got := strings.Join(a, ""); got != ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it," || len(a) != 48 {
+		t.Fatalf("Tokens = %d tokens %q", len(a), got)
 	}
-	if strings.HasPrefix(a[0], " ") || !strings.HasPrefix(a[1], " ") {
-		t.Fatalf("spacing: %q", a[:2])
-	}
-	if slices.Equal(a, refworker.Tokens("hello!", 50)) {
+	if slices.Equal(a, refworker.Tokens("Lily and Ben went to the park", 48)) {
 		t.Fatal("different prompts gave the same tokens")
 	}
-	if !slices.Equal(refworker.Tokens("hello", 10), a[:10]) {
+	if !slices.Equal(refworker.Tokens("Once upon a time", 10), a[:10]) {
 		t.Fatal("a shorter run is not a prefix")
 	}
 }
 
 func TestSIGTERMWhileLoadingExits0(t *testing.T) {
 	t.Parallel()
-	w := startWorker(t, workerOpts{model: writeModel(t, 1<<20), env: []string{"LLMW_FAKE_LOAD_MS=60000"}})
+	w := startWorker(t, workerOpts{model: writeModel(t), env: []string{"LLMW_FAKE_LOAD_MS=60000"}})
 	w.waitListening()
 	w.waitLog("loading model")
 	syscall.Kill(w.pid, syscall.SIGTERM)

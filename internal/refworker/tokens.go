@@ -1,56 +1,51 @@
 package refworker
 
-import "hash/fnv"
+import (
+	"context"
+	"sync"
 
-// vocab is the generator's whole vocabulary.
-var vocab = [...]string{
-	"the", "a", "bee", "hive", "honey", "worker", "queen", "flower",
-	"pollen", "wax", "comb", "buzz", "flies", "makes", "sweet", "golden",
-	"busy", "small", "many", "field", "summer", "sun", "light", "warm",
-	"dance", "nectar", "home", "swarm", "gathers", "returns", "and", "of",
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
+	"github.com/rbee/rbee-hive/internal/gguf"
+	"github.com/rbee/rbee-hive/internal/llama"
+)
+
+var builtin struct {
+	once  sync.Once
+	model *llama.Model
+	err   error
 }
 
-// generator is the worker's small deterministic token source: a splitmix64
-// stream seeded from the FNV-1a hash of the prompt. Not safe for concurrent
-// use; each request has its own.
-type generator struct {
-	state uint64
-	index int
+// builtinModel returns the embedded stories260K model, parsed from the
+// binary's own bytes on first use.
+func builtinModel() (*llama.Model, error) {
+	builtin.once.Do(func() {
+		f, err := gguf.Parse(builtinmodel.Bytes())
+		if err != nil {
+			builtin.err = err
+			return
+		}
+		builtin.model, builtin.err = llama.Load(f, llama.Options{})
+	})
+	return builtin.model, builtin.err
 }
 
-func newGenerator(prompt string) *generator {
-	h := fnv.New64a()
-	h.Write([]byte(prompt))
-	return &generator{state: h.Sum64()}
-}
-
-// next returns the next token: a word, with a leading space after the first,
-// and a full stop every so often.
-func (g *generator) next() string {
-	g.state += 0x9e3779b97f4a7c15
-	z := g.state
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	z ^= z >> 31
-	tok := vocab[z%uint64(len(vocab))]
-	if g.index > 0 {
-		tok = " " + tok
-	}
-	if z>>59 == 0 { // about one token in 32
-		tok += "."
-	}
-	g.index++
-	return tok
-}
-
-// Tokens returns the first n tokens the worker streams for prompt. The same
-// prompt always gives the same tokens. It does not block and is safe for
-// concurrent use.
+// Tokens returns the token texts the worker streams for prompt with greedy
+// decoding (the default of /v1/inference) when it serves the built-in
+// stories260K model: at most n, fewer when the model ends the text first.
+// Safe for concurrent use; it panics only if the embedded model is broken.
 func Tokens(prompt string, n int) []string {
-	g := newGenerator(prompt)
-	out := make([]string, 0, max(n, 0))
-	for range n {
-		out = append(out, g.next())
+	m, err := builtinModel()
+	if err != nil {
+		panic(err)
+	}
+	var out []string
+	_, _, err = m.Generate(context.Background(), m.NewSession(max(m.ContextLength, defaultCtx)), m.Tok.Encode(prompt, true), n,
+		llama.NewSampler(llama.SamplerParams{}), func(_ int, piece string) error {
+			out = append(out, piece)
+			return nil
+		})
+	if err != nil {
+		panic(err)
 	}
 	return out
 }

@@ -43,7 +43,7 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "fake: exiting with code %d\n", cfg.fake.exitCode)
 		return cfg.fake.exitCode
 	}
-	tuneRuntime(getenv)
+	tuneRuntime(getenv, cfg.threads)
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("worker_id", cfg.workerID)
 
 	sigs := make(chan os.Signal, 1)
@@ -74,10 +74,11 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	return w.run(ln, sigs)
 }
 
-// tuneRuntime keeps an idle worker small, unless the environment says otherwise.
-func tuneRuntime(getenv func(string) string) {
+// tuneRuntime keeps an idle worker small, unless the environment says
+// otherwise: GOMAXPROCS 2, or --threads when that is more.
+func tuneRuntime(getenv func(string) string, threads int) {
 	if getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(min(2, runtime.NumCPU()))
+		runtime.GOMAXPROCS(min(max(2, threads), runtime.NumCPU()))
 	}
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
@@ -99,6 +100,7 @@ type worker struct {
 	bg     sync.WaitGroup // background goroutines owned by run
 
 	prog *progress
+	eng  *engine     // set once loaded, before ready; never changes afterwards
 	hive *hiveClient // nil: standalone or never ready
 
 	mu        sync.Mutex
@@ -197,14 +199,16 @@ func (w *worker) run(ln net.Listener, sigs <-chan os.Signal) int {
 // lifecycle loads the model and announces readiness. It returns nil when the
 // worker is ready (or told never to be), an error when it must exit 1.
 func (w *worker) lifecycle(ctx context.Context) error {
-	sum, err := w.load(ctx)
+	eng, err := w.load(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	w.log.Info(fmt.Sprintf("model loaded (crc32c %08x)", sum))
+	w.mu.Lock()
+	w.eng = eng
+	w.mu.Unlock()
 	if mb := w.cfg.fake.allocMB; mb > 0 {
 		if err := w.allocate(ctx, mb); err != nil {
 			w.log.Error("fake: allocation failed", "err", err)
@@ -273,40 +277,50 @@ var (
 	errAllSlotsBusy = apiError{http.StatusServiceUnavailable, "ALL_SLOTS_BUSY", "all inference slots are busy"}
 )
 
-// acquire takes an inference slot. The returned release must be called
-// exactly once, with whether the request completed. An idle ⇄ busy change
-// queues a heartbeat at once.
-func (w *worker) acquire() (release func(completed bool), refusal *apiError) {
+// acquireSlot takes an inference slot in two parts: free gives the slot
+// back (call it as soon as generation has ended, before the last bytes of
+// the answer go out, so a client that sends its next request the moment it
+// reads the end finds the slot free); finish ends the request (call it when
+// the handler is done, with whether the answer went out whole). Each must
+// be called exactly once; finish calls free if it was not called.
+func (w *worker) acquireSlot() (free func(), finish func(completed bool), refusal *apiError) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
 	case w.draining:
-		return nil, &errDraining
+		return nil, nil, &errDraining
 	case !w.ready:
-		return nil, &errNotReady
+		return nil, nil, &errNotReady
 	case w.inflight >= w.cfg.slots:
-		return nil, &errAllSlotsBusy
+		return nil, nil, &errAllSlotsBusy
 	}
 	w.inflight++
 	w.reqs.Add(1)
 	if w.inflight == 1 {
 		w.stateChangedLocked()
 	}
-	return w.release, nil
+	var once sync.Once
+	free = func() {
+		once.Do(func() {
+			w.mu.Lock()
+			w.inflight--
+			if w.inflight == 0 {
+				w.stateChangedLocked()
+			}
+			w.mu.Unlock()
+		})
+	}
+	return free, func(completed bool) { free(); w.finishRequest(completed) }, nil
 }
 
-func (w *worker) release(completed bool) {
-	w.mu.Lock()
-	w.inflight--
-	if w.inflight == 0 {
-		w.stateChangedLocked()
-	}
+func (w *worker) finishRequest(completed bool) {
 	n := 0
 	if completed {
+		w.mu.Lock()
 		w.completed++
 		n = w.completed
+		w.mu.Unlock()
 	}
-	w.mu.Unlock()
 	w.reqs.Done()
 	if lim := w.cfg.fake.crashAfterRequests; completed && lim > 0 && n == lim {
 		w.requestCrash(fmt.Sprintf("after %d completed requests", n))

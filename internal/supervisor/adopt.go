@@ -163,6 +163,14 @@ func verify(d Deps, rec *Record) (*process.Proc, *cgroup.Group, string) {
 		return nil, nil, "cannot verify the process: " + err.Error()
 	}
 	if !rec.Cgroup || !usable(d.Cgroups) {
+		// Without the worker's cgroup as proof, the process must carry the
+		// hive's marker (SPEC §7): a record with the right start time of an
+		// unrelated process must not get that process adopted (and later
+		// killed).
+		if rec.Spec.Marker == "" || !process.HasEnv(pid, "RBEE_HIVE_MARKER", rec.Spec.Marker) {
+			p.Close()
+			return nil, nil, fmt.Sprintf("PID %d does not carry this hive's marker: another process (left untouched)", pid)
+		}
 		return p, nil, ""
 	}
 	g, err := d.Cgroups.Open(rec.Info.ID)
@@ -241,7 +249,8 @@ func (o *owner) resumeLive(rec *Record) {
 		o.stall.arm(o.s.ReadyStallTimeout.D())
 		o.readyCap.arm(remaining(o.s.ReadyTimeout.D(), o.cur.StartedAt, now))
 		if o.w.spec.Profile.Protocol == config.ProtocolHTTP {
-			o.readyProbeDelay = 25 * time.Millisecond
+			o.readyProbeDelay = config.ReadinessFirstInterval.D()
+			o.readyProbeAt = o.now()
 			o.readyProbe.arm(o.readyProbeDelay)
 		}
 	case state.Idle, state.Busy:
@@ -256,7 +265,7 @@ func (o *owner) resumeLive(rec *Record) {
 			o.hbStale.arm(o.s.Heartbeat.Timeout.D()) // a full timeout of grace from now
 		}
 		if iv := o.s.Health.Interval.D(); iv > 0 {
-			o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+			o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 		}
 	case state.Stopping:
 		o.resumeStop(rec, now)

@@ -54,7 +54,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 // returns this process's handle on it; cleanup kills and reaps it.
 func startSleeper(t *testing.T) *process.Proc {
 	t.Helper()
-	p, err := process.Start(process.Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}})
+	p, err := process.Start(process.Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"},
+		Env: []string{"RBEE_HIVE_MARKER=" + testMarker}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +66,10 @@ func startSleeper(t *testing.T) *process.Proc {
 	})
 	return p
 }
+
+// testMarker is the hive marker the sleepers carry and the records name:
+// adoption without a cgroup needs it (SPEC §7).
+const testMarker = "adopt-test-marker"
 
 // recordOf describes p as worker "worker-adopt" of an http profile (no
 // heartbeats), in state st, with probes off.
@@ -78,9 +83,9 @@ func recordOf(p *process.Proc, st state.State) *Record {
 	r := &Record{
 		Info: apiv1.WorkerInfo{ID: "worker-adopt", State: st, Port: 61000, URL: workerURL(61000),
 			StartedAt: &now, ReadyAt: &now, LastActivity: &now},
-		Spec: Spec{ID: "worker-adopt", ProfileName: "generic", Settings: s,
+		Spec: Spec{ID: "worker-adopt", ProfileName: "generic", Settings: s, Marker: testMarker,
 			Profile: config.Profile{Protocol: config.ProtocolHTTP, StopSignal: "SIGTERM",
-				Readiness: config.Probe{Path: "/health", Status: 200}},
+				Readiness: config.ReadinessProbe{Probe: config.Probe{Path: "/health", Status: 200}}},
 			Argv: []string{"/bin/sleep", "60"}},
 	}
 	if p != nil {
@@ -250,5 +255,25 @@ func TestAdoptEndedRecordIsRetained(t *testing.T) {
 	}
 	if a.Worker().Log() == nil || a.Worker().Log().Path() == "" {
 		t.Fatal("ended worker has no log path")
+	}
+}
+
+// A record without a cgroup that names a live process with its right
+// start time is not adopted unless the process carries the hive's marker.
+func TestAdoptionWithoutCgroupNeedsTheMarker(t *testing.T) {
+	p := startSleeper(t)
+	rec := recordOf(p, state.Idle)
+	rec.Spec.Marker = "another-hive"
+	a, err := Adopt(testDeps(t), rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Alive() || !strings.Contains(a.Why(), "marker") {
+		t.Fatalf("adopted an unmarked process: alive=%v %s", a.Alive(), a.Why())
+	}
+	a.Start()
+	<-a.Worker().Done()
+	if !process.ProcessAlive(p.PID, p.StartTime) {
+		t.Fatal("the unmarked process was touched")
 	}
 }

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
@@ -37,5 +38,20 @@ func TestHealthSuccessResetsTheFailureCount(t *testing.T) {
 	o.onProbe(probeResult{kind: probeLiveness, pid: 41, err: errors.New("old")})
 	if o.cur.FailedHealthChecks != 0 {
 		t.Fatal("a stale probe result counted")
+	}
+}
+
+// A worker's last output quoted in the SPAWN_FAILED message carries no raw
+// terminal escapes (OSC 52 clipboard write, screen clear).
+func TestSpawnFailedMessageEscapesTerminalControls(t *testing.T) {
+	e := &SpawnError{LastLine: []string{"\x1b]52;c;ZXZpbA==\x07\x1b[2J done\ttab \u202e"}}
+	msg := e.Error()
+	for _, bad := range []string{"\x1b", "\x07", "\u202e"} {
+		if strings.Contains(msg, bad) {
+			t.Fatalf("message carries %q: %q", bad, msg)
+		}
+	}
+	if !strings.Contains(msg, `\x1b]52;c;ZXZpbA==\a\x1b[2J done`+"\ttab") {
+		t.Fatalf("message %q", msg)
 	}
 }

@@ -12,15 +12,83 @@ import (
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
-// healthTick runs on the health interval while the worker is ready.
+// healthTick runs on the health interval while the worker is ready. The
+// probe is skipped while a fresh heartbeat said healthy (SPEC §3): it is the
+// same proof of life, pushed, and counts as a success.
 func (o *owner) healthTick() {
 	if !o.cur.State.Ready() {
 		return
 	}
-	o.health.arm(o.s.Health.Interval.D())
+	o.armHealth(o.s.Health.Interval.D())
+	if o.heartbeatVouches() {
+		if o.cur.FailedHealthChecks != 0 {
+			o.cur.FailedHealthChecks = 0
+			o.publish(nil)
+		}
+		return
+	}
 	if !o.probing {
 		o.startProbe(probeLiveness)
 	}
+}
+
+// armHealth arms the health timer to fire d from now, rounded up to the
+// health grid: half the interval, at most 5 s, on the wall clock, the same
+// for every worker. Workers' probes then come in two shared wake-ups per
+// interval rather than one each: an idle hive's CPU goes mostly to waking
+// up (a wake-up of the Go runtime costs more context switches than the
+// probe it serves), not to the probes themselves. Each worker is still
+// probed every interval; only the phase is rounded.
+func (o *owner) armHealth(d time.Duration) {
+	if d <= 0 {
+		o.health.stop()
+		return
+	}
+	now := o.now()
+	at := now.Add(d)
+	if g := healthGrid(o.s.Health.Interval.D()); g > 0 {
+		if t := at.Truncate(g); t.Before(at) {
+			at = t.Add(g)
+		}
+	}
+	o.health.arm(at.Sub(now))
+}
+
+// healthGrid is the rounding of health probe times for interval iv.
+func healthGrid(iv time.Duration) time.Duration { return min(iv/2, 5*time.Second) }
+
+// heartbeatVouches reports whether the last heartbeat is fresh and said
+// healthy. Fresh: at most two heartbeat intervals old (one late heartbeat
+// still counts), and never older than heartbeat.timeout.
+func (o *owner) heartbeatVouches() bool {
+	hb := o.cur.LastHeartbeat
+	if !o.hbHealthy || hb == nil || o.w.spec.Profile.Protocol != config.ProtocolRbee {
+		return false
+	}
+	fresh := 2 * o.s.Heartbeat.Interval.D()
+	if t := o.s.Heartbeat.Timeout.D(); t > 0 && t < fresh {
+		fresh = t
+	}
+	return o.now().Sub(*hb) < fresh
+}
+
+// readinessMaxInterval is the profile's readiness.max_interval (its
+// default when unset).
+func (o *owner) readinessMaxInterval() time.Duration {
+	if d := o.w.spec.Profile.Readiness.MaxInterval; d > 0 {
+		return max(d.D(), config.ReadinessFirstInterval.D())
+	}
+	return config.DefaultReadinessMaxInterval.D()
+}
+
+// nextReadinessProbe schedules the next readiness probe of a loading
+// worker. The gap between probe starts grows by a quarter from 25 ms to
+// readiness.max_interval (SPEC §6); it counts from the last probe's start,
+// so a slow answer does not stretch it.
+func (o *owner) nextReadinessProbe() {
+	o.readyProbeDelay = min(o.readyProbeDelay+o.readyProbeDelay/4, o.readinessMaxInterval())
+	due := o.readyProbeAt.Add(o.readyProbeDelay)
+	o.readyProbe.arm(max(due.Sub(o.now()), time.Nanosecond))
 }
 
 // startProbe runs one HTTP probe in its own goroutine; the result comes back
@@ -32,6 +100,9 @@ func (o *owner) startProbe(kind probeKind) {
 		}
 		return
 	}
+	if kind == probeReadiness {
+		o.readyProbeAt = o.now()
+	}
 	o.probing = true
 	prof := o.w.spec.Profile
 	pp := prof.Liveness
@@ -40,7 +111,7 @@ func (o *owner) startProbe(kind probeKind) {
 		pp = config.Probe{Path: "/health", Status: http.StatusOK}
 	}
 	if kind == probeReadiness {
-		pp = prof.Readiness
+		pp = prof.Readiness.Probe
 		timeout = time.Second
 	}
 	if timeout <= 0 {
@@ -91,8 +162,7 @@ func (o *owner) onProbe(r probeResult) {
 			o.startProbe(probeReadiness)
 			return
 		}
-		o.readyProbeDelay = min(2*o.readyProbeDelay, time.Second)
-		o.readyProbe.arm(o.readyProbeDelay)
+		o.nextReadinessProbe()
 	case probeLiveness:
 		if !o.cur.State.Ready() {
 			return

@@ -51,7 +51,14 @@ type owner struct {
 	backoffUntil     time.Time // when the pending restart is due (state backoff); recorded for adoption
 
 	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
-	readyProbeDelay                                                           time.Duration
+	// readyProbeDelay is the current gap between readiness probe starts
+	// (25 ms, growing to readiness.max_interval); readyProbeAt when the
+	// last one started.
+	readyProbeDelay time.Duration
+	readyProbeAt    time.Time
+	// hbHealthy: the last heartbeat said healthy (a fresh one stands in
+	// for a liveness probe).
+	hbHealthy bool
 
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
@@ -92,7 +99,7 @@ func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error)
 	o.cur = apiv1.WorkerInfo{
 		ID: spec.ID, Port: port, URL: workerURL(port), ModelRef: spec.ModelRef, ModelPath: spec.ModelPath,
 		Backend: spec.Backend, Device: spec.Device, Profile: spec.ProfileName, Limits: spec.Settings.Limits,
-		Labels: spec.Labels, StartedAt: &now,
+		Labels: spec.Labels, StartedAt: &now, GPUUUID: spec.GPUUUID, Estimate: spec.Estimate,
 	}
 	if o.cur.Labels == nil {
 		o.cur.Labels = map[string]string{}
@@ -238,7 +245,8 @@ func (o *owner) startIncarnation() {
 	o.stall.arm(o.s.ReadyStallTimeout.D())
 	o.readyCap.arm(o.s.ReadyTimeout.D())
 	if spec.Profile.Protocol == config.ProtocolHTTP {
-		o.readyProbeDelay = 25 * time.Millisecond
+		o.readyProbeDelay = config.ReadinessFirstInterval.D()
+		o.readyProbeAt = o.now()
 		o.readyProbe.arm(o.readyProbeDelay)
 	}
 	if o.firstStart != nil {
@@ -276,7 +284,8 @@ func (o *owner) startProcess() error {
 	vars := map[string]string{
 		"port": strconv.Itoa(port), "model": spec.ModelPath, "model_ref": spec.ModelRef,
 		"worker_id": spec.ID, "backend": spec.Backend, "device": strconv.Itoa(spec.Device), "hive_url": spec.HiveURL,
-		"ctx": strconv.Itoa(o.s.Ctx),
+		"ctx":      strconv.Itoa(o.s.Ctx),
+		"gpu_uuid": spec.GPUUUID,
 	}
 	args := argv.Expand(spec.Argv, vars)
 	if spec.Profile.Protocol == config.ProtocolRbee {
@@ -293,7 +302,7 @@ func (o *owner) startProcess() error {
 	)
 
 	var cgFD = -1
-	var join []string
+	var join, joinAfter []string
 	if o.d.Cgroups != nil && o.d.Cgroups.Mode() != cgroup.ModeNone {
 		g, err := o.d.Cgroups.Create(spec.ID, o.s.Limits)
 		switch {
@@ -314,7 +323,14 @@ func (o *owner) startProcess() error {
 			}
 			cgFD = fd
 			defer syscall.Close(fd)
-			join = g.JoinProcs()
+			// v1 cgroups that enforce a limit are joined before the
+			// program runs; without limits they only account, and are
+			// joined right after the start, off its path.
+			if o.s.Limits.NeedsCgroup() {
+				join = g.JoinProcs()
+			} else {
+				joinAfter = g.JoinProcs()
+			}
 		}
 	}
 	out, err := o.wlog.ChildFile()
@@ -325,7 +341,7 @@ func (o *owner) startProcess() error {
 	defer out.Close()
 	p, err := process.Start(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
-		CgroupFD: cgFD, JoinProcs: join, Nofile: o.s.Limits.Nofile,
+		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,
 	})
 	if err != nil {
 		o.removeCgroup()
@@ -440,8 +456,8 @@ func (o *owner) markReady() {
 	}
 	if iv := o.s.Health.Interval.D(); iv > 0 {
 		// Spread the first probe over one interval so that many workers
-		// made ready together are not probed in the same millisecond.
-		o.health.arm(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
+		// made ready together are spread over the grid's slots.
+		o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
 	}
 }
 
@@ -452,6 +468,7 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 	}
 	now := o.now()
 	o.cur.LastHeartbeat = &now
+	o.hbHealthy = hb.HealthStatus == "healthy"
 	if hb.SlotsTotal != nil {
 		o.cur.SlotsTotal = *hb.SlotsTotal
 	}
@@ -491,11 +508,11 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 // progress is new output while loading: it resets the stall clock.
 //
 // For a generic (http) worker it also probes readiness at once: servers
-// print a line when they start listening or finish loading, so probing on
-// output notices readiness within milliseconds, where the back-off alone
-// (25 ms doubling to 1 s, SPEC §6) could leave a ready server waiting up to
-// a second. At most one probe is in flight, so a chatty loader costs no
-// more than a probe at a time.
+// often print a line when they start listening or finish loading, so
+// probing on output notices readiness within a millisecond or two, sooner
+// than the next scheduled probe (every 25–50 ms, SPEC §6). At most one
+// probe is in flight, so a chatty loader costs no more than a probe at a
+// time.
 func (o *owner) progress() {
 	if o.cur.State != state.Loading {
 		return
@@ -504,7 +521,7 @@ func (o *owner) progress() {
 	if o.w.spec.Profile.Protocol != config.ProtocolHTTP {
 		return
 	}
-	o.readyProbeDelay = 25 * time.Millisecond
+	o.readyProbeDelay = config.ReadinessFirstInterval.D()
 	if o.probing {
 		o.outputSinceProbe = true // probe again as soon as this one fails
 		return
@@ -524,6 +541,9 @@ func (o *owner) release() {
 
 // detach lets go of a live worker without touching its process.
 func (o *owner) detach() {
+	// A Start still waiting out the first start grace gets its answer now:
+	// the process is running and handed over (its timer stops below).
+	o.endGrace(nil)
 	o.stopLifecycleTimers()
 	o.stopT.stop()
 	o.log.Info("Leaving worker running", "pid", o.cur.PID, "state", o.cur.State)

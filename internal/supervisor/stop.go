@@ -57,7 +57,9 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 		o.forceKill()
 		return
 	}
-	o.stopT.arm(o.s.StopTimeout.D())
+	// The deadline counts from the stop's start, not from here: sending
+	// the request or signal took a moment already.
+	o.stopT.arm(max(o.stopAsked.Add(o.s.StopTimeout.D()).Sub(o.now()), time.Nanosecond))
 }
 
 // requestShutdown asks an rbee worker to drain and exit; when the request
@@ -127,12 +129,17 @@ func (o *owner) onExit() {
 		"oom_killed", facts.OOMKilled, "state", o.cur.State)
 
 	if o.cur.State == state.Stopping {
+		// `terminated` promises the whole tree is gone (no grandchild
+		// survives a stop), so the tree is checked first — in the common
+		// case one read per hierarchy finds the cgroup empty — and the
+		// cgroup's removal comes after the announcement. Stop latency
+		// ends when the process was reaped.
 		o.cleanupTree()
 		if m := o.d.Metrics; m != nil {
-			m.StopLatency(o.now().Sub(o.stopAsked))
+			m.StopLatency(ex.At.Sub(o.stopAsked))
 		}
 		o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
-			"after", o.now().Sub(o.stopAsked).String(), "forced", o.forced)
+			"after", ex.At.Sub(o.stopAsked).String(), "forced", o.forced)
 		o.endGrace(nil)
 		if o.restartAfterStop {
 			o.restartAfterStop = false
@@ -256,12 +263,17 @@ func (o *owner) cleanupTree() {
 		}
 	}
 	if o.cg != nil {
-		_ = o.cg.Kill()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := o.cg.WaitEmpty(ctx); err != nil {
-			o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+		// Usually the reaped process was the last one: one read of each
+		// hierarchy's cgroup.procs says so, and there is nothing to kill
+		// or wait for.
+		if pids, err := o.cg.Pids(); err != nil || len(pids) > 0 {
+			_ = o.cg.Kill()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := o.cg.WaitEmpty(ctx); err != nil {
+				o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
+			}
+			cancel()
 		}
-		cancel()
 	} else if o.proc != nil {
 		deadline := time.Now().Add(5 * time.Second)
 		for o.proc.GroupAlive() && time.Now().Before(deadline) {

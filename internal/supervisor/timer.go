@@ -7,6 +7,7 @@ import "time"
 type timer struct {
 	t     *time.Timer
 	armed bool
+	last  time.Duration // the d of the last arm (for tests)
 }
 
 // arm (re)starts the timer to fire after d. d <= 0 disarms it.
@@ -21,6 +22,7 @@ func (t *timer) arm(d time.Duration) {
 		t.t.Reset(d) // Go ≥ 1.23: Reset discards a pending fire.
 	}
 	t.armed = true
+	t.last = d
 }
 
 func (t *timer) stop() {

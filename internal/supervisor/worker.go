@@ -12,8 +12,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
@@ -59,10 +64,30 @@ func (e *SpawnError) Error() string {
 	if len(e.LastLine) > 0 {
 		msg += "; last output:"
 		for _, l := range e.LastLine {
-			msg += "\n  " + l
+			msg += "\n  " + EscapeControl(l)
 		}
 	}
 	return msg
+}
+
+// EscapeControl returns s with its control and format characters (terminal
+// escapes such as OSC 52 or a screen clear, bidi overrides) written as Go
+// escapes (\x1b, \u202e), so a worker's output quoted in a message cannot
+// act on the terminal that shows it (SPEC §14). Tabs stay.
+func EscapeControl(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\t':
+			b.WriteRune(r)
+		case r == utf8.RuneError, unicode.IsControl(r), unicode.Is(unicode.Cf, r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func (e *SpawnError) Unwrap() error { return e.Err }
@@ -94,6 +119,15 @@ type Spec struct {
 	// Marker is put in the worker's environment (RBEE_HIVE_MARKER) so an
 	// orphan of this hive can be recognised.
 	Marker string
+	// Credential, when not nil, is the user the worker runs as (run_as,
+	// SPEC §14), supplementary groups cleared. Nil: the hive's user.
+	Credential *syscall.Credential
+	// GPUUUID is the GPU a GPU worker was placed on (Device is its index);
+	// empty for a CPU worker. {gpu_uuid} in the argv template.
+	GPUUUID string `json:",omitempty"`
+	// Estimate is the worker's booked memory need (SPEC §11); nil in
+	// records of older hives.
+	Estimate *apiv1.Estimate `json:",omitempty"`
 }
 
 // Observer learns of every change of a worker. Changed is called from the

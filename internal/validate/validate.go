@@ -6,6 +6,7 @@ package validate
 import (
 	"fmt"
 	"regexp"
+	"sort"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -55,6 +56,11 @@ func Backend(b string) *Error {
 	if b == "" || len(b) > MaxBackendLen || !idRe.MatchString(b) {
 		return bad("INVALID_BACKEND", "backend must be 1-%d characters of [A-Za-z0-9_-]", MaxBackendLen)
 	}
+	// A template may put {backend} as an argument of its own: a leading
+	// "-" would make it an option.
+	if strings.HasPrefix(b, "-") {
+		return bad("INVALID_BACKEND", "backend must not start with \"-\" (it would be read as an option)")
+	}
 	return nil
 }
 
@@ -66,93 +72,55 @@ func Device(d int) *Error {
 	return nil
 }
 
-// DeniedEnv are variables that change how a process (or a library it
-// loads: the dynamic loader, interpreters, CUDA, ROCm, Vulkan, OpenCL,
-// OpenMP, NCCL, OpenSSL) loads code. A spawn request may not set them unless
-// the config's allow_env names them. Names with a prefix in DeniedEnvPrefixes
-// are denied likewise. The list is best effort: it closes the well-known
-// doors, it cannot close every one (SECURITY.md).
-var DeniedEnv = []string{
-	// dynamic loader and libc
-	"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_DEBUG_OUTPUT", "LD_PROFILE", "LD_ORIGIN_PATH",
-	"GCONV_PATH", "GLIBC_TUNABLES", "MALLOC_TRACE", "LOCPATH", "NLSPATH", "HOSTALIASES",
-	// interpreters and runtimes
-	"NODE_OPTIONS", "NODE_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
-	"PYTHONPLATLIBDIR", "PYTHONBREAKPOINT", "PYTHONINSPECT", "PERL5LIB", "PERLLIB", "PERL5OPT", "PERL5DB",
-	"RUBYLIB", "RUBYOPT", "LUA_INIT", "LUA_PATH", "LUA_CPATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
-	"JDK_JAVA_OPTIONS",
-	// shells
-	"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PATH", "IFS",
-	// GPU and compute stacks that load plug-in libraries named by env
-	"CUDA_INJECTION64_PATH", "CUDA_INJECTION32_PATH", "HSA_TOOLS_LIB", "OMP_TOOL_LIBRARIES",
-	"VK_LAYER_PATH", "VK_ADD_LAYER_PATH", "VK_INSTANCE_LAYERS", "VK_ICD_FILENAMES", "VK_DRIVER_FILES",
-	"VK_ADD_DRIVER_FILES", "OCL_ICD_VENDORS", "OPENCL_VENDOR_PATH", "NCCL_NET_PLUGIN", "NCCL_TUNER_PLUGIN",
-	"OPENSSL_CONF", "OPENSSL_ENGINES", "OPENSSL_MODULES",
-}
-
-// DeniedEnvPrefixes deny every variable starting with them (the loader's
-// LD_ and DYLD_ families, bash's exported functions), unless allow_env
-// names the variable.
-var DeniedEnvPrefixes = []string{"LD_", "DYLD_", "BASH_FUNC_"}
-
-// ReservedEnv are set by the hive for each worker (or are the hive's own
-// secrets) and cannot be set by a request, whatever allow_env says.
-var ReservedEnv = []string{"RBEE_WORKER_TOKEN", "RBEE_WORKER_ID", "RBEE_HEARTBEAT_INTERVAL_MS",
-	"RBEE_HIVE_MARKER", "RBEE_API_TOKEN", "RBEE_HIVE_URL"}
-
-// Denied reports whether a request may not set env variable k unless
-// allow_env names it.
-func Denied(k string) bool {
-	for _, d := range DeniedEnv {
-		if k == d {
-			return true
-		}
-	}
-	for _, p := range DeniedEnvPrefixes {
-		if strings.HasPrefix(k, p) {
-			return true
-		}
-	}
-	return false
-}
-
-// Reserved reports whether env variable k is the hive's own.
-func Reserved(k string) bool {
-	for _, r := range ReservedEnv {
-		if k == r {
-			return true
-		}
-	}
-	return false
-}
-
-// Env checks a request's env: at most MaxEnvEntries entries, key syntax
-// [A-Z_][A-Z0-9_]*, values valid UTF-8 without NUL and at most
-// MaxEnvValueLen bytes, the hive's reserved variables refused always, the
-// deny-list refused unless allow names the key.
+// Env checks a request's env against its profile's allow_env (SPEC §14):
+// at most MaxEnvEntries entries, key syntax [A-Z_][A-Z0-9_]*, values valid
+// UTF-8 without NUL and at most MaxEnvValueLen bytes; every RBEE_ name is
+// refused (the hive's own), and so is every name allow_env does not list
+// (a name, or a prefix written PREFIX_*). The error is ENV_NOT_ALLOWED
+// naming the variable, or INVALID_ENV for a malformed entry.
 func Env(env map[string]string, allow []string) *Error {
 	if len(env) > MaxEnvEntries {
 		return bad("INVALID_ENV", "env has %d entries; at most %d", len(env), MaxEnvEntries)
 	}
-	allowed := map[string]bool{}
-	for _, a := range allow {
-		allowed[a] = true
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
 	}
-	for k, v := range env {
+	sort.Strings(keys) // the same request names the same variable each time
+	for _, k := range keys {
+		v := env[k]
 		if len(k) > MaxEnvKeyLen || !envKeyRe.MatchString(k) {
 			return bad("INVALID_ENV", "env key %q must match [A-Z_][A-Z0-9_]* (at most %d characters)", clip(k), MaxEnvKeyLen)
 		}
 		if len(v) > MaxEnvValueLen || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
 			return bad("INVALID_ENV", "env %s: value must be valid UTF-8 without NUL, at most %d bytes", k, MaxEnvValueLen)
 		}
-		if Reserved(k) {
-			return bad("INVALID_ENV", "env %s is refused: the hive sets it (reserved: %s)", k, strings.Join(ReservedEnv, ", "))
+		if strings.HasPrefix(k, "RBEE_") {
+			return bad("ENV_NOT_ALLOWED", "env %s is not allowed: every RBEE_ name is reserved for the hive", k)
 		}
-		if Denied(k) && !allowed[k] {
-			return bad("INVALID_ENV", "env %s is refused: it changes how the worker loads code (allow it with allow_env in the config)", k)
+		if !EnvAllowed(allow, k) {
+			return bad("ENV_NOT_ALLOWED", "env %s is not allowed: the profile's allow_env does not list it", k)
 		}
 	}
 	return nil
+}
+
+// EnvAllowed reports whether allow (allow_env entries: names, or prefixes
+// written PREFIX_*) lets a request set the variable k. RBEE_ names never.
+func EnvAllowed(allow []string, k string) bool {
+	if strings.HasPrefix(k, "RBEE_") {
+		return false
+	}
+	for _, a := range allow {
+		if p, ok := strings.CutSuffix(a, "*"); ok {
+			if strings.HasPrefix(k, p) {
+				return true
+			}
+		} else if a == k {
+			return true
+		}
+	}
+	return false
 }
 
 // Labels checks labels: at most MaxLabels, keys 1-MaxLabelKeyLen characters

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
@@ -67,7 +68,7 @@ type Hive struct {
 	Bin      string // rbee-hive binary (the reference worker sits beside it)
 	Dir      string // state dir
 	Models   string // model root
-	Model    string // a small model file inside Models
+	Model    string // the built-in stories260K model, inside Models
 	Ref      string // "file:" + Model
 	Addr     string
 	URL      string
@@ -149,9 +150,9 @@ func Start(t testing.TB, o Options) *Hive {
 	if err := os.MkdirAll(models, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	model := filepath.Join(models, "tiny.gguf")
+	model := filepath.Join(models, builtinmodel.FileName)
 	if _, err := os.Stat(model); err != nil {
-		if err := os.WriteFile(model, bytes.Repeat([]byte("rbee model weights "), 1<<14), 0o600); err != nil {
+		if err := os.WriteFile(model, builtinmodel.Bytes(), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

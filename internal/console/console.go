@@ -1,0 +1,58 @@
+// Package console is the hive's web console (SPEC §13): a single page at
+// /ui/ whose assets (HTML, one script, one style sheet, an icon) are
+// embedded in the binary. The page holds no secrets and is served without
+// auth; everything it shows comes from the operator API, called from the
+// page with the token in an Authorization header (typed once, kept in the
+// tab's sessionStorage, never in a URL).
+//
+// Every response carries a strict Content-Security-Policy (scripts and
+// styles from the hive only, no inline script, no framing), X-Frame-Options
+// DENY and nosniff, so that the page can be neither scripted by injected
+// markup nor framed by another site (clickjacking).
+package console
+
+import (
+	"embed"
+	"io/fs"
+	"net/http"
+	"strings"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Prefix is where the console is mounted.
+const Prefix = "/ui/"
+
+// CSP is the Content-Security-Policy of every console response: nothing
+// but the hive's own scripts, styles, images and API (connect-src), no
+// plugins, no <base>, forms only to the hive, and no framing.
+const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// Handler serves the console under Prefix: GET /ui redirects to /ui/, and
+// /ui/… serves the embedded files (index.html for /ui/). It is safe for
+// concurrent use.
+func Handler() http.Handler {
+	sub, err := fs.Sub(assets, "assets")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	files := http.StripPrefix(strings.TrimSuffix(Prefix, "/"), http.FileServerFS(sub))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", CSP)
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Cross-Origin-Resource-Policy", "same-origin")
+		// The assets change with the binary; revalidate on every load.
+		h.Set("Cache-Control", "no-cache")
+		if r.URL.Path == strings.TrimSuffix(Prefix, "/") {
+			http.Redirect(w, r, Prefix, http.StatusMovedPermanently)
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
+}

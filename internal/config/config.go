@@ -289,6 +289,8 @@ type Config struct {
 	InferenceTokensFile string `yaml:"inference_tokens_file" json:"inference_tokens_file"`
 	// MaxInferenceBodyBytes bounds an inference request's body; default 16 MiB.
 	MaxInferenceBodyBytes int64 `yaml:"max_inference_body_bytes" json:"max_inference_body_bytes"`
+	// Cluster registers the hive in etcd (SPEC §12); empty: single machine.
+	Cluster Cluster `yaml:"cluster" json:"cluster"`
 
 	// GPUInventory says where the GPU inventory comes from (SPEC §11):
 	// "auto" (default: nvidia-smi when it is on PATH, else no GPUs),
@@ -521,6 +523,9 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("config: "+format, a...)) }
 	if c.Addr == "" {
 		bad("addr must not be empty")
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Ports.Min < 1 || c.Ports.Max > 65535 || c.Ports.Min > c.Ports.Max {
 		bad("ports: want 1 <= min <= max <= 65535, got %d..%d", c.Ports.Min, c.Ports.Max)

@@ -22,6 +22,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/cgroup"
+	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
@@ -216,6 +217,9 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.APIToken == "" && !loopback {
 		return fmt.Errorf("%w (addr %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cfg.Addr)
 	}
+	if cc := cfg.Cluster.WithDefaults(cfg.Addr); cfg.Cluster.Enabled() && cfg.APIToken == "" && !cc.AdvertisesLoopback() {
+		return fmt.Errorf("%w (cluster.advertise %s): set RBEE_API_TOKEN or api_token_file", ErrTokenRequired, cc.Advertise)
+	}
 	if cfg.APIToken == "" {
 		log.Warn("Dev mode: no API token, operator API open to local users on loopback", "addr", cfg.Addr)
 	} else {
@@ -304,6 +308,15 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	fd.Start()
+	var member *cluster.Member
+	if cfg.Cluster.Enabled() {
+		if member, err = cluster.Join(cfg, h, fd, log); err != nil {
+			fd.Close()
+			h.Shutdown(ctx)
+			ln.Close()
+			return err
+		}
+	}
 	log.Info("Front door serving models", "models", strings.Join(fd.Names(), ","), "memory_budget_bytes", fd.Budget(),
 		"inference_tokens", len(cfg.InferenceTokens))
 	conns := api.NewConns(cfg.MaxConnections, log)
@@ -387,6 +400,12 @@ func Run(ctx context.Context, o Options) error {
 	}()
 	// The front door stops starting workers (and answers what waits)
 	// before the workers are stopped.
+	if member != nil {
+		// Queens stop routing here at once, not when the lease expires.
+		leaveCtx, leaveCancel := context.WithTimeout(context.Background(), 2*time.Second)
+		member.Leave(leaveCtx)
+		leaveCancel()
+	}
 	fd.Close()
 	if o.KeepWorkers {
 		h.Detach(budget)

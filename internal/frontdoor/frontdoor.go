@@ -873,3 +873,26 @@ func withIdleTimeoutOff(raw json.RawMessage) json.RawMessage {
 	b, _ := json.Marshal(s)
 	return b
 }
+
+// WorkerLoad is one front-door worker's routing state, for those outside
+// the hive that route to it (the cluster registry, SPEC §12).
+type WorkerLoad struct {
+	ID             string
+	Model          string
+	Ready          bool
+	InFlight       int
+	MaxConcurrency int
+}
+
+// Loads lists the routing state of the front door's workers.
+func (fd *FrontDoor) Loads() []WorkerLoad {
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	out := make([]WorkerLoad, 0, len(fd.byID))
+	for _, m := range fd.models {
+		for _, s := range m.slots {
+			out = append(out, WorkerLoad{ID: s.id, Model: m.name, Ready: s.ready, InFlight: s.inflight, MaxConcurrency: slotConc(s)})
+		}
+	}
+	return out
+}

@@ -1,0 +1,396 @@
+package queen
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/cluster"
+)
+
+// Version is the queen's version.
+var Version = "0.1.0-dev"
+
+// HiveHeader names the hive that answered, on every relayed response.
+const HiveHeader = "X-Rbee-Hive"
+
+// Queen routes inference across the hives of a View.
+type Queen struct {
+	cfg  Config
+	view *cluster.View
+	log  *slog.Logger
+	hc   *http.Client
+	open bool // no inference tokens on loopback: dev mode
+
+	mu      sync.Mutex
+	pending map[string]int // requests this queen has in flight, by node
+}
+
+// New returns a queen over view. open: no client auth (dev mode).
+func New(cfg Config, view *cluster.View, log *slog.Logger, open bool) *Queen {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   false,
+	}
+	return &Queen{cfg: cfg, view: view, log: log, hc: &http.Client{Transport: tr}, open: open, pending: map[string]int{}}
+}
+
+// Handler is the queen's HTTP API.
+func (q *Queen) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", q.health)
+	mux.HandleFunc("GET /v1/health", q.health)
+	mux.HandleFunc("GET /v1/models", q.auth(q.models))
+	mux.HandleFunc("GET /v1/cluster", q.auth(q.clusterView))
+	for _, p := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
+		mux.HandleFunc("POST "+p, q.auth(q.infer))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, apiv1.CodeNotFound, "no route "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// Close releases idle connections.
+func (q *Queen) Close() { q.hc.CloseIdleConnections() }
+
+func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "version": Version, "api_version": apiv1.Version,
+		"synced": q.view.Synced(), "revision": q.view.Revision()})
+}
+
+func (q *Queen) auth(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if q.open {
+			next(w, r)
+			return
+		}
+		h := r.Header.Get("Authorization")
+		if h == "" {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeError(w, http.StatusUnauthorized, apiv1.CodeMissingAPIKey, "missing Authorization: Bearer <token> header")
+			return
+		}
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		tok = strings.TrimSpace(tok)
+		good := false
+		for _, t := range q.cfg.InferenceTokens {
+			if subtle.ConstantTimeCompare([]byte(tok), []byte(t)) == 1 {
+				good = true
+			}
+		}
+		if !ok || !good {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeError(w, http.StatusUnauthorized, apiv1.CodeInvalidAPIKey, "invalid API token")
+			return
+		}
+		next(w, r)
+	}
+}
+
+// Cluster is the body of GET /v1/cluster.
+type Cluster struct {
+	Revision int64          `json:"revision"`
+	Hives    []cluster.Hive `json:"hives"`
+	Models   []ModelView    `json:"models"`
+}
+
+// ModelView is one model across the cluster.
+type ModelView struct {
+	Name     string         `json:"name"`
+	Hives    []string       `json:"hives"`
+	Workers  map[string]int `json:"workers"` // by state
+	InFlight int            `json:"in_flight"`
+}
+
+// ClusterState builds GET /v1/cluster from the view.
+func (q *Queen) ClusterState() Cluster {
+	hives := q.view.Snapshot()
+	byName := map[string]*ModelView{}
+	get := func(n string) *ModelView {
+		m := byName[n]
+		if m == nil {
+			m = &ModelView{Name: n, Hives: []string{}, Workers: map[string]int{}}
+			byName[n] = m
+		}
+		return m
+	}
+	for _, h := range hives {
+		for _, n := range h.Models {
+			m := get(n)
+			m.Hives = append(m.Hives, h.Node)
+		}
+		for _, w := range h.Workers {
+			m := get(w.Model)
+			m.Workers[w.State]++
+			m.InFlight += w.InFlight
+		}
+	}
+	out := Cluster{Revision: q.view.Revision(), Hives: hives, Models: make([]ModelView, 0, len(byName))}
+	for _, m := range byName {
+		out.Models = append(out.Models, *m)
+	}
+	sort.Slice(out.Models, func(i, j int) bool { return out.Models[i].Name < out.Models[j].Name })
+	return out
+}
+
+func (q *Queen) clusterView(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, q.ClusterState())
+}
+
+// models is GET /v1/models: every model some live hive serves, in OpenAI's
+// shape, with workers and in_flight summed over the hives.
+func (q *Queen) models(w http.ResponseWriter, r *http.Request) {
+	st := q.ClusterState()
+	out := apiv1.OpenAIModelList{Object: "list", Data: []apiv1.OpenAIModel{}}
+	for _, m := range st.Models {
+		if len(m.Hives) == 0 {
+			continue // workers started by hand, not a served model
+		}
+		out.Data = append(out.Data, apiv1.OpenAIModel{ID: m.Name, Object: "model", OwnedBy: "rbee-queen",
+			Rbee: apiv1.ModelServeState{Workers: m.Workers, InFlight: m.InFlight}})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// candidate is a hive that serves the model, ranked.
+type candidate struct {
+	node, url string
+	warm      bool // has a ready worker with a free slot
+	load      int  // fewest in flight among its free workers, plus this queen's own
+	free      int64
+}
+
+// Route ranks the live hives that serve model: first those with a ready
+// worker with a free slot (fewest in flight), then by most free memory
+// (their front door starts a worker). Hives whose key is gone are not in
+// the view, so never here.
+func (q *Queen) Route(model string) []candidate {
+	hives := q.view.Snapshot()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []candidate
+	for _, h := range hives {
+		serves := false
+		for _, n := range h.Models {
+			if n == model {
+				serves = true
+			}
+		}
+		if !serves || h.URL == "" {
+			continue
+		}
+		c := candidate{node: h.Node, url: h.URL, free: h.Capacity.MemoryFree, load: -1}
+		for _, gpu := range h.Capacity.GPUs {
+			c.free += gpu.MemoryFree
+		}
+		for _, w := range h.Workers {
+			if w.Model == model && w.Free() && (c.load < 0 || w.InFlight < c.load) {
+				c.warm, c.load = true, w.InFlight
+			}
+		}
+		c.load = max(c.load, 0) + q.pending[h.Node]
+		out = append(out, c)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.warm != b.warm {
+			return a.warm
+		}
+		if a.warm && a.load != b.load {
+			return a.load < b.load
+		}
+		if a.free != b.free {
+			return a.free > b.free
+		}
+		if a.load != b.load {
+			return a.load < b.load
+		}
+		return a.node < b.node
+	})
+	return out
+}
+
+var errBeforeResponse = errors.New("hive failed before answering")
+
+// infer relays one inference request to a hive (retried once on another
+// hive when the first fails before any byte of an answer).
+func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, q.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, apiv1.CodeBodyTooLarge, fmt.Sprintf("request body over %d bytes", q.cfg.MaxBodyBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: "+err.Error())
+		return
+	}
+	var head struct {
+		Model string `json:"model"`
+	}
+	if err := json.Unmarshal(body, &head); err != nil || head.Model == "" {
+		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, `the body must be a JSON object naming a "model" (a string)`)
+		return
+	}
+	cands := q.Route(head.Model)
+	if len(cands) == 0 {
+		names := []string{}
+		for _, m := range q.ClusterState().Models {
+			if len(m.Hives) > 0 {
+				names = append(names, m.Name)
+			}
+		}
+		writeError(w, http.StatusNotFound, apiv1.CodeModelNotFound,
+			fmt.Sprintf("model %q is served by no live hive; models: %s", head.Model, strings.Join(names, ", ")))
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	var last error
+	for i, c := range cands {
+		if i == 2 {
+			break // one retry
+		}
+		err := q.relay(w, r, body, c)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errBeforeResponse) || r.Context().Err() != nil {
+			return
+		}
+		last = err
+		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", head.Model, "error", err)
+	}
+	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", head.Model, last))
+}
+
+// relay sends body to hive c and streams its answer back. An error wrapping
+// errBeforeResponse means nothing was written to w.
+func (q *Queen) relay(w http.ResponseWriter, r *http.Request, body []byte, c candidate) error {
+	q.mu.Lock()
+	q.pending[c.node]++
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		if q.pending[c.node]--; q.pending[c.node] <= 0 {
+			delete(q.pending, c.node)
+		}
+		q.mu.Unlock()
+	}()
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, c.url+r.URL.Path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%w: %v", errBeforeResponse, err)
+	}
+	for _, h := range []string{"Content-Type", "Accept", "User-Agent", "OpenAI-Organization", "X-Request-Id"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	if tok := q.cfg.tokenFor(c.node); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := q.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errBeforeResponse, err)
+	}
+	defer resp.Body.Close()
+	for k, vs := range resp.Header {
+		if k == "Connection" || k == "Keep-Alive" || k == "Transfer-Encoding" || k == "Content-Length" {
+			continue
+		}
+		w.Header()[k] = vs
+	}
+	w.Header().Set(HiveHeader, c.node)
+	if resp.ContentLength >= 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(resp.ContentLength))
+	}
+	w.WriteHeader(resp.StatusCode)
+	fl := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			_ = fl.Flush()
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr // mid-stream: the client sees the stream cut
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: code, Message: msg, Type: apiv1.ErrorType(status, code)}})
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	open := len(cfg.InferenceTokens) == 0
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); open && (!ok || !ta.IP.IsLoopback()) {
+		ln.Close()
+		return fmt.Errorf("inference tokens required for non-loopback listen address %s", ln.Addr())
+	}
+	cli, err := cluster.NewClient(cfg.Etcd.Endpoints, cfg.Etcd.TLS, cfg.Etcd.Username, cfg.Etcd.Password)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer cli.Close()
+	view := cluster.NewView(cli, cfg.Prefix, log)
+	defer view.Close()
+	q := New(cfg, view, log, open)
+	defer q.Close()
+	srv := &http.Server{Handler: q.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("rbee-queen listening", "addr", ln.Addr().String(), "version", Version, "etcd", strings.Join(cfg.Etcd.Endpoints, ","),
+		"prefix", cfg.Prefix, "dev_mode", open)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	log.Info("rbee-queen stopped")
+	return nil
+}

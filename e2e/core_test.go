@@ -180,7 +180,10 @@ func TestSpawnReadyStopLifecycle(t *testing.T) {
 
 func TestStartGraceFailureFailsTheSpawnCall(t *testing.T) {
 	h := hivetest.Start(t, hivetest.Options{})
-	_, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_EXIT_CODE": "3"}})
+	// A grace long enough for a loaded machine to start the worker and see
+	// it exit: the spawn call returns at the exit, not at the grace's end.
+	_, err := h.Spawn(apiv1.SpawnRequest{Env: map[string]string{"LLMW_FAKE_EXIT_CODE": "3"},
+		Settings: settings(`{"start_grace":"10s"}`)})
 	ae := apiErr(t, err)
 	if ae.Status != 500 || ae.Code != "SPAWN_FAILED" || !strings.Contains(ae.Message, "code 3") ||
 		!strings.Contains(ae.Message, "exiting with code 3") {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -66,7 +67,11 @@ func waitView(t *testing.T, v *View, d time.Duration, what string, cond func([]H
 		case <-ch:
 		case <-time.After(50 * time.Millisecond):
 		case <-deadline:
-			t.Fatalf("view: %s not seen within %s: %+v", what, d, v.Snapshot())
+			view := fmt.Sprintf("%+v", v.Snapshot())
+			if len(view) > 2000 {
+				view = view[:2000] + " …"
+			}
+			t.Fatalf("view: %s not seen within %s: %s", what, d, view)
 		}
 	}
 }

@@ -366,7 +366,14 @@
     $('#confirm-text').textContent = text;
     d.returnValue = '';
     return new Promise((resolve) => {
-      d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true });
+      // The close event is queued: the one of a dialog closed just before
+      // can arrive after this one opened. It is not ours while d is open.
+      const onClose = () => {
+        if (d.open) return;
+        d.removeEventListener('close', onClose);
+        resolve(d.returnValue === 'ok');
+      };
+      d.addEventListener('close', onClose);
       d.showModal();
       $('#confirm-cancel').focus();
     });

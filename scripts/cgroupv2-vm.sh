@@ -81,7 +81,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # 2. The kernel.
-kernel_available() { apt-cache show "$1=$2" >/dev/null 2>&1; }
+# (apt-cache show PKG=VER exits 0 for a missing version; madison lists.)
+kernel_available() { apt-cache madison "$1" 2>/dev/null | awk -F' *[|] *' -v v="$2" '$2 == v {f = 1} END {exit !f}'; }
 vmlinux=$work/vmlinux-$KERNEL_PKG-$KERNEL_VER
 if ! [ -e "$vmlinux" ]; then
 	pkg=$KERNEL_PKG ver=$KERNEL_VER
@@ -89,7 +90,7 @@ if ! [ -e "$vmlinux" ]; then
 		apt-get update -qq
 	fi
 	if ! kernel_available "$pkg" "$ver"; then
-		pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -t- -k5,5n | tail -1)
+		pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -t- -k4,4n | tail -1)
 		[ -n "$pkg" ] || die "no linux-image-6.1.0-*-amd64 package in the apt sources (the pinned $KERNEL_PKG=$KERNEL_VER is gone too)"
 		ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 		say "WARNING: pinned kernel $KERNEL_PKG=$KERNEL_VER is no longer in the archive; using $pkg=$ver (update KERNEL_PKG/KERNEL_VER in $0)"
@@ -155,7 +156,7 @@ if [ -z "$accel" ]; then
 	accel=tcg
 	if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
 		rc=0
-		vm kvm 60 rbee.probe >"$work/kvm-probe.log" 2>&1 || rc=$?
+		vm kvm 20 rbee.probe >"$work/kvm-probe.log" 2>&1 || rc=$?
 		if [ $rc -eq 33 ]; then
 			accel=kvm
 		else

@@ -28,7 +28,8 @@ test:
 # whose only cgroup hierarchy is cgroup2 with memory, cpu and pids (this
 # machine is hybrid; most users' are pure v2). Installs qemu-system-x86 and
 # busybox-static and fetches a pinned Debian kernel when missing (needs root);
-# KVM when it works, otherwise emulation; about 3-4 minutes. See the script.
+# KVM when it works, otherwise emulation; 1-2 minutes here (plus a first
+# download and static build). See the script.
 test-cgroupv2:
 	scripts/cgroupv2-vm.sh
 

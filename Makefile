@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: build run test fuzz bench bench-smoke bench-bins clean
+.PHONY: build run test test-cgroupv2 fuzz bench bench-smoke bench-bins clean
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -12,15 +12,26 @@ run: build
 	./bin/rbee-hive daemon
 
 # The whole test suite: go vet, every test with the race detector, a short run
-# of every fuzz target, and a smoke run of the benchmark tool (no timing
-# assertions: it only has to keep working).
+# of every fuzz target, a smoke run of the benchmark tool (no timing
+# assertions: it only has to keep working), and the cgroup e2e tests on a pure
+# cgroup v2 virtual machine.
 # The tests run last, so their summary closes the output.
 test:
 	$(GO) vet ./...
 	$(MAKE) fuzz
 	@mkdir -p bin && $(MAKE) --no-print-directory bench-smoke > bin/bench-smoke.log 2>&1 || { cat bin/bench-smoke.log; exit 1; }
 	@echo "bench-smoke ok (bin/bench-smoke.log)"
+	$(MAKE) --no-print-directory test-cgroupv2
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# The limits, OOM, tree-kill, restart and adoption e2e tests inside a qemu VM
+# whose only cgroup hierarchy is cgroup2 with memory, cpu and pids (this
+# machine is hybrid; most users' are pure v2). Installs qemu-system-x86 and
+# busybox-static and fetches a pinned Debian kernel when missing (needs root);
+# KVM when it works, otherwise emulation; 1-2 minutes here (plus a first
+# download and static build). See the script.
+test-cgroupv2:
+	scripts/cgroupv2-vm.sh
 
 FUZZTIME ?= 5s
 fuzz:

@@ -83,9 +83,13 @@ func TestMemoryLimitOOMKillIsReportedAsOOMKilled(t *testing.T) {
 			"restart": jobj{"policy": "never"},
 		}),
 	})
-	limit, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory/rbee-hive", h.Marker, r.WorkerID, "memory.limit_in_bytes"))
+	limitFile := "memory.limit_in_bytes"
+	if hivetest.CgroupV2() {
+		limitFile = "memory.max"
+	}
+	limit, err := os.ReadFile(filepath.Join(hivetest.WorkerCgroup(h.Marker, r.WorkerID, "memory"), limitFile))
 	if err != nil || strings.TrimSpace(string(limit)) != strconv.Itoa(64<<20) {
-		t.Fatalf("memory.limit_in_bytes = %q, %v", limit, err)
+		t.Fatalf("%s = %q, %v", limitFile, limit, err)
 	}
 	end := h.WaitState(r.WorkerID, wait, "failed")
 	if end.Reason != "oom_killed" || end.Exit == nil || !end.Exit.OOMKilled || end.Exit.Signal != int(syscall.SIGKILL) {
@@ -110,7 +114,7 @@ func TestPidsLimitContainsForkBomb(t *testing.T) {
 			"restart": jobj{"policy": "never"},
 		}),
 	})
-	dir := filepath.Join("/sys/fs/cgroup/pids/rbee-hive", h.Marker, r.WorkerID)
+	dir := hivetest.WorkerCgroup(h.Marker, r.WorkerID, "pids")
 	maxFile, err := os.ReadFile(filepath.Join(dir, "pids.max"))
 	if err != nil || strings.TrimSpace(string(maxFile)) != strconv.Itoa(pidsMax) {
 		t.Fatalf("pids.max = %q, %v", maxFile, err)
@@ -202,9 +206,13 @@ func TestCPULimitCapsBusyLoop(t *testing.T) {
 	free := h.MustSpawn(apiv1.SpawnRequest{Env: busy})
 	h.WaitState(capped.WorkerID, wait, "idle")
 	h.WaitState(free.WorkerID, wait, "idle")
-	quota, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu/rbee-hive", h.Marker, capped.WorkerID, "cpu.cfs_quota_us"))
-	if err != nil || strings.TrimSpace(string(quota)) != "50000" {
-		t.Fatalf("cpu.cfs_quota_us = %q, %v", quota, err)
+	quotaFile, want := "cpu.cfs_quota_us", "50000"
+	if hivetest.CgroupV2() {
+		quotaFile, want = "cpu.max", "50000 100000"
+	}
+	quota, err := os.ReadFile(filepath.Join(hivetest.WorkerCgroup(h.Marker, capped.WorkerID, "cpu"), quotaFile))
+	if err != nil || strings.TrimSpace(string(quota)) != want {
+		t.Fatalf("%s = %q, %v", quotaFile, quota, err)
 	}
 	// Both spin at once over the same window (2 cores here): the capped
 	// one gets about half a core, the other about a whole one.
@@ -277,7 +285,7 @@ func TestSetsidGrandchildKilledOnStopThroughCgroup(t *testing.T) {
 	if childPgid == workerPgid || childSid != child {
 		t.Fatalf("grandchild did not escape: pgid %d (worker's %d), sid %d", childPgid, workerPgid, childSid)
 	}
-	procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/unified/rbee-hive", h.Marker, r.WorkerID, "cgroup.procs"))
+	procs, err := os.ReadFile(filepath.Join(hivetest.WorkerCgroup(h.Marker, r.WorkerID, ""), "cgroup.procs"))
 	if err != nil || !regexp.MustCompile(`(?m)^`+strconv.Itoa(child)+`$`).Match(procs) {
 		t.Fatalf("grandchild %d not in the worker's cgroup: %q %v", child, procs, err)
 	}
@@ -314,13 +322,13 @@ func TestLimitsUnsupportedWithoutCgroupAccess(t *testing.T) {
 	ae := apiErr(t, err)
 	t.Logf("422 message: %s", ae.Message)
 	if ae.Status != 422 || ae.Code != "LIMITS_UNSUPPORTED" ||
-		!strings.Contains(ae.Message, "no write access to /sys/fs/cgroup/memory") ||
+		!strings.Contains(ae.Message, "no write access to "+hivetest.CgroupBase("memory")+" (") ||
 		!strings.Contains(ae.Message, "run as root or delegate") {
 		t.Fatalf("got %+v", ae)
 	}
 	_, err = h.Spawn(apiv1.SpawnRequest{Settings: jsonSettings(t, jobj{"limits": jobj{"cpu_max": 0.5, "pids_max": 50}})})
 	ae = apiErr(t, err)
-	if ae.Status != 422 || !strings.Contains(ae.Message, "/sys/fs/cgroup/cpu") || !strings.Contains(ae.Message, "/sys/fs/cgroup/pids") {
+	if ae.Status != 422 || !strings.Contains(ae.Message, hivetest.CgroupBase("cpu")) || !strings.Contains(ae.Message, hivetest.CgroupBase("pids")) {
 		t.Fatalf("got %+v", ae)
 	}
 	// Nothing was listed for the refused spawns.

@@ -432,7 +432,8 @@ func TestEscapedChildHandedToHiveIsKilled(t *testing.T) {
 		syscall.Kill(child, syscall.SIGKILL)
 		t.Fatalf("escaped child %d survived its worker\n%s", child, h.Log())
 	}
-	if !strings.Contains(h.Log(), "escaped its worker") {
+	// The hive logs the kill after sending it: wait for the line too.
+	if !hivetest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(h.Log(), "escaped its worker") }) {
 		t.Fatalf("escape not logged:\n%s", h.Log())
 	}
 }

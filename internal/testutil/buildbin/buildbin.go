@@ -22,6 +22,12 @@ import (
 // Module is the import path that Build's pkg is relative to.
 const Module = "github.com/rbee/rbee-hive"
 
+// DirEnv names a directory of prebuilt binaries: when it is set, Build builds
+// nothing and returns <dir>/<last element of pkg>, failing when that file is
+// missing. It is for test binaries run where there is no Go toolchain (the
+// cgroup v2 virtual machine of scripts/cgroupv2-vm.sh).
+const DirEnv = "RBEE_TEST_BIN_DIR"
+
 type result struct {
 	once sync.Once
 	path string
@@ -58,6 +64,13 @@ func Build(t testing.TB, pkg string) string {
 func dirPrefix() string { return filepath.Join(os.TempDir(), "rbee-buildbin-") }
 
 func build(pkg string) (string, error) {
+	if dir := os.Getenv(DirEnv); dir != "" {
+		out := filepath.Join(dir, path.Base(pkg))
+		if _, err := os.Stat(out); err != nil {
+			return "", fmt.Errorf("%s=%s: prebuilt %s: %w", DirEnv, dir, pkg, err)
+		}
+		return out, nil
+	}
 	cleaned.Do(removeStale)
 	dir := dirPrefix() + strconv.Itoa(os.Getpid())
 	if err := os.MkdirAll(dir, 0o755); err != nil {

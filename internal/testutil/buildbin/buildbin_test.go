@@ -2,6 +2,7 @@ package buildbin
 
 import (
 	"os"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -28,5 +29,23 @@ func TestBuildOncePerProcess(t *testing.T) {
 	}
 	if fi.Mode()&0o111 == 0 {
 		t.Fatalf("%s is not executable", paths[0])
+	}
+}
+
+// With RBEE_TEST_BIN_DIR set (the cgroup v2 VM, which has no Go toolchain),
+// nothing is built: the binary is taken from that directory, and a missing
+// one is an error naming the variable.
+func TestPrebuiltDirIsUsedInsteadOfBuilding(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/prebuilt-tool", []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(DirEnv, dir)
+	p, err := build("cmd/prebuilt-tool")
+	if err != nil || p != dir+"/prebuilt-tool" {
+		t.Fatalf("build = %q, %v; want %s/prebuilt-tool", p, err, dir)
+	}
+	if _, err := build("cmd/absent-tool"); err == nil || !strings.Contains(err.Error(), DirEnv) {
+		t.Fatalf("missing prebuilt binary: err = %v", err)
 	}
 }

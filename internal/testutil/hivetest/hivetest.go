@@ -313,6 +313,9 @@ var cgroupHierarchies = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/memor
 // ScopeDirs returns the hive's cgroup scope directory in every hierarchy
 // that has cgroups.
 func ScopeDirs(marker string) []string {
+	if CgroupV2() {
+		return []string{filepath.Join(CgroupBase(""), "rbee-hive", marker)}
+	}
 	var out []string
 	for _, d := range cgroupHierarchies {
 		if _, err := os.Stat(filepath.Join(d, "cgroup.procs")); err == nil {
@@ -320,6 +323,42 @@ func ScopeDirs(marker string) []string {
 		}
 	}
 	return out
+}
+
+// CgroupV2 reports whether this host is pure cgroup v2 (one cgroup2
+// hierarchy with controllers at /sys/fs/cgroup), as scripts/cgroupv2-vm.sh's
+// guest is; otherwise it is hybrid (or v1).
+func CgroupV2() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return err == nil
+}
+
+// CgroupBase is the directory a test hive's scope lives under for controller
+// ("memory", "cpu", "pids"; "" for the cgroup2 hierarchy that kills and
+// reports): on v2 the test process's own cgroup (which the hive it starts
+// inherits), on a hybrid host the controller's v1 hierarchy or the cgroup2
+// one at /sys/fs/cgroup/unified.
+func CgroupBase(controller string) string {
+	if CgroupV2() {
+		own := "/"
+		b, _ := os.ReadFile("/proc/self/cgroup")
+		for _, l := range strings.Split(string(b), "\n") {
+			if p, ok := strings.CutPrefix(l, "0::"); ok {
+				own = p
+			}
+		}
+		return filepath.Join("/sys/fs/cgroup", own)
+	}
+	if controller == "" {
+		controller = "unified"
+	}
+	return filepath.Join("/sys/fs/cgroup", controller)
+}
+
+// WorkerCgroup is the directory of a worker's cgroup for controller (see
+// CgroupBase).
+func WorkerCgroup(marker, id, controller string) string {
+	return filepath.Join(CgroupBase(controller), "rbee-hive", marker, id)
 }
 
 // AssertNoCgroupsLeft fails the test if the (cleanly exited) daemon left

@@ -163,3 +163,36 @@ profiles:
 		t.Fatalf("huge started: %s", dump(ws))
 	}
 }
+
+// Regression: two GPU models whose cold starts race for one GPU with room
+// for one of them. Planned at once, both saw the GPU free, and the hive's
+// preflight refused the second spawn (503 WORKER_FAILED). Now the second
+// plan waits until the first spawn is booked, then for its worker to be
+// idle, evicts it, and both requests are served.
+func TestFrontDoorGPUColdStartsRacingForOneGPUAreBothServed(t *testing.T) {
+	dir := t.TempDir()
+	invPath := filepath.Join(dir, "gpus.json")
+	writeGPUs(t, invPath, gpu.FileInventory{GPUs: []gpu.GPU{
+		{Index: 0, UUID: gpu0, Name: "Fake 8G", MemoryTotal: 8 << 30},
+	}})
+	h := startFD(t, hivetest.Options{Config: fmt.Sprintf(`gpu_inventory: %s
+profiles:
+%smodels:
+  a: {model_ref: file:stories260K.gguf, profile: ggen, vram_bytes: %d}
+  b: {model_ref: file:stories260K.gguf, profile: ggen, vram_bytes: %d}
+`, invPath, gpuGenericProfile(t, "ggen", ""), int64(5)<<30, int64(5)<<30)})
+	for round := range 3 {
+		res := make(chan string, 2)
+		for _, m := range []string{"a", "b"} {
+			go func() {
+				code, body, _ := h.chat(m)
+				res <- fmt.Sprintf("%s: %d %s", m, code, body)
+			}()
+		}
+		for range 2 {
+			if r := <-res; !strings.Contains(r, ": 200 ") {
+				t.Fatalf("round %d: %s\n%s", round, r, h.Log())
+			}
+		}
+	}
+}

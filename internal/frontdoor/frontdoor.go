@@ -5,10 +5,11 @@
 // model (FIFO, bounded, with a timeout), tells each worker when requests
 // start and end (so busy/idle and the idle timeout follow real traffic),
 // and evicts least-recently-used idle workers of other models when a spawn
-// would not fit the memory budget. It sits above the hive: it asks the hive
-// for workers (Source) and learns of their changes from the event hub; it
-// never reaches into a supervisor. The eviction choice is a pure function
-// of worker snapshots (Plan).
+// would not fit the memory budget or (GPU models) a GPU's VRAM. It sits
+// above the hive: it asks the hive for workers (Source) and learns of their
+// changes from the event hub; it never reaches into a supervisor. The
+// eviction choice is a pure function of worker snapshots (Plan, and per
+// device PlanGPU).
 package frontdoor
 
 import (
@@ -20,6 +21,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -135,6 +137,10 @@ type model struct {
 	setJSON json.RawMessage // the entry's settings for spawn requests
 
 	mem int64 // estimated bytes per worker; 0: not known yet
+	// VRAM per worker and whether its workers run on a GPU, once vramKnown
+	// (vram.go).
+	vram             int64
+	onGPU, vramKnown bool
 
 	slots    []*slot
 	pending  map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
@@ -597,7 +603,13 @@ func (fd *FrontDoor) planLocked(m *model) {
 	if len(m.queue) <= fd.startingLocked(m)*conc {
 		return
 	}
-	verdict, victims, err := fd.fitLocked(m)
+	// Both must fit: VRAM on one device (vram.go), then RAM with the VRAM
+	// plan's victims gone.
+	g, never, err := fd.planGPULocked(m)
+	verdict, victims := Fits, []string(nil)
+	if err == nil {
+		verdict, victims, err = fd.fitLocked(m, g.Victims)
+	}
 	switch {
 	case err != nil:
 		fd.failAllLocked(m, errorf(http.StatusServiceUnavailable, apiv1.CodeWorkerFailed,
@@ -605,22 +617,27 @@ func (fd *FrontDoor) planLocked(m *model) {
 	case verdict == Never:
 		fd.failAllLocked(m, errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientMemory,
 			"model %s needs an estimated %d bytes; the memory budget is %d bytes", m.name, m.mem, fd.budget))
+	case g.Verdict == Never:
+		fd.failAllLocked(m, never)
 	case verdict == Wait:
 		fd.log.Debug("Spawn waits for memory held by busy workers", "model", m.name, "need", m.mem)
+	case g.Verdict == Wait:
+		fd.log.Debug("Spawn waits for VRAM held by busy workers", "model", m.name, "need", m.vram)
 	default:
 		var vs []*slot
-		for _, id := range victims {
+		for _, id := range append(g.Victims, victims...) {
 			v := fd.byID[id]
 			v.evicting = true
 			v.ready = false
 			vs = append(vs, v)
 		}
-		fd.spawnLocked(m, vs, false)
+		fd.spawnLocked(m, vs, false, g.Device)
 	}
 }
 
-// fitLocked asks Plan where a new worker of m fits.
-func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
+// fitLocked asks Plan where a new worker of m fits, the workers named in
+// gone (to be stopped already) left out.
+func (fd *FrontDoor) fitLocked(m *model, gone []string) (Verdict, []string, error) {
 	need, err := fd.memory(m)
 	if err != nil {
 		return 0, nil, err
@@ -632,6 +649,9 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 			live = append(live, Snapshot{ID: "pending:" + o.name, Model: o.name, Memory: mem * int64(n), Pinned: true})
 		}
 		for _, s := range o.slots {
+			if slices.Contains(gone, s.id) {
+				continue
+			}
 			live = append(live, Snapshot{ID: s.id, Model: o.name, Memory: s.mem,
 				Idle: s.ready && s.inflight == 0, Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
 		}
@@ -661,8 +681,9 @@ func (fd *FrontDoor) fitLocked(m *model) (Verdict, []string, error) {
 }
 
 // spawnLocked starts one worker of m in the background, after stopping
-// victims (evicted) and waiting for them to end.
-func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
+// victims (evicted) and waiting for them to end; a GPU worker on device
+// (apiv1.DeviceAuto: the hive picks).
+func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device int) {
 	tok := strconv.FormatUint(fd.spawnSeq.Add(1), 10)
 	m.pending[tok] = time.Now()
 	labels := map[string]string{ModelLabel: m.name, spawnLabel: tok}
@@ -673,6 +694,9 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 		settings = withIdleTimeoutOff(settings)
 	}
 	req := &apiv1.SpawnRequest{ModelRef: m.ref, Profile: m.entry.Profile, Settings: settings, Labels: labels}
+	if device != apiv1.DeviceAuto {
+		req.Device, req.DeviceGiven = device, true
+	}
 	fd.wg.Add(1)
 	go func() {
 		defer fd.wg.Done()
@@ -696,6 +720,8 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool) {
 		fd.mu.Lock()
 		defer fd.mu.Unlock()
 		delete(m.pending, tok)
+		// A plan that waited for this spawn to be booked plans again.
+		defer fd.kickLocked()
 		if err != nil {
 			fd.log.Warn("Cold start failed", "model", m.name, "error", err)
 			if pinned {
@@ -739,7 +765,7 @@ func (fd *FrontDoor) ensureMinLocked(m *model) {
 		return
 	}
 	for fd.liveLocked(m) < m.entry.MinWorkers {
-		fd.spawnLocked(m, nil, true)
+		fd.spawnLocked(m, nil, true, apiv1.DeviceAuto)
 	}
 }
 

@@ -241,7 +241,7 @@ func New(o Options) (*FrontDoor, error) {
 	}
 	fd.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
-		Transport: fd.tr,
+		Transport: bodyTransport{fd.tr},
 		// 0: the reverse proxy flushes every write of an event stream and
 		// of a body of unknown length (chunked) at once, chunk by chunk; a
 		// body of known length goes through the server's write buffer and

@@ -32,6 +32,7 @@ type attempt struct {
 	at       time.Time
 	firstAt  time.Time
 	workerID string
+	body     []byte // the request body, sent as is
 }
 
 type attemptKey struct{}
@@ -44,6 +45,25 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 
 func (copyBuffers) Get() []byte  { return *copyBufPool.Get().(*[]byte) }
 func (copyBuffers) Put(b []byte) { copyBufPool.Put(&b) }
+
+// bodyTransport sends the attempt's body as the in-memory reader it is.
+// The reverse proxy wraps the outgoing body in a reader of its own, which
+// the transport does not know to be in memory: it then writes the request
+// head and the body in two writes (two segments, two wake-ups of the
+// worker) instead of one.
+type bodyTransport struct{ rt http.RoundTripper }
+
+func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a := attemptOf(req)
+	if a == nil || req.Body == nil || int64(len(a.body)) != req.ContentLength {
+		return t.rt.RoundTrip(req)
+	}
+	out := *req // a round tripper must not change the request it was given
+	body := a.body
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return t.rt.RoundTrip(&out)
+}
 
 // target is a worker URL, parsed once per URL (a restart may move the
 // worker to another port).
@@ -223,7 +243,7 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 	if perr != nil {
 		return res, errRefused
 	}
-	a := &attempt{target: u, at: time.Now(), workerID: s.id}
+	a := &attempt{target: u, at: time.Now(), workerID: s.id, body: body}
 	res.attempt = a
 	if err := s.w.BeginRequest(r.Context()); err != nil {
 		if r.Context().Err() != nil {

@@ -97,8 +97,12 @@ func (b *Bench) fdLatency() error {
 		if conc == 100 {
 			n = max(perClient/5, 3)
 		}
+		// Many short rounds, alternating, so that both sides see the
+		// same (shared, noisy) machine; the same total as before.
+		const rounds = 6
+		n = max(2*n/rounds, 1)
 		var direct, hive, dchunk, hchunk []float64
-		for round := 0; round < 2; round++ {
+		for round := 0; round < rounds; round++ {
 			for _, straight := range []bool{true, false} {
 				via, svia := h.URL, h.URL
 				if straight {
@@ -143,7 +147,12 @@ func (b *Bench) addDiff(base Result, name string, a, c []float64, t *Target) {
 	base.Note = "difference of the two distributions' statistics"
 	base.Trials, base.Median, base.P99, base.Max = da.Trials, da.Median-dc.Median, da.P99-dc.P99, da.Max-dc.Max
 	base.Target = t
-	if t != nil {
+	switch {
+	case t != nil && base.P99 < 0:
+		// The straight run's tail was the longer one: the machine's noise
+		// outweighs what the front door adds, and there is no verdict.
+		base.Note += "; negative: the direct side's tail was longer (machine noise), no verdict"
+	case t != nil:
 		pass := base.P99 < t.Limit
 		base.Pass = &pass
 	}

@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -87,5 +92,39 @@ func TestFrontDoorColdStartDyingInStartGraceFailsWaiters(t *testing.T) {
 	ws := h.workersOf("m1", true)
 	if len(ws) != 1 || ws[0].State != "failed" || ws[0].Reason != "spawn_failed" {
 		t.Fatalf("workers %s", dump(ws))
+	}
+}
+
+// A streamed answer that is not an event stream (Ollama's NDJSON: chunked,
+// no Content-Length) is relayed chunk by chunk too: the reverse proxy
+// flushes every write of a body of unknown length. (The front door used
+// to flush every write of every answer; sized answers no longer are, and
+// this pins that streams of unknown length still are.)
+func TestFrontDoorStreamsUnsizedNonSSEChunkByChunk(t *testing.T) {
+	gatef := filepath.Join(t.TempDir(), "gate")
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" +
+		genericProfile(t, "gen", map[string]string{"GENERIC_GATE_FILE": gatef, "GENERIC_NDJSON": "1"}) +
+		"models:\n  m1:\n    model_ref: file:stories260K.gguf\n    profile: gen\n"})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	resp := h.post(ctx, "/v1/chat/completions", "", `{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/x-ndjson" || resp.ContentLength != -1 {
+		t.Fatalf("content type %q, length %d", ct, resp.ContentLength)
+	}
+	rd := bufio.NewReader(resp.Body)
+	line, err := rd.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "{") || !strings.Contains(line, "tok0") {
+		t.Fatalf("first chunk %q, %v", line, err)
+	}
+	if _, err := os.Stat(gatef); err == nil {
+		t.Fatal("gate open before the first chunk was read")
+	}
+	if err := os.WriteFile(gatef, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(rd)
+	if err != nil || !strings.Contains(string(rest), "tok2") {
+		t.Fatalf("rest %q, %v", rest, err)
 	}
 }

@@ -37,8 +37,8 @@ func TestFrontDoorColdStartDoesNotWaitForStartGrace(t *testing.T) {
 	if len(ws) != 1 || ws[0].StartedAt == nil {
 		t.Fatalf("workers %s", dump(ws))
 	}
-	// The answer came while the spawn was still in its grace: before the
-	// worker's start plus half the grace.
+	// The answer came while the spawn call was still in its grace (which
+	// began after the request arrived): within half of it.
 	if took > grace/2 {
 		t.Fatalf("the cold start took %s: it waited for the start grace (%s) to end", took, grace)
 	}

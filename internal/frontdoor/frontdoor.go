@@ -161,6 +161,7 @@ type slot struct {
 	mem      int64
 	cold     time.Time // when the front door decided to start it; zero once ready
 	lastUsed time.Time
+	target   atomic.Pointer[target] // the worker's parsed URL (proxy.go)
 }
 
 type waiter struct {
@@ -245,9 +246,17 @@ func New(o Options) (*FrontDoor, error) {
 		DisableCompression:  true, // the client's Accept-Encoding goes through unchanged
 	}
 	fd.proxy = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      fd.tr,
-		FlushInterval:  -1, // every write reaches the client at once (SSE)
+		Rewrite:   rewrite,
+		Transport: bodyTransport{fd.tr},
+		// 0: the reverse proxy flushes every write of an event stream and
+		// of a body of unknown length (chunked) at once, chunk by chunk; a
+		// body of known length goes through the server's write buffer and
+		// leaves in as few writes as it fills (never buffered whole). -1
+		// (flush every write of every answer) cost a timer goroutine and
+		// a separate write for the head of each non-streaming answer:
+		// about an eighth of the hive's CPU per request under load.
+		FlushInterval:  0,
+		BufferPool:     copyBuffers{},
 		ErrorHandler:   proxyError,
 		ModifyResponse: gotResponse,
 		ErrorLog:       slog.NewLogLogger(fd.log.Handler(), slog.LevelDebug),
@@ -715,11 +724,14 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device 
 		err := fd.ctx.Err()
 		if err == nil {
 			fd.log.Info("Cold start", "model", m.name, "model_ref", m.ref, "min_workers", pinned)
-			w, err = fd.src.Spawn(fd.ctx, req)
+			w, err = fd.spawn(req)
 		}
 		fd.mu.Lock()
 		defer fd.mu.Unlock()
 		delete(m.pending, tok)
+		if fd.ctx.Err() != nil {
+			return // closed: what waited has been answered; the hive's shutdown stops the worker
+		}
 		// A plan that waited for this spawn to be booked plans again.
 		defer fd.kickLocked()
 		if err != nil {
@@ -735,6 +747,31 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device 
 		}
 		fd.attachLocked(w, pinned)
 	}()
+}
+
+// spawn asks the hive for a worker. The hive's Spawn returns only once the
+// start grace is over (SPEC §3), but nothing waits for that: the worker is
+// attached, and the requests it was started for routed to it, the moment
+// its loading and ready events arrive (onEventLocked), and a process that
+// dies within the grace fails them through its failed event. spawn gives
+// up at Close, so that a long start_grace does not hold up the hive's
+// shutdown (the Spawn call itself ends when the shutdown stops the worker).
+func (fd *FrontDoor) spawn(req *apiv1.SpawnRequest) (Worker, error) {
+	type result struct {
+		w   Worker
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		w, err := fd.src.Spawn(fd.ctx, req)
+		ch <- result{w, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.w, r.err
+	case <-fd.ctx.Done():
+		return nil, fd.ctx.Err()
+	}
 }
 
 // coldFailedLocked fails every request waiting for m when no worker of m

@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,29 @@ type Metrics struct {
 	coldDur    *prometheus.HistogramVec
 	evictions  *prometheus.CounterVec
 	collectors []prometheus.Collector
+
+	// per caches each model's children of the per-request metrics: a
+	// label lookup hashes the values on every call.
+	per sync.Map // model name → *modelMetrics
+}
+
+// modelMetrics are one model's children of the per-request metrics.
+type modelMetrics struct {
+	ttfb, dur, wait prometheus.Observer
+	depth           prometheus.Gauge
+	ok              prometheus.Counter // requests answered 200
+}
+
+func (m *Metrics) of(model string) *modelMetrics {
+	if v, ok := m.per.Load(model); ok {
+		return v.(*modelMetrics)
+	}
+	mm := &modelMetrics{
+		ttfb: m.ttfb.WithLabelValues(model), dur: m.dur.WithLabelValues(model), wait: m.wait.WithLabelValues(model),
+		depth: m.depth.WithLabelValues(model), ok: m.requests.WithLabelValues(model, "200"),
+	}
+	v, _ := m.per.LoadOrStore(model, mm)
+	return v.(*modelMetrics)
 }
 
 // NewMetrics creates the metrics; register Collectors() with a registry.
@@ -53,19 +77,20 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Collectors() []prometheus.Collector { return m.collectors }
 
 func (m *Metrics) request(model string, code int, d time.Duration) {
-	m.requests.WithLabelValues(model, strconv.Itoa(code)).Inc()
-	m.dur.WithLabelValues(model).Observe(d.Seconds())
+	mm := m.of(model)
+	if code == 200 {
+		mm.ok.Inc()
+	} else {
+		m.requests.WithLabelValues(model, strconv.Itoa(code)).Inc()
+	}
+	mm.dur.Observe(d.Seconds())
 }
 
-func (m *Metrics) firstByte(model string, d time.Duration) {
-	m.ttfb.WithLabelValues(model).Observe(d.Seconds())
-}
+func (m *Metrics) firstByte(model string, d time.Duration) { m.of(model).ttfb.Observe(d.Seconds()) }
 
-func (m *Metrics) queued(model string, delta float64) { m.depth.WithLabelValues(model).Add(delta) }
+func (m *Metrics) queued(model string, delta float64) { m.of(model).depth.Add(delta) }
 
-func (m *Metrics) queueWait(model string, d time.Duration) {
-	m.wait.WithLabelValues(model).Observe(d.Seconds())
-}
+func (m *Metrics) queueWait(model string, d time.Duration) { m.of(model).wait.Observe(d.Seconds()) }
 
 func (m *Metrics) coldStart(model string, since time.Time) {
 	m.cold.WithLabelValues(model).Inc()

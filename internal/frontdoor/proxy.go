@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,9 +32,58 @@ type attempt struct {
 	at       time.Time
 	firstAt  time.Time
 	workerID string
+	body     []byte // the request body, sent as is
 }
 
 type attemptKey struct{}
+
+// copyBuffers lends the reverse proxy its 32 KiB copy buffers: without a
+// pool it allocates one per answer, the largest allocation on the path.
+type copyBuffers struct{}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufPool.Put(&b) }
+
+// bodyTransport sends the attempt's body as the in-memory reader it is.
+// The reverse proxy wraps the outgoing body in a reader of its own, which
+// the transport does not know to be in memory: it then writes the request
+// head and the body in two writes (two segments, two wake-ups of the
+// worker) instead of one.
+type bodyTransport struct{ rt http.RoundTripper }
+
+func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a := attemptOf(req)
+	if a == nil || req.Body == nil || int64(len(a.body)) != req.ContentLength {
+		return t.rt.RoundTrip(req)
+	}
+	out := *req // a round tripper must not change the request it was given
+	body := a.body
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return t.rt.RoundTrip(&out)
+}
+
+// target is a worker URL, parsed once per URL (a restart may move the
+// worker to another port).
+type target struct {
+	raw string
+	u   *url.URL
+}
+
+// targetOf returns the parsed URL of s's worker as info gives it.
+func targetOf(s *slot, raw string) (*url.URL, error) {
+	if t := s.target.Load(); t != nil && t.raw == raw {
+		return t.u, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	s.target.Store(&target{raw: raw, u: u})
+	return u, nil
+}
 
 func attemptOf(r *http.Request) *attempt {
 	a, _ := r.Context().Value(attemptKey{}).(*attempt)
@@ -103,11 +154,14 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 	code := 0
 	worker := ""
 	defer func() {
+		took := time.Since(start)
 		if fd.metrics != nil {
-			fd.metrics.request(m.name, code, time.Since(start))
+			fd.metrics.request(m.name, code, took)
 		}
-		fd.log.Debug("Inference request", "model", m.name, "path", r.URL.Path, "status", code,
-			"worker_id", worker, "duration", time.Since(start).String())
+		if fd.log.Enabled(r.Context(), slog.LevelDebug) {
+			fd.log.Debug("Inference request", "model", m.name, "path", r.URL.Path, "status", code,
+				"worker_id", worker, "duration", took.String())
+		}
 	}()
 	// Answers may stream for far longer than the server's write timeout.
 	rc := http.NewResponseController(w)
@@ -182,11 +236,14 @@ type relayed struct {
 func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, s *slot) (res relayed, err error) {
 	defer fd.release(s)
 	info := s.w.Info()
-	target, perr := url.Parse(info.URL)
-	if perr != nil || info.URL == "" {
+	if info.URL == "" {
 		return res, errRefused
 	}
-	a := &attempt{target: target, at: time.Now(), workerID: s.id}
+	u, perr := targetOf(s, info.URL)
+	if perr != nil {
+		return res, errRefused
+	}
+	a := &attempt{target: u, at: time.Now(), workerID: s.id, body: body}
 	res.attempt = a
 	if err := s.w.BeginRequest(r.Context()); err != nil {
 		if r.Context().Err() != nil {

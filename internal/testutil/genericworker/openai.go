@@ -30,6 +30,8 @@ import (
 //     before its answer was complete.
 //   - GENERIC_CHUNK_TS=1: each streamed chunk carries "ts", the wall-clock
 //     time it was written in Unix nanoseconds (benchmarks measure relaying).
+//   - GENERIC_NDJSON=1: stream as Ollama does, application/x-ndjson, one
+//     JSON chunk a line (chunked, no Content-Length), instead of SSE.
 //
 // Every answer carries X-Generic-Port (which worker served it).
 func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
@@ -38,6 +40,7 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 	crashAfter := envInt("GENERIC_CRASH_AFTER_CHUNKS", 0)
 	refuseAfter := int64(envInt("GENERIC_REFUSE_AFTER", 0))
 	chunkTS := os.Getenv("GENERIC_CHUNK_TS") == "1"
+	ndjson := os.Getenv("GENERIC_NDJSON") == "1"
 	var served atomic.Int64
 	var logMu sync.Mutex
 	record := func(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -130,6 +133,9 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 				return
 			}
 			w.Header().Set("Content-Type", "text/event-stream")
+			if ndjson {
+				w.Header().Set("Content-Type", "application/x-ndjson")
+			}
 			w.Header().Set("Cache-Control", "no-cache")
 			rc := http.NewResponseController(w)
 			for i := 0; i < tokens; i++ {
@@ -146,7 +152,11 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 				if chunkTS {
 					chunk = chunk[:len(chunk)-1] + `,"ts":` + strconv.FormatInt(time.Now().UnixNano(), 10) + "}"
 				}
-				if _, err := fmt.Fprintf(w, "data: %s\n\n", chunk); err != nil {
+				format := "data: %s\n\n"
+				if ndjson {
+					format = "%s\n"
+				}
+				if _, err := fmt.Fprintf(w, format, chunk); err != nil {
 					cancelled()
 					return
 				}
@@ -159,7 +169,9 @@ func serveOpenAI(mux *http.ServeMux, ln net.Listener, port int) {
 					os.Exit(3)
 				}
 			}
-			fmt.Fprint(w, "data: [DONE]\n\n")
+			if !ndjson {
+				fmt.Fprint(w, "data: [DONE]\n\n")
+			}
 			rc.Flush()
 		}
 	}

@@ -203,6 +203,7 @@ func (r *Registrar) buildHive() HiveRecord {
 	h.Node = r.o.Node
 	h.UpdatedAt = time.Time{}
 	sort.Strings(h.Models)
+	sort.Strings(h.GPUModels)
 	return h
 }
 

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/rbee/rbee-hive/internal/testutil/etcdtest"
 )
 

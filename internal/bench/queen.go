@@ -216,6 +216,14 @@ func (b *Bench) queenOverhead(h *Hive, queenURL string) error {
 		b.add(sec, "request, hive → worker (front door)", direct, nil, "a one-token answer; N is the number of clients")
 		b.add(sec, "request, queen → hive → worker", via, nil, "")
 		b.addDiff(sec, "request: added by the queen", via, direct, t)
+		// A difference of p99s can come out negative when noise rules
+		// the tails; an added median over the limit is a miss whatever
+		// the tails say.
+		if r := &b.R.Results[len(b.R.Results)-1]; r.Pass != nil && *r.Pass && r.Median >= t.Limit {
+			miss := false
+			r.Pass = &miss
+			r.Note += "; judged missed: the added median is over the limit"
+		}
 	}
 	return nil
 }

@@ -136,7 +136,7 @@ func clusterHive(t *testing.T, etcd, node, gen, extra string) (*hivetest.Hive, h
 }
 
 func TestClusterQueenRoutesAcrossHivesAndDropsDeadOnes(t *testing.T) {
-	et := etcdtest.Start(t)
+	et := etcdtest.StartEmbedded(t) // restarted below
 	gen := genericProfile(t, "gen", nil)
 	only := "  bonly:\n    model_ref: file:cluster.gguf\n    profile: gen\n    idle_timeout: 5m\n"
 	a, _ := clusterHive(t, et.Endpoint, "a", gen, "")
@@ -145,7 +145,7 @@ func TestClusterQueenRoutesAcrossHivesAndDropsDeadOnes(t *testing.T) {
 
 	// The hives are registered before the queen starts: its first view
 	// (list, then watch) has all three at once.
-	cli, err := cluster.NewClient([]string{et.Endpoint}, config.ClusterTLS{}, "", "")
+	cli, err := cluster.NewClient(et.Endpoints, config.ClusterTLS{}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

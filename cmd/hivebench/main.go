@@ -8,7 +8,7 @@
 //	hivebench [--bin DIR] [--out DIR] [--smoke] [--trials N] [--scale 100,500,1000]
 //	          [--idle 60s] [--settle 10s] [--shutdown 10,50,200] [--supervisord 100,1000]
 //	          [--py-trials N] [--py-idle 30s] [--py-idle-n 20]
-//	          [--only crash,probe,forcekill,shutdown,scale,supervisord,model,frontdoor,python]
+//	          [--only crash,probe,forcekill,shutdown,scale,supervisord,model,frontdoor,python,queen]
 package main
 
 import (
@@ -44,7 +44,7 @@ func run(args []string) error {
 	profile := fs.String("profile", "", "save CPU and heap profiles of the scale hives (run with --pprof) in this directory")
 	tmp := fs.String("tmp", "", "directory for the hives' state dirs (default $TMPDIR or /tmp; e.g. /dev/shm to leave the disk out)")
 	keep := fs.Bool("keep", false, "keep each hive's temporary directory (config, state, hive.log)")
-	only := fs.String("only", "", "comma-separated scenarios to run: crash,probe,forcekill,shutdown,scale,supervisord,model,frontdoor,python; python:PART runs one part of python (idle, launch, ready, restart, stop)")
+	only := fs.String("only", "", "comma-separated scenarios to run: crash,probe,forcekill,shutdown,scale,supervisord,model,frontdoor,python,queen; python:PART runs one part of python (idle, launch, ready, restart, stop)")
 	pyTrials := fs.Int("py-trials", 0, "trials per figure of the silent Python worker scenario (default 40; smoke 3)")
 	pyLong := fs.Int("py-long-trials", 0, "trials of its 30 s load, all at once (default 10; smoke 2)")
 	pyIdle := fs.Duration("py-idle", 0, "its idle CPU window (default 30s; smoke 1s)")

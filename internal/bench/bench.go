@@ -46,7 +46,7 @@ type Options struct {
 	PyTrials, PyLongTrials, PyIdleN int
 	PyIdleWindow                    time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
-	// forcekill, shutdown, scale, supervisord, model, frontdoor, python).
+	// forcekill, shutdown, scale, supervisord, model, frontdoor, python, queen).
 	Only []string
 	// Keep leaves each hive's temporary directory (with its log).
 	Keep bool
@@ -169,6 +169,7 @@ func (b *Bench) Run() error {
 		{"model", b.model},
 		{"frontdoor", b.frontdoor},
 		{"python", b.python},
+		{"queen", b.queenBench},
 	}
 	for _, s := range steps {
 		if !b.want(s.name) {

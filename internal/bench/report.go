@@ -234,6 +234,7 @@ func (r *Report) Markdown() []byte {
 		{"model", "The reference worker's model: stories260K on the CPU (issue 15)"},
 		{"frontdoor", "Front door: OpenAI routes through the hive vs straight to the worker (issue 14)"},
 		{"python", "Side by side on a silent Python worker (issue 19)"},
+		{"queen", "Cluster: rbee-queen in front of a hive registered in etcd (issue 17)"},
 	}
 	for _, s := range sections {
 		var rows []Result

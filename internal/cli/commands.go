@@ -22,6 +22,7 @@ type command struct {
 	details  string   // more, shown by --help
 	example  string   // one example command line (without the leading "rbee-hive ")
 	remote   bool     // talks to a hive: takes the global flags
+	output   bool     // talks to no hive but takes --output
 	settings bool     // takes --set: show the settings keys in --help
 	exits    []string // exit codes beyond 0/1/2, for --help
 	// flags registers the command's flags and returns what runs it with
@@ -50,6 +51,7 @@ type group struct {
 var groups = []group{
 	{"worker", "start, watch and stop worker processes", "worker spawn ./models/tiny.gguf --wait"},
 	{"model", "the hive's model catalog (names for model files)", "model add hf:org/tiny /srv/models/tiny.gguf"},
+	{"cluster", "the hives and workers registered in etcd (many machines)", "cluster status --config /etc/rbee-hive/hive.yaml"},
 }
 
 var commands []*command // filled by init functions in the files that define them
@@ -205,8 +207,16 @@ func (c *command) exec(args []string, g globals, env Env) error {
 			return printHelp(env.Stdout, c.help())
 		}
 	}
-	if !c.remote && len(g.given) > 0 {
-		return usageErr("%s does not take %s (it does not talk to a hive)", c.name, strings.Join(g.given, ", "))
+	if !c.remote {
+		var bad []string
+		for _, f := range g.given {
+			if !c.output || (f != "--output" && f != "--o") {
+				bad = append(bad, f)
+			}
+		}
+		if len(bad) > 0 {
+			return usageErr("%s does not take %s (it does not talk to a hive)", c.name, strings.Join(bad, ", "))
+		}
 	}
 	min, max := 0, len(c.args)
 	for _, a := range c.args {
@@ -294,6 +304,8 @@ func (c *command) help() string {
 	}
 	if c.remote {
 		b.WriteString("\nGlobal flags (before or after the command):\n" + globalHelp)
+	} else if c.output {
+		b.WriteString("\nGlobal flags (before or after the command):\n" + strings.SplitAfter(globalHelp, "\n")[2])
 	}
 	if c.settings {
 		b.WriteString("\nSettings for --set KEY=VALUE (the hive's config file may change the defaults):\n")
@@ -326,7 +338,17 @@ func groupHelp(gr *group) string {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(&b, "\nGlobal flags (before or after the command):\n%s", globalHelp)
+	gh := globalHelp
+	remote := false
+	for _, c := range commands {
+		if g, _, ok := strings.Cut(c.name, " "); ok && g == gr.name && c.remote {
+			remote = true
+		}
+	}
+	if !remote {
+		gh = strings.SplitAfter(globalHelp, "\n")[2]
+	}
+	fmt.Fprintf(&b, "\nGlobal flags (before or after the command):\n%s", gh)
 	fmt.Fprintf(&b, "\nRun `rbee-hive %s COMMAND --help` for a command's arguments and flags.\n\nExample:\n  rbee-hive %s\n", gr.name, gr.example)
 	return b.String()
 }

@@ -45,7 +45,7 @@ func (f *fakeHive) set(w WorkerRecord) {
 
 func client(t *testing.T, e *etcdtest.Etcd) *clientv3.Client {
 	t.Helper()
-	cli, err := NewClient([]string{e.Endpoint}, config.ClusterTLS{}, "", "")
+	cli, err := NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,8 @@ func workerState(hs []Hive, node, id string) string {
 }
 
 func TestRegistrarWritesChangesSoonAndNothingWhenSteady(t *testing.T) {
-	e := etcdtest.Start(t)
+	// Revisions count the writes here: an etcd of this test's own.
+	e := etcdtest.StartEmbedded(t)
 	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
 	f.set(WorkerRecord{ID: "w1", Model: "m", State: "loading", MaxConcurrency: 1})
 	cli := client(t, e)
@@ -149,7 +150,7 @@ func TestRegistrarWritesChangesSoonAndNothingWhenSteady(t *testing.T) {
 }
 
 func TestRegistrarRegistersAgainWithCurrentStateAfterEtcdRestart(t *testing.T) {
-	e := etcdtest.Start(t)
+	e := etcdtest.StartEmbedded(t) // stopped and restarted
 	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
 	f.set(WorkerRecord{ID: "w1", Model: "m", State: "idle", MaxConcurrency: 1})
 	r := NewRegistrar(RegistrarOptions{Client: client(t, e), Prefix: "/t/", Node: "a", LeaseTTL: 2 * time.Second,
@@ -199,7 +200,7 @@ func TestRegistrarRegistersAgainWithCurrentStateAfterEtcdRestart(t *testing.T) {
 }
 
 func TestViewListsAgainAfterCompaction(t *testing.T) {
-	e := etcdtest.Start(t)
+	e := etcdtest.StartEmbedded(t) // stopped and restarted
 	cli := client(t, e)
 	ctx := context.Background()
 	if _, err := cli.Put(ctx, HiveKey("/t/", "a"), `{"node":"a","url":"http://x"}`); err != nil {

@@ -45,11 +45,19 @@ func Join(cfg config.Config, h *hive.Hive, fd *frontdoor.FrontDoor, log *slog.Lo
 	for n := range names {
 		models = append(models, n)
 	}
+	gpuModels := []string{}
+	for name, m := range cfg.Models {
+		if p, ok := cfg.Profiles[m.Profile]; ok && p.GPU {
+			gpuModels = append(gpuModels, name)
+			gpuModels = append(gpuModels, m.Aliases...)
+		}
+	}
 	reg := NewRegistrar(RegistrarOptions{
 		Client: cli, Prefix: cc.Prefix, Node: cc.Node, LeaseTTL: cc.LeaseTTL.D(), Logger: log,
 		Hive: func() HiveRecord {
 			return HiveRecord{URL: cc.Advertise, Version: hive.Version, StartedAt: started,
-				Capacity: localCapacity(), Models: append([]string(nil), models...)}
+				Capacity: localCapacity(h), Models: append([]string(nil), models...),
+				GPUModels: append([]string(nil), gpuModels...)}
 		},
 		Workers: func() []WorkerRecord { return workersOf(h, fd) },
 	})
@@ -123,8 +131,18 @@ func workersOf(h *hive.Hive, fd *frontdoor.FrontDoor) []WorkerRecord {
 // memStep rounds free memory so that noise does not cause writes.
 const memStep = 64 << 20
 
-func localCapacity() Capacity {
+// localCapacity is the hive's CPUs, memory and GPUs. A GPU's memory_free
+// is what a new worker may take there: the device's free memory less the
+// hive's vram_reserve_bytes and the reservations of workers still loading
+// (the spawn placement's own figure, SPEC §11), rounded down like memory.
+func localCapacity(h *hive.Hive) Capacity {
 	c := Capacity{CPUs: runtime.NumCPU(), GPUs: []GPU{}}
+	if h != nil {
+		for _, a := range h.GPUAccounts() {
+			c.GPUs = append(c.GPUs, GPU{Index: a.Index, UUID: a.UUID, Name: a.Name, MemoryTotal: a.MemoryTotal,
+				MemoryFree: max(a.Available, 0) / memStep * memStep})
+		}
+	}
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return c

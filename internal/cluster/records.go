@@ -22,6 +22,9 @@ type HiveRecord struct {
 	StartedAt time.Time `json:"started_at"`
 	Capacity  Capacity  `json:"capacity"`
 	Models    []string  `json:"models"`
+	// GPUModels are the models (of Models) whose profile runs GPU workers
+	// (gpu: true): a queen ranks hives for them by VRAM first.
+	GPUModels []string  `json:"gpu_models,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -39,7 +42,9 @@ type GPU struct {
 	UUID        string `json:"uuid,omitempty"`
 	Name        string `json:"name,omitempty"`
 	MemoryTotal int64  `json:"memory_total"`
-	MemoryFree  int64  `json:"memory_free"`
+	// MemoryFree is what a new worker may take on the device (free less
+	// the hive's VRAM reserve and reservations), rounded down to 64 MiB.
+	MemoryFree int64 `json:"memory_free"`
 }
 
 // WorkerRecord is the value of <prefix>workers/<node>/<worker_id>.

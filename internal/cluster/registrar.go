@@ -184,7 +184,13 @@ func (r *Registrar) loop() {
 			last = time.Now()
 			continue
 		}
-		if err := r.sync(); err != nil {
+		// The batch counts from the start of a write, not its end: a
+		// change that came during a slow commit (fsync under load) goes
+		// out as soon as that commit is done and Batch has passed since
+		// it began, one write at a time.
+		began := time.Now()
+		wrote, err := r.sync()
+		if err != nil {
 			// A write that fails means the lease or etcd is gone: start over.
 			r.dropLease()
 			if !down {
@@ -194,7 +200,9 @@ func (r *Registrar) loop() {
 			retry = time.Now().Add(500 * time.Millisecond)
 			continue
 		}
-		last = time.Now()
+		if wrote {
+			last = began
+		}
 	}
 }
 
@@ -203,6 +211,7 @@ func (r *Registrar) buildHive() HiveRecord {
 	h.Node = r.o.Node
 	h.UpdatedAt = time.Time{}
 	sort.Strings(h.Models)
+	sort.Strings(h.GPUModels)
 	return h
 }
 
@@ -294,8 +303,9 @@ func (r *Registrar) registerNow() error {
 	return nil
 }
 
-// sync writes what changed since the last write, in one transaction.
-func (r *Registrar) sync() error {
+// sync writes what changed since the last write, in one transaction, and
+// reports whether there was anything to write.
+func (r *Registrar) sync() (bool, error) {
 	want := r.desired()
 	r.mu.Lock()
 	lease, written := r.lease, r.written
@@ -312,19 +322,19 @@ func (r *Registrar) sync() error {
 		}
 	}
 	if len(ops) == 0 {
-		return nil
+		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := r.commit(ctx, ops); err != nil {
-		return err
+		return false, err
 	}
 	r.mu.Lock()
 	if r.lease == lease {
 		r.written = maps.Clone(want)
 	}
 	r.mu.Unlock()
-	return nil
+	return true, nil
 }
 
 // maxOps stays under etcd's default --max-txn-ops (128).

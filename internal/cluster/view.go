@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
@@ -81,17 +80,7 @@ type Hive struct {
 func (v *View) Snapshot() []Hive {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	out := make([]Hive, 0, len(v.hives))
-	for node, h := range v.hives {
-		ws := make([]WorkerRecord, 0, len(v.workers[node]))
-		for _, w := range v.workers[node] {
-			ws = append(ws, w)
-		}
-		sort.Slice(ws, func(i, j int) bool { return ws[i].ID < ws[j].ID })
-		out = append(out, Hive{HiveRecord: h, Workers: ws})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
-	return out
+	return snapshot(v.hives, v.workers)
 }
 
 func (v *View) run(ctx context.Context) {

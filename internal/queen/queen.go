@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -107,49 +108,14 @@ func (q *Queen) auth(next http.HandlerFunc) http.HandlerFunc {
 }
 
 // Cluster is the body of GET /v1/cluster.
-type Cluster struct {
-	Revision int64          `json:"revision"`
-	Hives    []cluster.Hive `json:"hives"`
-	Models   []ModelView    `json:"models"`
-}
+type Cluster = cluster.State
 
 // ModelView is one model across the cluster.
-type ModelView struct {
-	Name     string         `json:"name"`
-	Hives    []string       `json:"hives"`
-	Workers  map[string]int `json:"workers"` // by state
-	InFlight int            `json:"in_flight"`
-}
+type ModelView = cluster.ModelView
 
 // ClusterState builds GET /v1/cluster from the view.
 func (q *Queen) ClusterState() Cluster {
-	hives := q.view.Snapshot()
-	byName := map[string]*ModelView{}
-	get := func(n string) *ModelView {
-		m := byName[n]
-		if m == nil {
-			m = &ModelView{Name: n, Hives: []string{}, Workers: map[string]int{}}
-			byName[n] = m
-		}
-		return m
-	}
-	for _, h := range hives {
-		for _, n := range h.Models {
-			m := get(n)
-			m.Hives = append(m.Hives, h.Node)
-		}
-		for _, w := range h.Workers {
-			m := get(w.Model)
-			m.Workers[w.State]++
-			m.InFlight += w.InFlight
-		}
-	}
-	out := Cluster{Revision: q.view.Revision(), Hives: hives, Models: make([]ModelView, 0, len(byName))}
-	for _, m := range byName {
-		out.Models = append(out.Models, *m)
-	}
-	sort.Slice(out.Models, func(i, j int) bool { return out.Models[i].Name < out.Models[j].Name })
-	return out
+	return cluster.Summarize(q.view.Revision(), q.view.Snapshot())
 }
 
 func (q *Queen) clusterView(w http.ResponseWriter, r *http.Request) {
@@ -174,15 +140,17 @@ func (q *Queen) models(w http.ResponseWriter, r *http.Request) {
 // candidate is a hive that serves the model, ranked.
 type candidate struct {
 	node, url string
-	warm      bool // has a ready worker with a free slot
-	load      int  // fewest in flight among its free workers, plus this queen's own
-	free      int64
+	warm      bool  // has a ready worker with a free slot
+	load      int   // fewest in flight among its free workers, plus this queen's own
+	vram      int64 // a GPU model there: the most VRAM free on one device (a worker takes one)
+	free      int64 // memory free
 }
 
 // Route ranks the live hives that serve model: first those with a ready
 // worker with a free slot (fewest in flight), then by most free memory
-// (their front door starts a worker). Hives whose key is gone are not in
-// the view, so never here.
+// (their front door starts a worker): for a hive that runs the model on a
+// GPU (gpu_models), the most VRAM free on one of its devices first, then
+// its memory. Hives whose key is gone are not in the view, so never here.
 func (q *Queen) Route(model string) []candidate {
 	hives := q.view.Snapshot()
 	q.mu.Lock()
@@ -199,8 +167,10 @@ func (q *Queen) Route(model string) []candidate {
 			continue
 		}
 		c := candidate{node: h.Node, url: h.URL, free: h.Capacity.MemoryFree, load: -1}
-		for _, gpu := range h.Capacity.GPUs {
-			c.free += gpu.MemoryFree
+		if slices.Contains(h.GPUModels, model) {
+			for _, gpu := range h.Capacity.GPUs {
+				c.vram = max(c.vram, gpu.MemoryFree)
+			}
 		}
 		for _, w := range h.Workers {
 			if w.Model == model && w.Free() && (c.load < 0 || w.InFlight < c.load) {
@@ -217,6 +187,9 @@ func (q *Queen) Route(model string) []candidate {
 		}
 		if a.warm && a.load != b.load {
 			return a.load < b.load
+		}
+		if a.vram != b.vram {
+			return a.vram > b.vram
 		}
 		if a.free != b.free {
 			return a.free > b.free

@@ -17,12 +17,13 @@ import (
 
 func TestRouteWarmFewestInFlightThenMostFreeMemoryAndNeverAGoneHive(t *testing.T) {
 	e := etcdtest.Start(t)
-	cli, err := cluster.NewClient([]string{e.Endpoint}, config.ClusterTLS{}, "", "")
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
 	ctx := context.Background()
+	p := e.Prefix("q")
 	must := func(k, v string) {
 		t.Helper()
 		if _, err := cli.Put(ctx, k, v); err != nil {
@@ -34,16 +35,16 @@ func TestRouteWarmFewestInFlightThenMostFreeMemoryAndNeverAGoneHive(t *testing.T
 			Capacity: cluster.Capacity{MemoryFree: free}})
 		return string(b)
 	}
-	must("/q/hives/a", hive("a", 1<<30))
-	must("/q/hives/b", hive("b", 8<<30))
-	must("/q/hives/c", hive("c", 4<<30))
-	must("/q/workers/a/w1", `{"id":"w1","model":"m","state":"busy","in_flight":2,"max_concurrency":4}`)
-	must("/q/workers/c/w2", `{"id":"w2","model":"m","state":"idle","in_flight":0,"max_concurrency":4}`)
+	must(p+"hives/a", hive("a", 1<<30))
+	must(p+"hives/b", hive("b", 8<<30))
+	must(p+"hives/c", hive("c", 4<<30))
+	must(p+"workers/a/w1", `{"id":"w1","model":"m","state":"busy","in_flight":2,"max_concurrency":4}`)
+	must(p+"workers/c/w2", `{"id":"w2","model":"m","state":"idle","in_flight":0,"max_concurrency":4}`)
 	// A full worker does not make its hive warm.
-	must("/q/workers/b/w3", `{"id":"w3","model":"m","state":"busy","in_flight":1,"max_concurrency":1}`)
+	must(p+"workers/b/w3", `{"id":"w3","model":"m","state":"busy","in_flight":1,"max_concurrency":1}`)
 	// A worker of a hive whose key is gone is not routed to.
-	must("/q/workers/z/w4", `{"id":"w4","model":"m","state":"idle","in_flight":0,"max_concurrency":1}`)
-	v := cluster.NewView(cli, "/q/", nil)
+	must(p+"workers/z/w4", `{"id":"w4","model":"m","state":"idle","in_flight":0,"max_concurrency":1}`)
+	v := cluster.NewView(cli, p, nil)
 	defer v.Close()
 	q := New(Config{}, v, nil, true)
 	order := func() string {
@@ -60,7 +61,7 @@ func TestRouteWarmFewestInFlightThenMostFreeMemoryAndNeverAGoneHive(t *testing.T
 	if got := order(); got != "c,a,b" {
 		t.Fatalf("route order %q, want c (warm, 0 in flight), a (warm, 2), b (cold, most free memory)", got)
 	}
-	if _, err := cli.Delete(ctx, "/q/hives/c"); err != nil {
+	if _, err := cli.Delete(ctx, p+"hives/c"); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(5 * time.Second)
@@ -77,12 +78,12 @@ func TestRouteWarmFewestInFlightThenMostFreeMemoryAndNeverAGoneHive(t *testing.T
 
 func TestQueenAuthAndErrorsHaveTheFrontDoorShape(t *testing.T) {
 	e := etcdtest.Start(t)
-	cli, err := cluster.NewClient([]string{e.Endpoint}, config.ClusterTLS{}, "", "")
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	v := cluster.NewView(cli, "/q/", nil)
+	v := cluster.NewView(cli, e.Prefix("q"), nil)
 	defer v.Close()
 	q := New(Config{InferenceTokens: []string{"tok-1"}, MaxBodyBytes: 1 << 20}, v, nil, false)
 	srv := httptest.NewServer(q.Handler())
@@ -132,5 +133,53 @@ func TestQueenRefusesNonLoopbackListenWithoutTokens(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte("etcd: {endpoints: [x]}\nbogus: 1\n")); err == nil {
 		t.Error("an unknown key was accepted")
+	}
+}
+
+func TestRouteColdGPUModelByMostVRAMOnOneDeviceCPUModelByMemory(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	prefix := e.Prefix("q")
+	put := func(node string, mem int64, gpuModels []string, vram ...int64) {
+		t.Helper()
+		h := cluster.HiveRecord{Node: node, URL: "http://" + node, Models: []string{"g", "c"}, GPUModels: gpuModels,
+			Capacity: cluster.Capacity{MemoryFree: mem, GPUs: []cluster.GPU{}}}
+		for i, v := range vram {
+			h.Capacity.GPUs = append(h.Capacity.GPUs, cluster.GPU{Index: i, MemoryTotal: 8 << 30, MemoryFree: v})
+		}
+		b, _ := json.Marshal(h)
+		if _, err := cli.Put(context.Background(), cluster.HiveKey(prefix, node), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// one: 6 GiB on one device (2+6); two: 8 GiB in all but 4 on each;
+	// cpu: no GPU, most memory; big: GPUs, but runs g on the CPU.
+	put("one", 1<<30, []string{"g"}, 2<<30, 6<<30)
+	put("two", 64<<30, []string{"g"}, 4<<30, 4<<30)
+	put("cpu", 128<<30, nil)
+	put("big", 32<<30, nil, 8<<30)
+	v := cluster.NewView(cli, prefix, nil)
+	defer v.Close()
+	q := New(Config{}, v, nil, true)
+	order := func(m string) string {
+		var n []string
+		for _, c := range q.Route(m) {
+			n = append(n, c.node)
+		}
+		return strings.Join(n, ",")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(q.Route("g")) < 4 && time.Now().Before(deadline) {
+		<-v.Changed()
+	}
+	if got := order("g"); got != "one,two,cpu,big" {
+		t.Errorf("GPU model g: %q, want one (6 GiB on a device), two (4), then by memory: cpu, big", got)
+	}
+	if got := order("c"); got != "cpu,two,big,one" {
+		t.Errorf("CPU model c: %q, want by memory alone: cpu,two,big,one", got)
 	}
 }

@@ -38,7 +38,11 @@ fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/rbee-fuzz.log 2>&1 || { cat /tmp/rbee-fuzz.log; exit 1; }; \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/rbee-fuzz.log 2>&1; then \
+	      if grep -q 'context deadline exceeded' /tmp/rbee-fuzz.log && ! grep -q 'Failing input written' /tmp/rbee-fuzz.log; then \
+	        echo "  (Go's fuzz coordinator race at the fuzztime boundary, golang/go#75804; no failing input: not a failure)"; \
+	      else cat /tmp/rbee-fuzz.log; exit 1; fi; \
+	    fi; \
 	  done; \
 	done
 

@@ -74,6 +74,10 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 
 // forget deletes a pruned worker's record.
 func (h *Hive) forget(id string) {
+	if h.forgetHook != nil {
+		h.forgetHook(id)
+		return
+	}
 	if h.store == nil {
 		return
 	}

@@ -316,12 +316,13 @@ func (o *owner) resumeGone(why string, oom bool) {
 		"why", why, "oom_killed", oom)
 	if o.cur.State == state.Stopping {
 		o.stopReason, o.stopDetail, o.stopAsked = o.cur.Reason, o.cur.Detail, now
-		o.cleanupTree()
-		if o.stopReason == state.Restarting {
-			o.restartNow(state.Restarting)
-			return
-		}
-		o.finish(o.stopReason, o.stopDetail, true)
+		o.cleanupTree(func() {
+			if o.stopReason == state.Restarting {
+				o.restartNow(state.Restarting)
+				return
+			}
+			o.finish(o.stopReason, o.stopDetail, true)
+		})
 		return
 	}
 	if o.cur.State == state.Spawning && o.cur.RestartCount == 0 {

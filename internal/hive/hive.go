@@ -35,6 +35,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/store"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
+
+	cliputil "github.com/rbee/rbee-hive/internal/clip"
 )
 
 // Version is the hive's version, set at build time with -ldflags.
@@ -786,12 +788,7 @@ func (h *Hive) prune(now time.Time) {
 	h.mu.Unlock()
 }
 
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}
+func clip(s string) string { return cliputil.String(s, 64) }
 
 // AddModel adds a catalog entry after checking that path lies inside a model
 // root.

@@ -43,6 +43,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // Sentinel errors. Errors returned by this package wrap them; test with
@@ -602,7 +604,7 @@ func Start(spec Spec) (*Proc, error) {
 	if err != nil {
 		return abort(err) // cannot happen for an unreaped child; be safe
 	}
-	p, err := newProc(pid, pid, st.startTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL) // pidfd is gone; the PID is still ours (unreaped)
 		reap(pid)
@@ -727,16 +729,16 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 	if cur != bootID {
 		return nil, fmt.Errorf("process: adopt %d: recorded in boot %s, this is boot %s: %w", pid, bootID, cur, ErrNotSame)
 	}
-	verify := func() (stat, error) {
+	verify := func() (procstat.Stat, error) {
 		st, err := readStat(pid)
 		if err != nil {
 			return st, fmt.Errorf("process: adopt %d: %w", pid, err)
 		}
-		if st.startTime != startTime {
-			return st, fmt.Errorf("process: adopt %d: start time %d, recorded %d: %w", pid, st.startTime, startTime, ErrNotSame)
+		if st.StartTime != startTime {
+			return st, fmt.Errorf("process: adopt %d: start time %d, recorded %d: %w", pid, st.StartTime, startTime, ErrNotSame)
 		}
-		if st.dead() {
-			return st, fmt.Errorf("process: adopt %d: exited (state %c): %w", pid, st.state, ErrGone)
+		if st.Dead() {
+			return st, fmt.Errorf("process: adopt %d: exited (state %c): %w", pid, st.State, ErrGone)
 		}
 		return st, nil
 	}
@@ -755,5 +757,5 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 		syscall.Close(pidfd)
 		return nil, err
 	}
-	return newProc(pid, st.pgrp, startTime, bootID, false, pidfd)
+	return newProc(pid, st.PGRP, startTime, bootID, false, pidfd)
 }

@@ -140,7 +140,7 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 	if err != nil {
 		return abort(err)
 	}
-	p, err := newProc(pid, pid, st.startTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		reap(pid)

@@ -27,6 +27,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/procstat"
 	"github.com/rbee/rbee-hive/internal/refworker"
 	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
 )
@@ -361,17 +362,8 @@ func zombiesOf(ppid int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
+		st, err := procstat.Read("", pid)
+		if err == nil && st.State == 'Z' && st.PPID == ppid {
 			out = append(out, pid)
 		}
 	}
@@ -469,13 +461,8 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool) bool {
 
 // Alive reports whether pid is a live, non-zombie process.
 func Alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+	st, err := procstat.Read("", pid)
+	return err == nil && !st.Dead()
 }
 
 func tail(s string, n int) string {

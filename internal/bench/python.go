@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 //go:embed pyworker/worker.py
@@ -474,7 +476,7 @@ func (b *Bench) pyIdle(py, script string, sv *Supervisord) error {
 	var args []string
 	var pprofURL string
 	if b.o.ProfileDir != "" {
-		port, err := freeRange(1)
+		port, err := daemonkit.FreeRange(1)
 		if err != nil {
 			return err
 		}

@@ -246,29 +246,7 @@ func (b *Bench) pyReady(py, script string) error {
 	for _, l := range loads {
 		samples, err := trials(l.trials, l.conc, func(i int) (float64, error) {
 			file := filepath.Join(h.Dir, fmt.Sprintf("ready-%d", rand.Int64()))
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			resp, err := h.Spawn(ctx, "py", map[string]string{"PYW_READY_FILE": file, "PYW_LOAD_MS": strconv.Itoa(l.ms())}, "")
-			if err != nil {
-				return 0, err
-			}
-			id := resp.WorkerID
-			defer h.Events.Forget(id)
-			idle, err := h.Events.WaitFor(id, 60*time.Second, isState("idle"))
-			if err != nil {
-				return 0, err
-			}
-			ready, err := readStamp(file, 0, 5*time.Second)
-			if err != nil {
-				return 0, err
-			}
-			if _, err := h.Client.Stop(ctx, id); err != nil {
-				return 0, err
-			}
-			if _, err := h.Events.WaitFor(id, 30*time.Second, isState("terminated")); err != nil {
-				return 0, err
-			}
-			return msf(idle.At.Sub(ready)), nil
+			return readyToIdle(h, "py", map[string]string{"PYW_READY_FILE": file, "PYW_LOAD_MS": strconv.Itoa(l.ms())}, file, 60*time.Second)
 		})
 		if err != nil {
 			return err

@@ -578,19 +578,9 @@ func Start(spec Spec) (*Proc, error) {
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
 	if pidfd < 0 {
-		// Kernel without CLONE_PIDFD (< 5.2): we refuse to run blind.
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		reap(pid)
-		untrackChild(pid)
-		return nil, fmt.Errorf("process: start %s: kernel gave no pidfd: %w", spec.Path, syscall.ENOSYS)
+		return nil, noPidfd(spec.Path, pid) // kernel without CLONE_PIDFD (< 5.2): we refuse to run blind
 	}
-	abort := func(cause error) (*Proc, error) {
-		_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
-		reap(pid)
-		untrackChild(pid)
-		syscall.Close(pidfd)
-		return nil, fmt.Errorf("process: start %s: %w", spec.Path, cause)
-	}
+	abort := func(cause error) (*Proc, error) { return nil, abortStart(spec.Path, pid, pidfd, cause) }
 	if statusR != nil {
 		files[3].Close() // our copy of the write end, so EOF comes on exec
 		if err := readLaunchStatus(statusR); err != nil {
@@ -758,4 +748,23 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 		return nil, err
 	}
 	return newProc(pid, st.PGRP, startTime, bootID, false, pidfd)
+}
+
+// noPidfd kills and reaps a child the kernel gave no pidfd for and says
+// why the start failed.
+func noPidfd(path string, pid int) error {
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	reap(pid)
+	untrackChild(pid)
+	return fmt.Errorf("process: start %s: kernel gave no pidfd: %w", path, syscall.ENOSYS)
+}
+
+// abortStart kills (through its pidfd: a stopped tracee too), reaps and
+// forgets a child whose start failed after the clone, and wraps cause.
+func abortStart(path string, pid, pidfd int, cause error) error {
+	_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
+	reap(pid)
+	untrackChild(pid)
+	syscall.Close(pidfd)
+	return fmt.Errorf("process: start %s: %w", path, cause)
 }

@@ -576,23 +576,7 @@ func startPySupervisord(bin, py, script string, idle int, stopWait time.Duration
 	s := &Supervisord{Dir: dir, Marker: filepath.Base(dir), exited: make(chan struct{})}
 	sock := filepath.Join(dir, "supervisor.sock")
 	var c strings.Builder
-	fmt.Fprintf(&c, `[unix_http_server]
-file=%[1]s
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile=%[2]s/supervisord.log
-pidfile=%[2]s/supervisord.pid
-childlogdir=%[2]s
-loglevel=warn
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://%[1]s
-`, sock, dir)
+	supervisordHeader(&c, sock, dir, "")
 	prog := func(name, env string, autostart bool) {
 		fmt.Fprintf(&c, `
 [program:%[1]s]

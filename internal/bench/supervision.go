@@ -211,23 +211,9 @@ func (b *Bench) probeReady() error {
 }
 
 // parallelTrials runs b.o.Trials trials of f with conc at a time and
-// returns their samples; the first error ends the run.
+// returns their samples and every trial's error.
 func (b *Bench) parallelTrials(conc int, f func(i int) (float64, error)) ([]float64, error) {
-	out := make([]float64, b.o.Trials)
-	errs := make([]error, b.o.Trials)
-	sem := make(chan struct{}, conc)
-	var wg sync.WaitGroup
-	for i := range b.o.Trials {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out[i], errs[i] = f(i)
-		}()
-	}
-	wg.Wait()
-	return out, errors.Join(errs...)
+	return trials(b.o.Trials, conc, f)
 }
 
 // forceKillRun stops workers that ignore the shutdown request and SIGTERM,

@@ -52,7 +52,7 @@ func TestWriteFailureKeepsTheOldFile(t *testing.T) {
 			t.Fatalf("temporary file %s left behind", e.Name())
 		}
 	}
-	if !IsTemp(".f.json" + TempMarker + "123") || IsTemp("f.json") {
+	if !IsTemp(".f.json"+TempMarker+"123") || IsTemp("f.json") {
 		t.Fatal("IsTemp")
 	}
 }

@@ -294,15 +294,9 @@ func (o *owner) resumeStop(rec *Record, now time.Time) {
 		o.forceKill()
 		return
 	}
-	prof := o.w.spec.Profile
 	o.log.Info("Continuing stop of adopted worker", "pid", o.cur.PID, "reason", o.stopReason,
 		"remaining", left.String())
-	if prof.Protocol == config.ProtocolRbee {
-		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
-	} else {
-		o.signalTree(prof.StopSig())
-	}
+	o.askGracefulStop()
 	o.stopT.arm(max(left, minRearm))
 }
 

@@ -43,15 +43,7 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 		o.forceKill()
 		return
 	}
-	prof := o.w.spec.Profile
-	if prof.Protocol == config.ProtocolRbee {
-		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
-	} else {
-		sig := prof.StopSig()
-		o.log.Info("Sending stop signal", "pid", pid, "signal", sigName(sig), "reason", reason)
-		o.signalTree(sig)
-	}
+	o.askGracefulStop()
 	o.log.Info(fmt.Sprintf("Waiting for graceful shutdown (%s timeout)...", o.s.StopTimeout), "pid", pid, "reason", reason)
 	if o.s.StopTimeout <= 0 {
 		o.forceKill()
@@ -60,6 +52,21 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 	// The deadline counts from the stop's start, not from here: sending
 	// the request or signal took a moment already.
 	o.stopT.arm(max(o.stopAsked.Add(o.s.StopTimeout.D()).Sub(o.now()), time.Nanosecond))
+}
+
+// askGracefulStop asks the worker to stop: an rbee worker by POST
+// /v1/shutdown (in a goroutine; the stop signal if that fails), any other
+// by its profile's stop signal to the process group.
+func (o *owner) askGracefulStop() {
+	prof := o.w.spec.Profile
+	sig := prof.StopSig()
+	if prof.Protocol == config.ProtocolRbee {
+		o.wg.Add(1)
+		go o.requestShutdown(o.proc, o.cur.URL, sig)
+		return
+	}
+	o.log.Info("Sending stop signal", "pid", o.cur.PID, "signal", sigName(sig), "reason", o.stopReason)
+	o.signalTree(sig)
 }
 
 // requestShutdown asks an rbee worker to drain and exit; when the request

@@ -30,6 +30,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
+
+	"github.com/rbee/rbee-hive/internal/clip"
 )
 
 // Limits of the HTTP surface.
@@ -138,11 +140,11 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) error {
 	}
 	if len(allow) > 0 {
 		e := errorf(http.StatusMethodNotAllowed, apiv1.CodeMethodNotAllowed, "%s is not allowed on %s (allowed: %s)",
-			r.Method, clip(r.URL.Path), strings.Join(allow, ", "))
+			r.Method, clip.String(r.URL.Path, 200), strings.Join(allow, ", "))
 		e.Header = http.Header{"Allow": {strings.Join(allow, ", ")}}
 		return e
 	}
-	return errorf(http.StatusNotFound, apiv1.CodeNotFound, "no route %s %s", r.Method, clip(r.URL.Path))
+	return errorf(http.StatusNotFound, apiv1.CodeNotFound, "no route %s %s", r.Method, clip.String(r.URL.Path, 200))
 }
 
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
@@ -248,11 +250,11 @@ func (s *Server) checkOperator(r *http.Request) error {
 func (s *Server) checkBrowser(r *http.Request) error {
 	if s.o.Token == "" && !loopbackHost(r.Host) {
 		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
-			"dev mode (no API token) answers only requests addressed to a loopback host, not %q", clip(r.Host))
+			"dev mode (no API token) answers only requests addressed to a loopback host, not %q", clip.String(r.Host, 200))
 	}
 	if vals := r.Header.Values("Origin"); len(vals) > 0 && (len(vals) > 1 || !sameOrigin(vals[0], r)) {
 		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
-			"requests from web pages of another origin are refused (Origin %q is not this hive's)", clip(vals[0]))
+			"requests from web pages of another origin are refused (Origin %q is not this hive's)", clip.String(vals[0], 200))
 	}
 	// A browser sends no Origin on a GET that a page of another site makes
 	// through markup (<img>, <script>, <link>), but it does say where the
@@ -262,7 +264,7 @@ func (s *Server) checkBrowser(r *http.Request) error {
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" &&
 		!(strings.HasPrefix(r.URL.Path, "/ui") && r.Header.Get("Sec-Fetch-Mode") == "navigate") {
 		return errorf(http.StatusForbidden, apiv1.CodeForbidden,
-			"requests from web pages of another origin are refused (Sec-Fetch-Site: %s)", clip(site))
+			"requests from web pages of another origin are refused (Sec-Fetch-Site: %s)", clip.String(site, 200))
 	}
 	return nil
 }
@@ -394,7 +396,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: %s", clip(err.Error()))
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: %s", clip.String(err.Error(), 200))
 	}
 	// Only the end of the input may follow (dec.More would let a stray
 	// "}" or "]" through).
@@ -402,13 +404,6 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: trailing data after the object")
 	}
 	return nil
-}
-
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "…"
-	}
-	return s
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {

@@ -1,17 +1,16 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/sse"
 )
 
 // Event is a state-change event and when the benchmark received it.
@@ -138,23 +137,20 @@ func stream(ctx context.Context, url string, opened chan<- error, put func(apiv1
 		return err
 	}
 	opened <- nil
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok || data == "{}" {
-			continue
+	err = sse.Read(resp.Body, 1<<20, func(e sse.Event) error {
+		if e.Data == "{}" { // lagged
+			return nil
 		}
 		var ev apiv1.Event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
-			continue
+		if err := json.Unmarshal([]byte(e.Data), &ev); err == nil {
+			put(ev)
 		}
-		put(ev)
-	}
+		return nil
+	})
 	if ctx.Err() != nil {
 		return context.Canceled
 	}
-	if err := sc.Err(); err != nil {
+	if err != nil {
 		return err
 	}
 	return errors.New("event stream ended (lagged or hive gone)")

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,7 +19,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
-	"github.com/rbee/rbee-hive/internal/refworker"
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 // Bins are the binaries the benchmark runs.
@@ -106,28 +104,6 @@ func benchClient(base string) *client.Client {
 	return c
 }
 
-// freeRange finds width consecutive bindable loopback ports below the
-// ephemeral range, at random so that concurrent runs rarely meet.
-func freeRange(width int) (int, error) {
-	lo, hi := 10000, 32000
-	for try := 0; try < 100; try++ {
-		base := lo + rand.IntN(hi-lo-width)
-		ok := true
-		for p := base; p < base+width && ok; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("no free range of %d ports in %d-%d", width, lo, hi)
-}
-
 // writeModel writes the built-in stories260K model (the reference worker
 // loads it for real).
 func writeModel(path string) error {
@@ -141,30 +117,19 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, err
-	}
 	state := filepath.Join(dir, "state")
-	models := filepath.Join(state, "models")
-	if err := os.MkdirAll(models, 0o700); err != nil {
-		return nil, err
-	}
-	model := filepath.Join(models, builtinmodel.FileName)
-	if err := writeModel(model); err != nil {
+	_, model, err := daemonkit.PrepareStateDir(state)
+	if err != nil {
 		return nil, err
 	}
 	width := max(o.Ports, 16)
-	base, err := freeRange(width + 1)
+	base, err := daemonkit.FreeRange(width + 1)
 	if err != nil {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(base)
-	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: -1\n",
-		addr, state, base+1, base+width)
-	if o.Settings != "" {
-		cfg += "defaults:\n" + o.Settings
-	}
-	cfg = refworker.WithTestMode(cfg + o.Extra)
+	cfg := daemonkit.Config{Addr: addr, StateDir: state, PortMin: base + 1, PortMax: base + width,
+		MemoryReserve: -1, Settings: o.Settings, Extra: o.Extra}.YAML()
 	h := &Hive{
 		Dir: dir, Model: model, Ref: "file:" + model, URL: "http://" + addr,
 		Marker: hive.InstanceID(state), Config: filepath.Join(dir, "hive.yaml"),
@@ -197,24 +162,13 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 		close(h.exited)
 	}()
 	h.Client = benchClient(h.URL)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := h.Client.Health(ctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-h.exited:
-			h.Close()
-			return nil, fmt.Errorf("rbee-hive exited at start: %v\n%s", h.exitErr, h.LogTail(20))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			h.Close()
-			return nil, fmt.Errorf("rbee-hive not healthy after 20s\n%s", h.LogTail(20))
-		}
+	switch err := daemonkit.WaitHealthy(h.URL, h.exited, 20*time.Second); {
+	case errors.Is(err, daemonkit.ErrExited):
+		h.Close()
+		return nil, fmt.Errorf("rbee-hive exited at start: %v\n%s", h.exitErr, h.LogTail(20))
+	case err != nil:
+		h.Close()
+		return nil, fmt.Errorf("rbee-hive: %w\n%s", err, h.LogTail(20))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -263,20 +217,11 @@ func (h *Hive) Running() bool {
 // Stop sends SIGTERM and waits up to timeout for the daemon to exit. It
 // returns the wall time from the signal to the exit (observed by wait(2)).
 func (h *Hive) Stop(timeout time.Duration) (time.Duration, error) {
-	t0 := time.Now()
-	_ = syscall.Kill(h.PID, syscall.SIGTERM)
-	select {
-	case <-h.exited:
-		took := time.Since(t0)
-		if h.exitErr != nil {
-			return took, fmt.Errorf("rbee-hive exited with %v", h.exitErr)
-		}
-		return took, nil
-	case <-time.After(timeout):
-		_ = syscall.Kill(h.PID, syscall.SIGKILL)
-		<-h.exited
-		return time.Since(t0), fmt.Errorf("rbee-hive did not exit within %s", timeout)
+	took, err := daemonkit.Stop(h.PID, h.exited, timeout)
+	if err == nil && h.exitErr != nil {
+		err = fmt.Errorf("rbee-hive exited with %v", h.exitErr)
 	}
+	return took, err
 }
 
 // Leftovers returns live processes carrying this hive's marker.

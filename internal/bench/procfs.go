@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // rssBytes reads VmRSS of pid from /proc/PID/status.
@@ -26,24 +28,11 @@ func rssBytes(pid int) (int64, error) {
 // cpuTime reads utime+stime of pid (all its threads) from /proc/PID/stat,
 // and its thread count.
 func cpuTime(pid int) (time.Duration, int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procstat.Read("", pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("pid %d: bad stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); utime is field 14, stime 15, threads 20.
-	if len(f) < 18 {
-		return 0, 0, fmt.Errorf("pid %d: short stat", pid)
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	th, _ := strconv.Atoi(f[17])
-	return time.Duration(ut+st) * (time.Second / 100), th, nil
+	return time.Duration(st.UTime+st.STime) * (time.Second / 100), st.Threads, nil
 }
 
 const mib = 1 << 20

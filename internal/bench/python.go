@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 //go:embed pyworker/worker.py
@@ -244,29 +246,7 @@ func (b *Bench) pyReady(py, script string) error {
 	for _, l := range loads {
 		samples, err := trials(l.trials, l.conc, func(i int) (float64, error) {
 			file := filepath.Join(h.Dir, fmt.Sprintf("ready-%d", rand.Int64()))
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			resp, err := h.Spawn(ctx, "py", map[string]string{"PYW_READY_FILE": file, "PYW_LOAD_MS": strconv.Itoa(l.ms())}, "")
-			if err != nil {
-				return 0, err
-			}
-			id := resp.WorkerID
-			defer h.Events.Forget(id)
-			idle, err := h.Events.WaitFor(id, 60*time.Second, isState("idle"))
-			if err != nil {
-				return 0, err
-			}
-			ready, err := readStamp(file, 0, 5*time.Second)
-			if err != nil {
-				return 0, err
-			}
-			if _, err := h.Client.Stop(ctx, id); err != nil {
-				return 0, err
-			}
-			if _, err := h.Events.WaitFor(id, 30*time.Second, isState("terminated")); err != nil {
-				return 0, err
-			}
-			return msf(idle.At.Sub(ready)), nil
+			return readyToIdle(h, "py", map[string]string{"PYW_READY_FILE": file, "PYW_LOAD_MS": strconv.Itoa(l.ms())}, file, 60*time.Second)
 		})
 		if err != nil {
 			return err
@@ -474,7 +454,7 @@ func (b *Bench) pyIdle(py, script string, sv *Supervisord) error {
 	var args []string
 	var pprofURL string
 	if b.o.ProfileDir != "" {
-		port, err := freeRange(1)
+		port, err := daemonkit.FreeRange(1)
 		if err != nil {
 			return err
 		}
@@ -596,23 +576,7 @@ func startPySupervisord(bin, py, script string, idle int, stopWait time.Duration
 	s := &Supervisord{Dir: dir, Marker: filepath.Base(dir), exited: make(chan struct{})}
 	sock := filepath.Join(dir, "supervisor.sock")
 	var c strings.Builder
-	fmt.Fprintf(&c, `[unix_http_server]
-file=%[1]s
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile=%[2]s/supervisord.log
-pidfile=%[2]s/supervisord.pid
-childlogdir=%[2]s
-loglevel=warn
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://%[1]s
-`, sock, dir)
+	supervisordHeader(&c, sock, dir, "")
 	prog := func(name, env string, autostart bool) {
 		fmt.Fprintf(&c, `
 [program:%[1]s]

@@ -18,6 +18,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/queen"
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 // queenBench is SPEC §12 (issue 17): one hive registered in a real etcd
@@ -93,7 +94,7 @@ func (b *Bench) queenBench() error {
 
 // startEtcd runs a one-member etcd in this process on loopback ports.
 func startEtcd(dir string) (*embed.Etcd, string, error) {
-	base, err := freeRange(2)
+	base, err := daemonkit.FreeRange(2)
 	if err != nil {
 		return nil, "", err
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 // scale runs, for each N, one hive with N idle reference workers at the
@@ -40,7 +42,7 @@ func (b *Bench) scaleOne(n, crashTrials int) error {
 	ho := HiveOptions{Settings: scaleSettings, Ports: n + 64}
 	var pprofURL string
 	if b.o.ProfileDir != "" {
-		port, err := freeRange(1)
+		port, err := daemonkit.FreeRange(1)
 		if err != nil {
 			return err
 		}

@@ -121,6 +121,36 @@ func (b *Bench) crashAndReady() error {
 	return nil
 }
 
+// readyToIdle spawns a worker of profile with env, waits for it to be idle,
+// reads the ready stamp it wrote to file, stops it and waits for its end. It
+// returns the milliseconds from the worker's ready stamp to the hive's idle
+// event.
+func readyToIdle(h *Hive, profile string, env map[string]string, file string, timeout time.Duration) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := h.Spawn(ctx, profile, env, "")
+	if err != nil {
+		return 0, err
+	}
+	id := resp.WorkerID
+	defer h.Events.Forget(id)
+	idle, err := h.Events.WaitFor(id, timeout, isState("idle"))
+	if err != nil {
+		return 0, err
+	}
+	ready, err := readStamp(file, 0, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := h.Client.Stop(ctx, id); err != nil {
+		return 0, err
+	}
+	if _, err := h.Events.WaitFor(id, 30*time.Second, isState("terminated")); err != nil {
+		return 0, err
+	}
+	return msf(idle.At.Sub(ready)), nil
+}
+
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func target(stat string, limit float64, text string) *Target {
@@ -167,32 +197,10 @@ func (b *Bench) probeReady() error {
 	for _, run := range runs {
 		samples, err := b.parallelTrials(8, func(i int) (float64, error) {
 			file := filepath.Join(h.Dir, fmt.Sprintf("generic-ready-%d", rand.Int64()))
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			resp, err := h.Spawn(ctx, "generic", map[string]string{
+			defer os.Remove(file)
+			return readyToIdle(h, "generic", map[string]string{
 				"GENERIC_READY_FILE": file, "GENERIC_LOAD_MS": strconv.Itoa(run.loadMS()),
-			}, "")
-			if err != nil {
-				return 0, err
-			}
-			id := resp.WorkerID
-			defer h.Events.Forget(id)
-			idle, err := h.Events.WaitFor(id, 30*time.Second, isState("idle"))
-			if err != nil {
-				return 0, err
-			}
-			ready, err := readStamp(file, 0, 5*time.Second)
-			if err != nil {
-				return 0, err
-			}
-			if _, err := h.Client.Stop(ctx, id); err != nil {
-				return 0, err
-			}
-			if _, err := h.Events.WaitFor(id, 30*time.Second, isState("terminated")); err != nil {
-				return 0, err
-			}
-			os.Remove(file)
-			return msf(idle.At.Sub(ready)), nil
+			}, file, 30*time.Second)
 		})
 		if err != nil {
 			return err
@@ -203,23 +211,9 @@ func (b *Bench) probeReady() error {
 }
 
 // parallelTrials runs b.o.Trials trials of f with conc at a time and
-// returns their samples; the first error ends the run.
+// returns their samples and every trial's error.
 func (b *Bench) parallelTrials(conc int, f func(i int) (float64, error)) ([]float64, error) {
-	out := make([]float64, b.o.Trials)
-	errs := make([]error, b.o.Trials)
-	sem := make(chan struct{}, conc)
-	var wg sync.WaitGroup
-	for i := range b.o.Trials {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out[i], errs[i] = f(i)
-		}()
-	}
-	wg.Wait()
-	return out, errors.Join(errs...)
+	return trials(b.o.Trials, conc, f)
 }
 
 // forceKillRun stops workers that ignore the shutdown request and SIGTERM,

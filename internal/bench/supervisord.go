@@ -60,6 +60,29 @@ func tailLines(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
+// supervisordHeader writes the start of a private supervisord's config:
+// its socket sock, its files in dir, the RPC interface, and extra lines
+// for the [supervisord] section.
+func supervisordHeader(c *strings.Builder, sock, dir, extra string) {
+	fmt.Fprintf(c, `[unix_http_server]
+file=%[1]s
+chmod=0700
+
+[supervisord]
+nodaemon=true
+logfile=%[2]s/supervisord.log
+pidfile=%[2]s/supervisord.pid
+childlogdir=%[2]s
+%[3]sloglevel=warn
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://%[1]s
+`, sock, dir, extra)
+}
+
 // StartSupervisord writes a config with n programs (every fifth ignoring
 // SIGTERM), starts supervisord in the foreground and waits until every
 // program is RUNNING. It returns the time from the launch until then.
@@ -79,25 +102,7 @@ func StartSupervisord(bin string, bins Bins, n int, stopWait time.Duration) (*Su
 	}
 	sock := filepath.Join(dir, "supervisor.sock")
 	var c strings.Builder
-	fmt.Fprintf(&c, `[unix_http_server]
-file=%[1]s
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile=%[2]s/supervisord.log
-pidfile=%[2]s/supervisord.pid
-childlogdir=%[2]s
-minfds=%[3]d
-minprocs=200
-loglevel=warn
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://%[1]s
-`, sock, dir, max(1024, 4*n+256))
+	supervisordHeader(&c, sock, dir, fmt.Sprintf("minfds=%d\nminprocs=200\n", max(1024, 4*n+256)))
 	// One group holds every program: supervisord stops groups one after
 	// the other (by priority) but the programs of a group together, so
 	// this is the configuration that lets it stop N workers in parallel.

@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/rbee/rbee-hive/internal/atomicfile"
 )
 
 // FileName is the name the model is written under.
@@ -41,32 +43,8 @@ func WriteTo(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("builtinmodel: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+FileName+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(path, data, 0o644, true); err != nil {
 		return "", fmt.Errorf("builtinmodel: %w", err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return "", fmt.Errorf("builtinmodel: write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return "", fmt.Errorf("builtinmodel: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("builtinmodel: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("builtinmodel: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", fmt.Errorf("builtinmodel: %w", err)
-	}
-	ok = true
 	return path, nil
 }

@@ -468,9 +468,16 @@ func (g *Group) Stats() (Stats, error) {
 // have only just exited) is retried for up to a second; one that still lists
 // processes fails at once with an error matching unix.EBUSY. Missing
 // directories are fine, so Remove is idempotent.
-func (g *Group) Remove() error {
+func (g *Group) Remove() error { return g.removeUntil(time.Now().Add(time.Second)) }
+
+// RemoveNow is Remove without the retries: one rmdir per hierarchy. An
+// error that wraps EBUSY means a directory may still go on a retry (the
+// kernel had not yet let go of the last exited process): call Remove then,
+// off any path that must not wait.
+func (g *Group) RemoveNow() error { return g.removeUntil(time.Time{}) }
+
+func (g *Group) removeUntil(deadline time.Time) error {
 	var errs []error
-	deadline := time.Now().Add(time.Second)
 	for _, d := range g.Paths() {
 		for {
 			err := g.fs.Rmdir(d)

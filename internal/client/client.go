@@ -3,7 +3,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/sse"
 )
 
 // APIError is an error response from the hive.
@@ -194,26 +194,20 @@ func (c *Client) Events(ctx context.Context, onOpen func(), fn func(apiv1.Event)
 	if onOpen != nil {
 		onOpen()
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		data, ok := strings.CutPrefix(line, "data: ")
-		if !ok || data == "{}" {
-			continue
+	err = sse.Read(resp.Body, 1<<20, func(e sse.Event) error {
+		if e.Data == "{}" { // lagged: the hive dropped events for this stream
+			return nil
 		}
 		var ev apiv1.Event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
-			continue
+		if err := json.Unmarshal([]byte(e.Data), &ev); err != nil {
+			return nil
 		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
+		return fn(ev)
+	})
 	if ctx.Err() != nil {
 		return nil
 	}
-	if err := sc.Err(); err != nil {
+	if err != nil {
 		return err
 	}
 	return errors.New("event stream ended")
@@ -281,25 +275,11 @@ func (c *Client) Chat(ctx context.Context, model, prompt string, maxTokens int, 
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	event := ""
-	for sc.Scan() {
-		line := sc.Text()
-		if e, ok := strings.CutPrefix(line, "event:"); ok {
-			event = strings.TrimSpace(e)
-			continue
-		}
-		data, ok := strings.CutPrefix(line, "data:")
-		if !ok {
-			if line == "" {
-				event = ""
-			}
-			continue
-		}
-		data = strings.TrimSpace(data)
+	errDone := errors.New("done")
+	err = sse.Read(resp.Body, 4<<20, func(e sse.Event) error {
+		data := strings.TrimSpace(e.Data)
 		if data == "[DONE]" {
-			return nil
+			return errDone
 		}
 		var chunk struct {
 			Choices []struct {
@@ -313,9 +293,9 @@ func (c *Client) Chat(ctx context.Context, model, prompt string, maxTokens int, 
 			} `json:"error"`
 		}
 		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
-			continue
+			return nil
 		}
-		if event == "error" || chunk.Error != nil {
+		if e.Name == "error" || chunk.Error != nil {
 			msg := data
 			if chunk.Error != nil {
 				msg = chunk.Error.Message
@@ -329,11 +309,14 @@ func (c *Client) Chat(ctx context.Context, model, prompt string, maxTokens int, 
 				}
 			}
 		}
-	}
-	if ctx.Err() != nil {
+		return nil
+	})
+	switch {
+	case errors.Is(err, errDone):
+		return nil
+	case ctx.Err() != nil:
 		return ctx.Err()
-	}
-	if err := sc.Err(); err != nil {
+	case err != nil:
 		return err
 	}
 	return &StreamError{Message: "it ended before [DONE]"}

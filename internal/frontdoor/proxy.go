@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+
+	"github.com/rbee/rbee-hive/internal/clip"
 )
 
 // attempt is one try of relaying a request to one worker; the reverse
@@ -138,7 +140,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 		Model json.RawMessage `json:"model"`
 	}
 	if err := json.Unmarshal(body, &head); err != nil {
-		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must be a JSON object with a \"model\": %s", clip(err.Error()))
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must be a JSON object with a \"model\": %s", clip.String(err.Error(), 200))
 	}
 	var name string
 	if err := json.Unmarshal(head.Model, &name); err != nil || name == "" {
@@ -149,7 +151,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 		names := fd.Names()
 		sort.Strings(names)
 		return errorf(http.StatusNotFound, apiv1.CodeModelNotFound, "model %q is not served here; models: %s",
-			clip(name), strings.Join(names, ", "))
+			clip.String(name, 200), strings.Join(names, ", "))
 	}
 	code := 0
 	worker := ""
@@ -365,10 +367,3 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach Flush.
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "…"
-	}
-	return s
-}

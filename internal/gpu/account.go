@@ -3,9 +3,10 @@ package gpu
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // ErrInsufficientVRAM: no device can hold what a worker needs (API: 507
@@ -207,20 +208,6 @@ func TreeOwner(procRoot string, roots map[int]string) func(pid int) (string, boo
 
 // parents reads fields 4 (ppid) and 5 (pgrp) of /proc/PID/stat.
 func parents(procRoot string, pid int) (ppid, pgid int, ok bool) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3
-	if len(f) < 3 {
-		return 0, 0, false
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	pgid, err2 := strconv.Atoi(f[2])
-	return ppid, pgid, err1 == nil && err2 == nil
+	st, err := procstat.Read(procRoot, pid)
+	return st.PPID, st.PGRP, err == nil
 }

@@ -304,11 +304,11 @@ func TestPickMissingDevice(t *testing.T) {
 // 102 a grandchild that moved to its own group, 200 someone else's.
 func TestTreeOwnerAndAttribute(t *testing.T) {
 	root := t.TempDir()
-	stat := map[int]string{
-		100: "100 (llm-worker) S 1 100 100 0",
-		101: "101 (python3 (x)) S 100 100 100 0",
-		102: "102 (cuda helper) S 101 102 102 0",
-		200: "200 (other) S 1 200 200 0",
+	stat := map[int]string{ // whole lines: procstat reads up to field 22
+		100: "100 (llm-worker) S 1 100 100 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5000",
+		101: "101 (python3 (x)) S 100 100 100 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5000",
+		102: "102 (cuda helper) S 101 102 102 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5000",
+		200: "200 (other) S 1 200 200 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5000",
 	}
 	for pid, s := range stat {
 		d := filepath.Join(root, itoa(pid))

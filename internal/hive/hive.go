@@ -35,6 +35,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/store"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
+
+	cliputil "github.com/rbee/rbee-hive/internal/clip"
 )
 
 // Version is the hive's version, set at build time with -ldflags.
@@ -81,6 +83,8 @@ type Hive struct {
 	users    map[string]WorkerUser // per profile: who its workers run as (env.go)
 	store    *store.Store          // durable registry (recover.go)
 	gpu      *gpuBook              // GPU inventory and placement (gpu.go)
+	// forgetHook, when set (tests), replaces deleting a pruned record.
+	forgetHook func(id string)
 
 	mu           sync.RWMutex
 	workers      map[string]*supervisor.Worker
@@ -732,41 +736,59 @@ func (h *Hive) pruneLoop() {
 	}
 }
 
+// prune drops ended workers past retention. The candidates are collected
+// under the hive's lock; their record files are deleted after it is let go
+// (a slow disk must not hold up every API call and spawn), and then they
+// leave the registry — so a new worker cannot take the id while the old
+// record is being deleted, and the delete cannot remove a new worker's
+// record. Only workers whose owner has finished are dropped: their last
+// record has been written.
 func (h *Hive) prune(now time.Time) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	type ended struct {
 		id string
+		w  *supervisor.Worker
 		at time.Time
 	}
-	var gone []ended
+	var drop, kept []ended
+	h.mu.Lock()
 	for id, w := range h.workers {
 		info := w.Info()
 		if info == nil || !info.State.Ended() || info.EndedAt == nil {
 			continue
 		}
-		if now.Sub(*info.EndedAt) > h.cfg.Retention.MaxAge.D() {
-			delete(h.workers, id)
-			h.forget(id)
+		select {
+		case <-w.Done():
+		default:
+			continue // its owner is still writing its end
+		}
+		e := ended{id, w, *info.EndedAt}
+		if now.Sub(e.at) > h.cfg.Retention.MaxAge.D() {
+			drop = append(drop, e)
 			continue
 		}
-		gone = append(gone, ended{id, *info.EndedAt})
+		kept = append(kept, e)
 	}
-	if extra := len(gone) - h.cfg.Retention.MaxEntries; extra > 0 {
-		sort.Slice(gone, func(i, j int) bool { return gone[i].at.Before(gone[j].at) })
-		for _, e := range gone[:extra] {
+	h.mu.Unlock()
+	if extra := len(kept) - h.cfg.Retention.MaxEntries; extra > 0 {
+		sort.Slice(kept, func(i, j int) bool { return kept[i].at.Before(kept[j].at) })
+		drop = append(drop, kept[:extra]...)
+	}
+	if len(drop) == 0 {
+		return
+	}
+	for _, e := range drop {
+		h.forget(e.id)
+	}
+	h.mu.Lock()
+	for _, e := range drop {
+		if h.workers[e.id] == e.w {
 			delete(h.workers, e.id)
-			h.forget(e.id)
 		}
 	}
+	h.mu.Unlock()
 }
 
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}
+func clip(s string) string { return cliputil.String(s, 64) }
 
 // AddModel adds a catalog entry after checking that path lies inside a model
 // root.

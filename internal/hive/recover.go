@@ -20,6 +20,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // MarkerEnv is the environment variable every worker of a hive carries, with
@@ -74,6 +76,10 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 
 // forget deletes a pruned worker's record.
 func (h *Hive) forget(id string) {
+	if h.forgetHook != nil {
+		h.forgetHook(id)
+		return
+	}
 	if h.store == nil {
 		return
 	}
@@ -310,21 +316,8 @@ func (h *Hive) killOrphanProcs(ctx context.Context, adopted []*supervisor.Adopti
 // parentAndGroup reads the parent PID and process group of pid from
 // /proc/pid/stat; ok is false when the process is gone.
 func parentAndGroup(pid int) (ppid, pgid int, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
-		return 0, 0, false
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	pgid, err2 := strconv.Atoi(f[2])
-	return ppid, pgid, err1 == nil && err2 == nil
+	st, err := procstat.Read("", pid)
+	return st.PPID, st.PGRP, err == nil
 }
 
 func hasEnv(pid int, entry string) bool {

@@ -40,6 +40,8 @@ type Log struct {
 	errLogged bool
 	// noCollapse: the filesystem cannot collapse ranges; rotate by copytruncate.
 	noCollapse bool
+	// rotated is closed when the rotation under way ends; nil when none is.
+	rotated chan struct{}
 }
 
 // follower is one Follow call's mailbox: a queue bounded by
@@ -362,91 +364,190 @@ func (l *Log) readLocked() {
 		}
 	}
 	if limit := l.w.opts.MaxBytes; limit > 0 && l.off > limit {
-		l.rotateLocked()
+		l.startRotationLocked()
 	}
 }
 
-// rotateLocked moves the file's older bytes to <path>.1 (replacing it) so the
+// startRotationLocked hands the rotation to a goroutine of its own (one
+// per Log at a time), so that the copy of up to MaxBytes never runs on the
+// watcher goroutine nor under l.mu: other logs' output events, and this
+// log's Tail, Sync and followers, are not held up by it.
+func (l *Log) startRotationLocked() {
+	if l.rotated != nil {
+		return // one is under way; it looks at the size again when done
+	}
+	l.rotated = make(chan struct{})
+	l.w.rotations.Add(1)
+	go l.rotate()
+}
+
+// rotate rotates until the file is under the cap (more may have been
+// read meanwhile) or a rotation fails.
+func (l *Log) rotate() {
+	defer l.w.rotations.Done()
+	for {
+		ok := l.rotateOnce()
+		l.mu.Lock()
+		again := ok && !l.closed && l.w.opts.MaxBytes > 0 && l.off > l.w.opts.MaxBytes
+		if !again {
+			close(l.rotated)
+			l.rotated = nil
+		}
+		l.mu.Unlock()
+		if !again {
+			return
+		}
+	}
+}
+
+// waitRotation waits for a rotation under way, if any.
+func (l *Log) waitRotation() {
+	l.mu.Lock()
+	ch := l.rotated
+	l.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+}
+
+// rotateOnce moves the file's older bytes to <path>.1 (replacing it) so the
 // file shrinks below the cap, without disturbing the child's O_APPEND fd.
+// It runs without l.mu but for the steps that change the file's size.
 //
 // Where the filesystem supports it (ext4, xfs, and overlayfs on them):
 //  1. Pick n: the read bytes, rounded down to the block size, short of EOF.
-//  2. Copy [0, n) into <path>.1.tmp.
-//  3. fallocate(FALLOC_FL_COLLAPSE_RANGE, 0, n): the kernel drops the first n
-//     bytes, atomically with respect to the child's appends, so nothing is
-//     lost; the file keeps its tail (less than a block plus what is unread).
+//  2. Copy [0, n) into <path>.1.tmp (without the lock: these bytes do not
+//     change, the file only grows at its end).
+//  3. Under the lock, fallocate(FALLOC_FL_COLLAPSE_RANGE, 0, n): the kernel
+//     drops the first n bytes, atomically with respect to the child's
+//     appends, so nothing is lost; the file keeps its tail (less than a
+//     block plus what is unread).
 //  4. Rename the copy over <path>.1.
 //
-// Elsewhere (tmpfs, …) it falls back to copytruncate: copy everything read,
-// read and copy what was appended meanwhile, truncate to 0, rename. Bytes the
-// child writes between that last read and the truncate are lost.
-func (l *Log) rotateLocked() {
+// Elsewhere (tmpfs, …) it falls back to copytruncate: copy what was read
+// (without the lock, until less than copyUnlockedMin is left), then under
+// the lock copy the rest, read and copy what was appended meanwhile,
+// truncate to 0, rename. Bytes the child writes between that last read and
+// the truncate are lost.
+//
+// When the file changed meanwhile (replaced, truncated underneath, the Log
+// closed), the rotation is dropped; the next read past the cap starts again.
+func (l *Log) rotateOnce() bool {
 	dst := l.path + ".1"
 	tmp := dst + ".tmp"
-	fi, err := l.f.Stat()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	f, off, noCollapse := l.f, l.off, l.noCollapse
+	l.mu.Unlock()
+	// same is true while the Log still tails f from at least at; it is
+	// checked under l.mu.
+	same := func(at int64) bool { return !l.closed && l.f == f && l.off >= at }
+
+	fi, err := f.Stat()
 	if err != nil {
-		l.logErr("rotate", err)
-		return
+		l.rotateErr(err)
+		return false
 	}
 	var n int64
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !l.noCollapse && st.Blksize > 0 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !noCollapse && st.Blksize > 0 {
 		blk := int64(st.Blksize)
-		n = min(l.off, fi.Size()-1) / blk * blk
+		n = min(off, fi.Size()-1) / blk * blk
 	}
 	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		l.logErr("rotate", err)
-		return
+		l.rotateErr(err)
+		return false
 	}
-	fail := func(err error) {
+	drop := func(err error) bool {
 		out.Close()
 		os.Remove(tmp)
-		l.logErr("rotate", err)
+		if err != nil {
+			l.rotateErr(err)
+		}
+		return false
 	}
 	how := "collapse"
 	if n > 0 {
-		if _, err := io.Copy(out, io.NewSectionReader(l.f, 0, n)); err != nil {
-			fail(err)
-			return
+		if _, err := io.Copy(out, io.NewSectionReader(f, 0, n)); err != nil {
+			return drop(err)
 		}
-		if err := l.collapse(n); err != nil {
-			if errors.Is(err, unix.EOPNOTSUPP) {
-				l.noCollapse = true
-			}
+		l.mu.Lock()
+		if !same(n) {
+			l.mu.Unlock()
+			return drop(nil)
+		}
+		err := l.collapse(n)
+		if err == nil {
+			l.off -= n
+		} else if errors.Is(err, unix.EOPNOTSUPP) {
+			l.noCollapse = true
+		}
+		l.mu.Unlock()
+		if err != nil {
 			// Start over with copytruncate.
 			if err := out.Truncate(0); err != nil {
-				fail(err)
-				return
+				return drop(err)
 			}
 			if _, err := out.Seek(0, io.SeekStart); err != nil {
-				fail(err)
-				return
+				return drop(err)
 			}
 			n = 0
-		} else {
-			l.off -= n
 		}
 	}
 	if n == 0 {
 		how = "copytruncate"
-		if err := l.copyTruncateLocked(out); err != nil {
-			fail(err)
-			return
+		var copied int64
+		for {
+			l.mu.Lock()
+			if !same(copied) {
+				l.mu.Unlock()
+				return drop(nil)
+			}
+			to := l.off
+			if to-copied <= copyUnlockedMin {
+				break // l.mu stays held for the rest
+			}
+			l.mu.Unlock()
+			if _, err := io.Copy(out, io.NewSectionReader(f, copied, to-copied)); err != nil {
+				return drop(err)
+			}
+			copied = to
 		}
-		n = l.off
-		l.off = 0
+		err := l.copyTruncateLocked(out, copied)
+		if err == nil {
+			n = l.off
+			l.off = 0
+		}
+		l.mu.Unlock()
+		if err != nil {
+			return drop(err)
+		}
 	}
 	if err := out.Close(); err != nil {
 		os.Remove(tmp)
-		l.logErr("rotate", err)
-		return
+		l.rotateErr(err)
+		return false
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		os.Remove(tmp)
-		l.logErr("rotate", err)
-		return
+		l.rotateErr(err)
+		return false
 	}
 	l.w.log.Info("logs: rotated log file", "path", l.path, "to", dst, "bytes", n, "how", how)
+	return true
+}
+
+// copyUnlockedMin: a copytruncate copies what was read without the lock
+// until less than this is left.
+const copyUnlockedMin = 1 << 20
+
+func (l *Log) rotateErr(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.logErr("rotate", err)
 }
 
 // collapse removes the first n bytes of the file.
@@ -473,14 +574,15 @@ func (l *Log) collapse(n int64) error {
 	return nil
 }
 
-// copyTruncateLocked copies the read bytes to out, catches up with what was
+// copyTruncateLocked copies the read bytes from offset from on to out (the
+// rotation copied those before it already), catches up with what was
 // appended meanwhile, and truncates the file to 0. The last catch-up read
 // and the truncate are raw system calls issued back to back (no scheduler
 // hand-off between them), to keep the window in which appends are lost as
 // short as possible; the caught-up bytes reach the ring and out only after.
 // The caller sets l.off to 0.
-func (l *Log) copyTruncateLocked(out *os.File) error {
-	if _, err := io.Copy(out, io.NewSectionReader(l.f, 0, l.off)); err != nil {
+func (l *Log) copyTruncateLocked(out *os.File, from int64) error {
+	if _, err := io.Copy(out, io.NewSectionReader(l.f, from, l.off-from)); err != nil {
 		return err
 	}
 	bp := bufPool.Get().(*[]byte)

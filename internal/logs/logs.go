@@ -83,6 +83,8 @@ type Watcher struct {
 	inf  *os.File // the inotify fd, read through the netpoller
 	fd   int      // inf's descriptor, for add/rm watch; used only under mu while !closed
 	done chan struct{}
+	// rotations counts the rotations under way (each in its own goroutine).
+	rotations sync.WaitGroup
 
 	mu      sync.Mutex
 	closed  bool
@@ -143,6 +145,7 @@ func (w *Watcher) Close() error {
 	for _, l := range open {
 		l.Close()
 	}
+	w.rotations.Wait() // a closed Log's rotation gives up at its next step
 	if err != nil {
 		return fmt.Errorf("logs: close inotify: %w", err)
 	}

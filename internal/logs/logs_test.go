@@ -483,9 +483,10 @@ func writeAndFollow(t *testing.T, l *Log, total int) []string {
 	stop, _ := follow(l, -1, c.add)
 	waitFollowers(t, l, 1)
 	runChild(t, l, fmt.Sprintf(`for i in $(seq 1 %d); do echo x$i; done`, total))
-	// The child has exited; after Sync (which waits for a rotation under
-	// way) a last line must arrive whatever was lost before.
+	// The child has exited; after Sync and the rotation under way a last
+	// line must arrive whatever was lost before.
 	l.Sync()
+	l.waitRotation()
 	runChild(t, l, `echo end`)
 	eventually(t, "the end line", func() bool { return c.last() == "end" })
 	if err := stop(); !errors.Is(err, context.Canceled) {
@@ -506,6 +507,7 @@ func writeAndFollow(t *testing.T, l *Log, total int) []string {
 
 func checkRotated(t *testing.T, l *Log, maxBytes int64) {
 	t.Helper()
+	l.waitRotation()
 	fi, err := os.Stat(l.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -810,5 +812,73 @@ func TestLastOutputMovesWithEachOutput(t *testing.T) {
 	}
 	if d := time.Since(l.LastOutput()); d < 0 || d > waitFor {
 		t.Fatalf("LastOutput is %v away from now", d)
+	}
+}
+
+// Regression: the single watcher goroutine rotated a log under its mutex,
+// so a rotation (a copy of up to 64 MiB) held up every other worker's
+// output events, and the stall clocks behind them. The rotation's
+// temporary file is a FIFO here: the rotation blocks until the test reads
+// it, however fast the disk is.
+func TestRotationDoesNotDelayOtherLogsOutput(t *testing.T) {
+	for _, collapse := range []bool{true, false} {
+		t.Run(fmt.Sprintf("collapse=%v", collapse), func(t *testing.T) {
+			w := newWatcher(t, Options{MaxBytes: 4096})
+			dir := t.TempDir()
+			big := open(t, w, filepath.Join(dir, "big.log"))
+			if !collapse {
+				big.mu.Lock()
+				big.noCollapse = true
+				big.mu.Unlock()
+			}
+			other := open(t, w, filepath.Join(dir, "other.log"))
+			fifo := big.Path() + ".1.tmp"
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			drained := make(chan error, 1)
+			drain := func() {
+				r, err := os.Open(fifo) // lets the rotation's open go on
+				if err == nil {
+					_, err = io.Copy(io.Discard, r)
+					r.Close()
+				}
+				drained <- err
+			}
+
+			runChild(t, big, `i=0; while [ $i -lt 400 ]; do echo "a line of the big log, number $i"; i=$((i+1)); done`)
+			eventually(t, "the big log's rotation to start", func() bool {
+				big.mu.Lock()
+				defer big.mu.Unlock()
+				return big.rotated != nil
+			})
+			select {
+			case <-other.Changed():
+			default:
+			}
+			runChild(t, other, `echo hello`)
+			select {
+			case <-other.Changed():
+			case <-time.After(waitFor):
+				go drain()
+				<-drained
+				t.Fatal("another log's output event waited for a rotation")
+			}
+			if got := lastLine(other); got != "hello" {
+				t.Fatalf("other log's last line %q", got)
+			}
+			if got := lastLine(big); got != "a line of the big log, number 399" {
+				t.Fatalf("big log's Tail waited or lost lines during the rotation: %q", got)
+			}
+			go drain()
+			big.waitRotation()
+			if err := <-drained; err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(big.Path())
+			if err != nil || fi.Size() > 4096+64<<10 {
+				t.Fatalf("big log after rotation: %v, %v", fi, err)
+			}
+		})
 	}
 }

@@ -11,7 +11,6 @@ package metrics
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -26,6 +25,8 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/state"
+
+	"github.com/rbee/rbee-hive/internal/atomicfile"
 )
 
 const ns = "rbee_hive"
@@ -210,18 +211,7 @@ type lastShutdown struct {
 // <stateDir>/LastShutdownFile, atomically.
 func SaveLastShutdown(stateDir string, d time.Duration, at time.Time) error {
 	b, _ := json.Marshal(lastShutdown{DurationSeconds: d.Seconds(), At: at})
-	tmp, err := os.CreateTemp(stateDir, LastShutdownFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("save last shutdown: %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save last shutdown: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(stateDir, LastShutdownFile)); err != nil {
-		os.Remove(tmp.Name())
+	if err := atomicfile.Write(filepath.Join(stateDir, LastShutdownFile), append(b, '\n'), 0o600, true); err != nil {
 		return fmt.Errorf("save last shutdown: %w", err)
 	}
 	return nil

@@ -20,44 +20,59 @@ type Allocator struct {
 	log      *slog.Logger
 
 	mu   sync.Mutex
-	held map[int]string // port → worker id
+	held map[int]string // port → worker id (also while Acquire checks it)
 	next int            // a hint: ports below it were all held at the last look
+	// bindable checks a candidate port; Bindable, but for tests.
+	bindable func(port int) bool
 }
 
 // New returns an allocator for the inclusive range [min, max].
 func New(min, max int, log *slog.Logger) *Allocator {
-	return &Allocator{min: min, max: max, log: log, held: map[int]string{}, next: min}
+	return &Allocator{min: min, max: max, log: log, held: map[int]string{}, next: min, bindable: Bindable}
 }
 
 // Acquire reserves the lowest free port for worker id. A port is free when
 // no worker holds it and 127.0.0.1:port can be bound now. It does not block
-// beyond the bind checks.
+// beyond the bind checks, and the bind checks run outside the allocator's
+// lock: a candidate is reserved under the lock, checked without it, and
+// kept or given back (reserve, unlock, check, commit), so concurrent
+// Acquires (and Release, Holds) never wait on another one's bind.
 func (a *Allocator) Acquire(id string) (int, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	start := a.min
-	if a.next > start {
-		start = a.next
-	}
-	for p := start; p <= a.max; p++ {
-		if _, ok := a.held[p]; ok {
-			continue
-		}
-		if !Bindable(p) {
-			next := "none left in range"
-			if p < a.max {
-				next = "trying " + strconv.Itoa(p+1)
+	p := max(a.min, a.next)
+	for {
+		for p <= a.max {
+			if _, ok := a.held[p]; !ok {
+				break
 			}
-			a.log.Info(fmt.Sprintf("Port %d in use, %s", p, next), "port", p, "worker_id", id)
-			continue
+			p++
 		}
-		a.held[p] = id
-		if p == start {
+		if p > a.max {
+			a.mu.Unlock()
+			return 0, fmt.Errorf("%w in %d-%d", ErrExhausted, a.min, a.max)
+		}
+		a.held[p] = id // reserved while it is checked
+		if p == a.next {
 			a.next = p + 1
 		}
-		return p, nil
+		a.mu.Unlock()
+		if a.bindable(p) {
+			return p, nil
+		}
+		next := "none left in range"
+		if p < a.max {
+			next = "trying " + strconv.Itoa(p+1)
+		}
+		a.log.Info(fmt.Sprintf("Port %d in use, %s", p, next), "port", p, "worker_id", id)
+		a.mu.Lock()
+		if a.held[p] == id {
+			delete(a.held, p)
+			if p < a.next {
+				a.next = p // the lowest free port may be bindable again later
+			}
+		}
+		p++
 	}
-	return 0, fmt.Errorf("%w in %d-%d", ErrExhausted, a.min, a.max)
 }
 
 // Reserve marks port as held by id without a bind check (for a worker that

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // freeRange finds n consecutive ports that are bindable now.
@@ -109,3 +110,74 @@ func (s *safeBuf) Write(p []byte) (int, error) {
 }
 func (s *safeBuf) String() string         { s.mu.Lock(); defer s.mu.Unlock(); return string(s.b) }
 func (s *safeBuf) contains(x string) bool { return strings.Contains(s.String(), x) }
+
+// Regression: Acquire checked bindability while holding the allocator's
+// lock, so one slow bind check held up every other Acquire (and Release,
+// Holds) of the hive.
+func TestAcquireDoesNotSerializeOnSlowBind(t *testing.T) {
+	base := freeRange(t, 4)
+	a := New(base, base+3, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	entered, unblock := make(chan int, 1), make(chan struct{})
+	a.bindable = func(p int) bool {
+		if p == base {
+			entered <- p
+			<-unblock // the first check hangs until the test lets it go
+		}
+		return Bindable(p)
+	}
+	first := make(chan int, 1)
+	go func() {
+		p, err := a.Acquire("slow")
+		if err != nil {
+			t.Error(err)
+		}
+		first <- p
+	}()
+	<-entered
+	done := make(chan int, 1)
+	go func() {
+		p, err := a.Acquire("fast")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- p
+	}()
+	select {
+	case p := <-done:
+		if p == base {
+			t.Fatalf("second Acquire got port %d, which the first is still checking", p)
+		}
+	case <-time.After(10 * time.Second):
+		close(unblock)
+		t.Fatal("second Acquire waited for the first one's bind check")
+	}
+	if a.Holds(base, "fast") || !a.Holds(base, "slow") {
+		t.Fatal("the port under check is not reserved for the Acquire checking it")
+	}
+	close(unblock)
+	if p := <-first; p != base {
+		t.Fatalf("first Acquire got %d, want %d", p, base)
+	}
+}
+
+// A candidate that turns out busy is given back, and the lowest port is
+// handed out again once it is bindable.
+func TestAcquireGivesBackABusyCandidate(t *testing.T) {
+	base := freeRange(t, 3)
+	a := New(base, base+2, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Acquire("w1")
+	if err != nil || p != base+1 {
+		t.Fatalf("Acquire = %d, %v; want %d", p, err, base+1)
+	}
+	if a.Holds(base, "w1") || a.InUse() != 1 {
+		t.Fatalf("busy candidate %d still held (in use %d)", base, a.InUse())
+	}
+	l.Close()
+	if p, err := a.Acquire("w2"); err != nil || p != base {
+		t.Fatalf("Acquire after the port was freed = %d, %v; want %d", p, err, base)
+	}
+}

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	clipper "github.com/rbee/rbee-hive/internal/clip"
 )
 
 // maxBody is how much of a probe response body is read; a longer body
@@ -318,9 +320,4 @@ func parseHead(b []byte) (head, error) {
 	return h, nil
 }
 
-func clip(b []byte) string {
-	if len(b) > 64 {
-		b = b[:64]
-	}
-	return string(b)
-}
+func clip(b []byte) string { return clipper.String(string(b), 64) }

@@ -49,11 +49,11 @@ func (r *Reaper) killIfEscaped(pid int) bool {
 	}
 	trackMu.Unlock()
 	st, err := readStat(pid)
-	if err != nil || st.dead() || st.ppid != os.Getpid() {
+	if err != nil || st.Dead() || st.PPID != os.Getpid() {
 		return false
 	}
 	trackMu.Lock()
-	inWorkerGroup := tracked[st.pgrp] > 0
+	inWorkerGroup := tracked[st.PGRP] > 0
 	trackMu.Unlock()
 	if inWorkerGroup || !HasEnv(pid, m[0], m[1]) {
 		return false
@@ -64,7 +64,7 @@ func (r *Reaper) killIfEscaped(pid int) bool {
 		return false
 	}
 	defer syscall.Close(fd)
-	if again, err := readStat(pid); err != nil || again.startTime != st.startTime {
+	if again, err := readStat(pid); err != nil || again.StartTime != st.StartTime {
 		return false
 	}
 	if err := unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0); err != nil {
@@ -72,6 +72,6 @@ func (r *Reaper) killIfEscaped(pid int) bool {
 	}
 	cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	r.log.Warn("Killed a process that escaped its worker and was handed to the hive", "pid", pid,
-		"pgid", st.pgrp, "cmdline", strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
+		"pgid", st.PGRP, "cmdline", strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
 	return true
 }

@@ -156,7 +156,7 @@ func children() []int {
 		if err != nil {
 			continue
 		}
-		if st, err := readStat(pid); err == nil && st.ppid == self {
+		if st, err := readStat(pid); err == nil && st.PPID == self {
 			out = append(out, pid)
 		}
 	}
@@ -215,8 +215,8 @@ func cleanupProc(t *testing.T, p *Proc) {
 		t.Errorf("cleanup: Close: %v", err)
 	}
 	if p.Child {
-		if st, err := readStat(p.PID); err == nil && st.startTime == p.StartTime {
-			t.Errorf("cleanup: %v left behind in state %c", p, st.state)
+		if st, err := readStat(p.PID); err == nil && st.StartTime == p.StartTime {
+			t.Errorf("cleanup: %v left behind in state %c", p, st.State)
 		}
 	}
 }
@@ -228,17 +228,17 @@ func killOrphan(t *testing.T, pid int, startTime uint64) {
 	t.Helper()
 	eventually(t, 10*time.Second, fmt.Sprintf("orphan %d to be gone", pid), func() bool {
 		st, err := readStat(pid)
-		if errors.Is(err, ErrGone) || err == nil && st.startTime != startTime {
+		if errors.Is(err, ErrGone) || err == nil && st.StartTime != startTime {
 			return true
 		}
 		if err != nil {
 			t.Fatalf("stat %d: %v", pid, err)
 		}
-		if !st.dead() {
+		if !st.Dead() {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			return false
 		}
-		if st.ppid == os.Getpid() {
+		if st.PPID == os.Getpid() {
 			var ws syscall.WaitStatus
 			_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 		}

@@ -43,6 +43,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // Sentinel errors. Errors returned by this package wrap them; test with
@@ -576,19 +578,9 @@ func Start(spec Spec) (*Proc, error) {
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
 	if pidfd < 0 {
-		// Kernel without CLONE_PIDFD (< 5.2): we refuse to run blind.
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		reap(pid)
-		untrackChild(pid)
-		return nil, fmt.Errorf("process: start %s: kernel gave no pidfd: %w", spec.Path, syscall.ENOSYS)
+		return nil, noPidfd(spec.Path, pid) // kernel without CLONE_PIDFD (< 5.2): we refuse to run blind
 	}
-	abort := func(cause error) (*Proc, error) {
-		_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
-		reap(pid)
-		untrackChild(pid)
-		syscall.Close(pidfd)
-		return nil, fmt.Errorf("process: start %s: %w", spec.Path, cause)
-	}
+	abort := func(cause error) (*Proc, error) { return nil, abortStart(spec.Path, pid, pidfd, cause) }
 	if statusR != nil {
 		files[3].Close() // our copy of the write end, so EOF comes on exec
 		if err := readLaunchStatus(statusR); err != nil {
@@ -602,7 +594,7 @@ func Start(spec Spec) (*Proc, error) {
 	if err != nil {
 		return abort(err) // cannot happen for an unreaped child; be safe
 	}
-	p, err := newProc(pid, pid, st.startTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL) // pidfd is gone; the PID is still ours (unreaped)
 		reap(pid)
@@ -727,16 +719,16 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 	if cur != bootID {
 		return nil, fmt.Errorf("process: adopt %d: recorded in boot %s, this is boot %s: %w", pid, bootID, cur, ErrNotSame)
 	}
-	verify := func() (stat, error) {
+	verify := func() (procstat.Stat, error) {
 		st, err := readStat(pid)
 		if err != nil {
 			return st, fmt.Errorf("process: adopt %d: %w", pid, err)
 		}
-		if st.startTime != startTime {
-			return st, fmt.Errorf("process: adopt %d: start time %d, recorded %d: %w", pid, st.startTime, startTime, ErrNotSame)
+		if st.StartTime != startTime {
+			return st, fmt.Errorf("process: adopt %d: start time %d, recorded %d: %w", pid, st.StartTime, startTime, ErrNotSame)
 		}
-		if st.dead() {
-			return st, fmt.Errorf("process: adopt %d: exited (state %c): %w", pid, st.state, ErrGone)
+		if st.Dead() {
+			return st, fmt.Errorf("process: adopt %d: exited (state %c): %w", pid, st.State, ErrGone)
 		}
 		return st, nil
 	}
@@ -755,5 +747,24 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 		syscall.Close(pidfd)
 		return nil, err
 	}
-	return newProc(pid, st.pgrp, startTime, bootID, false, pidfd)
+	return newProc(pid, st.PGRP, startTime, bootID, false, pidfd)
+}
+
+// noPidfd kills and reaps a child the kernel gave no pidfd for and says
+// why the start failed.
+func noPidfd(path string, pid int) error {
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	reap(pid)
+	untrackChild(pid)
+	return fmt.Errorf("process: start %s: kernel gave no pidfd: %w", path, syscall.ENOSYS)
+}
+
+// abortStart kills (through its pidfd: a stopped tracee too), reaps and
+// forgets a child whose start failed after the clone, and wraps cause.
+func abortStart(path string, pid, pidfd int, cause error) error {
+	_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
+	reap(pid)
+	untrackChild(pid)
+	syscall.Close(pidfd)
+	return fmt.Errorf("process: start %s: %w", path, cause)
 }

@@ -10,55 +10,21 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
-
-// stat is the part of /proc/PID/stat this package uses.
-type stat struct {
-	state     byte   // field 3: R, S, D, Z, X, …
-	ppid      int    // field 4
-	pgrp      int    // field 5
-	startTime uint64 // field 22, clock ticks since boot
-}
-
-// dead reports whether the process has exited (zombie or dead).
-func (s stat) dead() bool { return s.state == 'Z' || s.state == 'X' || s.state == 'x' }
 
 // readStat reads and parses /proc/pid/stat. A missing process yields an
 // error wrapping ErrGone.
-func readStat(pid int) (stat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+func readStat(pid int) (procstat.Stat, error) {
+	st, err := procstat.Read("", pid)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-		return stat{}, fmt.Errorf("process %d: %w", pid, ErrGone)
+		return st, fmt.Errorf("process %d: %w", pid, ErrGone)
 	}
 	if err != nil {
-		return stat{}, err
+		return st, fmt.Errorf("process %d: %w", pid, err)
 	}
-	return parseStat(pid, b)
-}
-
-// parseStat parses the text of /proc/pid/stat. The command name (field 2)
-// is in parentheses and may itself contain spaces and parentheses, so the
-// fields are counted from the last ')'.
-func parseStat(pid int, b []byte) (stat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return stat{}, fmt.Errorf("process %d: malformed stat", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3; field n is f[n-3].
-	if len(f) < 22-3+1 || len(f[0]) != 1 {
-		return stat{}, fmt.Errorf("process %d: malformed stat (%d fields)", pid, len(f)+2)
-	}
-	var s stat
-	var err1, err2, err3 error
-	s.state = f[0][0]
-	s.ppid, err1 = strconv.Atoi(f[4-3])
-	s.pgrp, err2 = strconv.Atoi(f[5-3])
-	s.startTime, err3 = strconv.ParseUint(f[22-3], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return stat{}, fmt.Errorf("process %d: malformed stat: %w", pid, err)
-	}
-	return s, nil
+	return st, nil
 }
 
 // ReadStartTime returns the start time of process pid in clock ticks since
@@ -69,7 +35,7 @@ func ReadStartTime(pid int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return s.startTime, nil
+	return s.StartTime, nil
 }
 
 // BootID returns this boot's id (/proc/sys/kernel/random/boot_id, trimmed).
@@ -94,7 +60,7 @@ func ProcessAlive(pid int, startTime uint64) bool {
 		return false
 	}
 	s, err := readStat(pid)
-	return err == nil && s.startTime == startTime && !s.dead()
+	return err == nil && s.StartTime == startTime && !s.Dead()
 }
 
 // FindByEnv returns, in ascending order, the PIDs of the processes whose

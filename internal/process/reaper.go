@@ -241,7 +241,7 @@ func reapIfOrphan(pid int) (ex Exit, reaped, deferred bool) {
 	if starting > 0 {
 		trackMu.Unlock()
 		st, err := readStat(pid)
-		return Exit{}, false, err == nil && st.ppid == os.Getpid() && st.dead()
+		return Exit{}, false, err == nil && st.PPID == os.Getpid() && st.Dead()
 	}
 	defer trackMu.Unlock()
 	var ws syscall.WaitStatus
@@ -298,7 +298,7 @@ func childrenFromStat() ([]int, error) {
 		if err != nil || pid <= 0 {
 			continue
 		}
-		if st, err := readStat(pid); err == nil && st.ppid == self {
+		if st, err := readStat(pid); err == nil && st.PPID == self {
 			pids = append(pids, pid)
 		}
 	}

@@ -61,7 +61,7 @@ func gone(t *testing.T, pid int, startTime uint64) bool {
 	if err != nil {
 		t.Fatalf("stat %d: %v", pid, err)
 	}
-	return st.startTime != startTime
+	return st.StartTime != startTime
 }
 
 // forkZombie starts a child outside Start (so nothing tracks it) that exits
@@ -79,7 +79,7 @@ func forkZombie(t *testing.T, code int) (int, uint64) {
 	t.Cleanup(func() { killOrphan(t, pid, st) })
 	eventually(t, 10*time.Second, fmt.Sprintf("%d to be a zombie", pid), func() bool {
 		s, err := readStat(pid)
-		return err == nil && s.dead()
+		return err == nil && s.Dead()
 	})
 	return pid, st
 }
@@ -98,7 +98,7 @@ func TestReaperReapsOrphanedGrandchild(t *testing.T) {
 	t.Cleanup(func() { killOrphan(t, gpid, gstart) })
 	// Its parent has been reaped, so it has been re-parented: to us, the
 	// subreaper.
-	if st, err := readStat(gpid); err != nil || st.ppid != os.Getpid() || st.dead() {
+	if st, err := readStat(gpid); err != nil || st.PPID != os.Getpid() || st.Dead() {
 		t.Fatalf("orphan %d: %+v, %v; want a live child of the test binary", gpid, st, err)
 	}
 	t0 := time.Now()

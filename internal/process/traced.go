@@ -86,19 +86,9 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
 	}
 	if pidfd < 0 {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		reap(pid)
-		untrackChild(pid)
-		return nil, fmt.Errorf("process: start %s: kernel gave no pidfd: %w", spec.Path, syscall.ENOSYS)
+		return nil, noPidfd(spec.Path, pid)
 	}
-	abort := func(cause error) (*Proc, error) {
-		// SIGKILL ends a stopped tracee too.
-		_ = unix.PidfdSendSignal(pidfd, syscall.SIGKILL, nil, 0)
-		reap(pid)
-		untrackChild(pid)
-		syscall.Close(pidfd)
-		return nil, fmt.Errorf("process: start %s: %w", spec.Path, cause)
-	}
+	abort := func(cause error) (*Proc, error) { return nil, abortStart(spec.Path, pid, pidfd, cause) }
 	// The exec stop: SIGTRAP, delivered to the tracee right after a
 	// successful exec.
 	var ws syscall.WaitStatus
@@ -140,7 +130,7 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 	if err != nil {
 		return abort(err)
 	}
-	p, err := newProc(pid, pid, st.startTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		reap(pid)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
 )
 
 // ErrReadyRejected is wrapped by *ReadyRejectedError.
@@ -30,31 +32,6 @@ func (e *ReadyRejectedError) Error() string {
 }
 
 func (e *ReadyRejectedError) Unwrap() error { return ErrReadyRejected }
-
-type progressBody struct {
-	Done  int64 `json:"done"`
-	Total int64 `json:"total"`
-}
-
-// heartbeatBody is the body of POST /v1/heartbeat (SPEC §4).
-type heartbeatBody struct {
-	WorkerID       string        `json:"worker_id"`
-	Timestamp      string        `json:"timestamp"`
-	HealthStatus   string        `json:"health_status"`
-	State          string        `json:"state"`
-	SlotsTotal     *int          `json:"slots_total,omitempty"`
-	SlotsAvailable *int          `json:"slots_available,omitempty"`
-	Progress       *progressBody `json:"progress,omitempty"`
-}
-
-// readyBody is the body of POST /v1/workers/ready.
-type readyBody struct {
-	WorkerID string `json:"worker_id"`
-	URL      string `json:"url"`
-	ModelRef string `json:"model_ref"`
-	Backend  string `json:"backend"`
-	Device   int    `json:"device"`
-}
 
 // hiveClient talks to the hive: the ready callback and heartbeats. A nil
 // *hiveClient (standalone, or a worker told never to be ready) sends nothing.
@@ -79,7 +56,7 @@ type hiveClient struct {
 }
 
 type queuedHB struct {
-	body      heartbeatBody
+	body      apiv1.HeartbeatRequest
 	mergeable bool
 }
 
@@ -108,8 +85,8 @@ func newHiveClient(cfg config, log *slog.Logger) *hiveClient {
 	}
 }
 
-func (h *hiveClient) newBody(state string) heartbeatBody {
-	return heartbeatBody{
+func (h *hiveClient) newBody(state string) apiv1.HeartbeatRequest {
+	return apiv1.HeartbeatRequest{
 		WorkerID:     h.workerID,
 		Timestamp:    time.Now().UTC().Format(time.RFC3339Nano),
 		HealthStatus: "healthy",
@@ -123,7 +100,7 @@ func (h *hiveClient) loading(done, total int64) {
 		return
 	}
 	b := h.newBody("loading")
-	b.Progress = &progressBody{Done: done, Total: total}
+	b.Progress = &apiv1.Progress{Done: done, Total: total}
 	h.enqueue(b, true)
 }
 
@@ -142,7 +119,7 @@ func (h *hiveClient) ready(busy bool, slotsTotal, slotsAvailable int, change boo
 	h.enqueue(b, !change)
 }
 
-func (h *hiveClient) enqueue(b heartbeatBody, mergeable bool) {
+func (h *hiveClient) enqueue(b apiv1.HeartbeatRequest, mergeable bool) {
 	h.mu.Lock()
 	if n := len(h.queue); mergeable && n > 0 && h.queue[n-1].mergeable {
 		h.queue[n-1].body = b
@@ -159,11 +136,11 @@ func (h *hiveClient) enqueue(b heartbeatBody, mergeable bool) {
 	}
 }
 
-func (h *hiveClient) pop() (heartbeatBody, bool) {
+func (h *hiveClient) pop() (apiv1.HeartbeatRequest, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.queue) == 0 {
-		return heartbeatBody{}, false
+		return apiv1.HeartbeatRequest{}, false
 	}
 	b := h.queue[0].body
 	h.queue = h.queue[1:]
@@ -172,7 +149,7 @@ func (h *hiveClient) pop() (heartbeatBody, bool) {
 
 // run sends queued heartbeats, and every interval the one periodic() makes
 // (when it says ok), until ctx is done. Errors are logged, not fatal.
-func (h *hiveClient) run(ctx context.Context, interval time.Duration, periodic func() (heartbeatBody, bool)) {
+func (h *hiveClient) run(ctx context.Context, interval time.Duration, periodic func() (apiv1.HeartbeatRequest, bool)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	defer h.client.CloseIdleConnections()
@@ -237,7 +214,7 @@ const (
 // announceReady posts the ready callback, retrying with back-off while the
 // hive is unreachable or answers 5xx. It blocks until the hive accepts, a 4xx
 // answer (*ReadyRejectedError), the retry budget is spent, or ctx is done.
-func (h *hiveClient) announceReady(ctx context.Context, body readyBody) error {
+func (h *hiveClient) announceReady(ctx context.Context, body apiv1.ReadyRequest) error {
 	deadline := time.Now().Add(readyBudget)
 	delay := readyFirstDelay
 	for attempt := 1; ; attempt++ {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
 )
 
 // apiError is an error answer: {"error":{"code":…,"message":…}}.
@@ -111,7 +113,7 @@ func (w *worker) handleProgress(rw http.ResponseWriter, r *http.Request) {
 	for {
 		done, total, finished, changed := w.prog.snapshot()
 		if done != lastDone || total != lastTotal {
-			b, _ := json.Marshal(progressBody{Done: done, Total: total})
+			b, _ := json.Marshal(apiv1.Progress{Done: done, Total: total})
 			if sseData(rw, rc, b) != nil {
 				return
 			}

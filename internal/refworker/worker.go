@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
 )
 
 // Main runs the worker with the command-line arguments args (without the
@@ -228,7 +230,7 @@ func (w *worker) lifecycle(ctx context.Context) error {
 	w.mu.Unlock()
 	w.prog.finish()
 	if w.hive != nil {
-		err := w.hive.announceReady(ctx, readyBody{
+		err := w.hive.announceReady(ctx, apiv1.ReadyRequest{
 			WorkerID: w.cfg.workerID,
 			URL:      w.url,
 			ModelRef: w.cfg.modelRef,
@@ -254,11 +256,11 @@ func (w *worker) lifecycle(ctx context.Context) error {
 }
 
 // periodicHeartbeat is the heartbeat sent every interval once ready.
-func (w *worker) periodicHeartbeat() (heartbeatBody, bool) {
+func (w *worker) periodicHeartbeat() (apiv1.HeartbeatRequest, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.readyAt.IsZero() || w.cfg.fake.noHeartbeat {
-		return heartbeatBody{}, false
+		return apiv1.HeartbeatRequest{}, false
 	}
 	st := "idle"
 	if w.inflight > 0 {

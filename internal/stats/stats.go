@@ -37,6 +37,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/state"
+
+	"github.com/rbee/rbee-hive/internal/procstat"
 )
 
 // DefaultMaxAge is how long a worker's numbers are reused when Options.MaxAge
@@ -100,51 +102,21 @@ func readFile(procRoot string, pid int, name string) ([]byte, error) {
 
 // readStat reads /proc/PID/stat (everything but RSS).
 func readStat(procRoot string, pid int) (Proc, error) {
-	b, err := readFile(procRoot, pid, "stat")
+	st, err := procstat.Read(procRoot, pid)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return Proc{}, fmt.Errorf("process %d: %w", pid, ErrGone)
+	}
 	if err != nil {
-		return Proc{}, err
+		return Proc{}, fmt.Errorf("process %d: %w", pid, err)
 	}
-	return parseStat(pid, b)
-}
-
-// parseStat parses /proc/PID/stat. The command name (field 2) may contain
-// spaces and parentheses, so fields are counted from the last ')'.
-func parseStat(pid int, b []byte) (Proc, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return Proc{}, fmt.Errorf("process %d: malformed stat", pid)
-	}
-	f := bytes.Fields(b[i+1:])
-	// f[0] is field 3, so field n is f[n-3].
-	field := func(n int) int64 {
-		if n-3 >= len(f) {
-			return -1
-		}
-		v, err := strconv.ParseInt(string(f[n-3]), 10, 64)
-		if err != nil {
-			return -1
-		}
-		return v
-	}
-	if len(f) < 20-3+1 {
-		return Proc{}, fmt.Errorf("process %d: malformed stat (%d fields)", pid, len(f)+2)
-	}
-	if len(f[0]) == 1 && (f[0][0] == 'Z' || f[0][0] == 'X') {
+	if st.Dead() {
 		return Proc{}, fmt.Errorf("process %d is a zombie: %w", pid, ErrGone)
 	}
-	p := Proc{PID: pid, PGID: int(field(5)), Threads: int(field(20))}
-	ut, st, cut, cst := field(14), field(15), field(16), field(17)
-	for _, v := range []int64{int64(p.PGID), int64(p.Threads), ut, st, cut, cst} {
-		if v < 0 {
-			return Proc{}, fmt.Errorf("process %d: malformed stat", pid)
-		}
-	}
-	p.CPU = ticks(ut + st)
-	p.ChildCPU = ticks(cut + cst)
-	return p, nil
+	return Proc{PID: pid, PGID: st.PGRP, Threads: st.Threads,
+		CPU: ticks(st.UTime + st.STime), ChildCPU: ticks(st.CUTime + st.CSTime)}, nil
 }
 
-func ticks(n int64) time.Duration { return time.Duration(n) * (time.Second / userHZ) }
+func ticks(n uint64) time.Duration { return time.Duration(n) * (time.Second / userHZ) }
 
 // CountFDs returns the number of open file descriptors of pid.
 func CountFDs(procRoot string, pid int) (int, error) {

@@ -23,8 +23,6 @@
 package store
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +36,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rbee/rbee-hive/internal/atomicfile"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 )
@@ -50,7 +49,6 @@ var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,256}$`)
 
 const (
 	suffix     = ".json"
-	tmpMarker  = ".tmp-"
 	corruptSfx = ".corrupt-"
 )
 
@@ -98,52 +96,10 @@ func (s *Store) Put(rec *supervisor.Record, sync bool) error {
 	if err != nil {
 		return fmt.Errorf("store: put %s: %w", id, err)
 	}
-	if err := writeAtomic(s.dir, id+suffix, b, sync); err != nil {
+	if err := atomicfile.Write(s.Path(id), b, 0o600, sync); err != nil {
 		return fmt.Errorf("store: put %s: %w", id, err)
 	}
 	return nil
-}
-
-// writeAtomic replaces dir/name with data: temp file, (fsync), rename,
-// (fsync dir).
-func writeAtomic(dir, name string, data []byte, sync bool) error {
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+name+tmpMarker+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	if sync {
-		return syncDir(dir)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Delete removes worker id's record. A missing record is not an error.
@@ -183,7 +139,7 @@ func (s *Store) Load() ([]*supervisor.Record, []Corrupt, error) {
 		name := e.Name()
 		path := filepath.Join(s.dir, name)
 		switch {
-		case strings.HasPrefix(name, ".") && strings.Contains(name, tmpMarker):
+		case atomicfile.IsTemp(name):
 			_ = os.Remove(path)
 			continue
 		case !strings.HasSuffix(name, suffix) || strings.Contains(name, corruptSfx):

@@ -294,15 +294,9 @@ func (o *owner) resumeStop(rec *Record, now time.Time) {
 		o.forceKill()
 		return
 	}
-	prof := o.w.spec.Profile
 	o.log.Info("Continuing stop of adopted worker", "pid", o.cur.PID, "reason", o.stopReason,
 		"remaining", left.String())
-	if prof.Protocol == config.ProtocolRbee {
-		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
-	} else {
-		o.signalTree(prof.StopSig())
-	}
+	o.askGracefulStop()
 	o.stopT.arm(max(left, minRearm))
 }
 
@@ -316,12 +310,13 @@ func (o *owner) resumeGone(why string, oom bool) {
 		"why", why, "oom_killed", oom)
 	if o.cur.State == state.Stopping {
 		o.stopReason, o.stopDetail, o.stopAsked = o.cur.Reason, o.cur.Detail, now
-		o.cleanupTree()
-		if o.stopReason == state.Restarting {
-			o.restartNow(state.Restarting)
-			return
-		}
-		o.finish(o.stopReason, o.stopDetail, true)
+		o.cleanupTree(func() {
+			if o.stopReason == state.Restarting {
+				o.restartNow(state.Restarting)
+				return
+			}
+			o.finish(o.stopReason, o.stopDetail, true)
+		})
 		return
 	}
 	if o.cur.State == state.Spawning && o.cur.RestartCount == 0 {

@@ -67,9 +67,15 @@ type owner struct {
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
-	inflight         int            // front-door requests running through this incarnation (activity.go)
-	wg               sync.WaitGroup // probe and shutdown-request goroutines
-	finished         bool
+	inflight         int // front-door requests running through this incarnation (activity.go)
+	// helperDone is closed by the helper goroutine doing the slow part of
+	// a cleanup (cleanup.go); nil while none runs. afterHelper is what the
+	// owner does then; lifecycle requests wait in deferred meanwhile.
+	helperDone  chan struct{}
+	afterHelper func()
+	deferred    []request
+	wg          sync.WaitGroup // probe and shutdown-request goroutines
+	finished    bool
 }
 
 type probeKind int
@@ -143,6 +149,9 @@ func (o *owner) now() time.Time { return o.w.now() }
 func (o *owner) loop(first func()) {
 	defer close(o.w.done)
 	defer func() {
+		for _, r := range o.deferred {
+			r.reply <- ErrEnded
+		}
 		o.wg.Wait()
 		o.probing = false // no probe goroutine is left
 		o.closeProber()
@@ -159,7 +168,13 @@ func (o *owner) loop(first func()) {
 		}
 		select {
 		case r := <-o.w.reqs:
+			if o.helperDone != nil && r.kind.lifecycle() {
+				o.deferred = append(o.deferred, r) // served once the cleanup is done
+				continue
+			}
 			r.reply <- o.handle(r)
+		case <-o.helperDone:
+			o.helperFinished()
 		case <-procDone:
 			o.onExit()
 		case <-output:
@@ -318,8 +333,7 @@ func (o *owner) startProcess() error {
 			o.cg = g
 			fd, err := g.FD()
 			if err != nil {
-				o.removeCgroup()
-				return fmt.Errorf("open cgroup: %w", err)
+				return fmt.Errorf("open cgroup: %w", err) // finish removes the cgroup
 			}
 			cgFD = fd
 			defer syscall.Close(fd)
@@ -335,8 +349,7 @@ func (o *owner) startProcess() error {
 	}
 	out, err := o.wlog.ChildFile()
 	if err != nil {
-		o.removeCgroup()
-		return fmt.Errorf("open worker log: %w", err)
+		return fmt.Errorf("open worker log: %w", err) // finish removes the cgroup
 	}
 	defer out.Close()
 	p, err := process.Start(process.Spec{
@@ -344,8 +357,7 @@ func (o *owner) startProcess() error {
 		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,
 	})
 	if err != nil {
-		o.removeCgroup()
-		return err
+		return err // finish removes the cgroup
 	}
 	o.proc, o.procDone = p, false
 	o.inflight = 0

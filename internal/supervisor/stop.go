@@ -43,15 +43,7 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 		o.forceKill()
 		return
 	}
-	prof := o.w.spec.Profile
-	if prof.Protocol == config.ProtocolRbee {
-		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, prof.StopSig())
-	} else {
-		sig := prof.StopSig()
-		o.log.Info("Sending stop signal", "pid", pid, "signal", sigName(sig), "reason", reason)
-		o.signalTree(sig)
-	}
+	o.askGracefulStop()
 	o.log.Info(fmt.Sprintf("Waiting for graceful shutdown (%s timeout)...", o.s.StopTimeout), "pid", pid, "reason", reason)
 	if o.s.StopTimeout <= 0 {
 		o.forceKill()
@@ -60,6 +52,21 @@ func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
 	// The deadline counts from the stop's start, not from here: sending
 	// the request or signal took a moment already.
 	o.stopT.arm(max(o.stopAsked.Add(o.s.StopTimeout.D()).Sub(o.now()), time.Nanosecond))
+}
+
+// askGracefulStop asks the worker to stop: an rbee worker by POST
+// /v1/shutdown (in a goroutine; the stop signal if that fails), any other
+// by its profile's stop signal to the process group.
+func (o *owner) askGracefulStop() {
+	prof := o.w.spec.Profile
+	sig := prof.StopSig()
+	if prof.Protocol == config.ProtocolRbee {
+		o.wg.Add(1)
+		go o.requestShutdown(o.proc, o.cur.URL, sig)
+		return
+	}
+	o.log.Info("Sending stop signal", "pid", o.cur.PID, "signal", sigName(sig), "reason", o.stopReason)
+	o.signalTree(sig)
 }
 
 // requestShutdown asks an rbee worker to drain and exit; when the request
@@ -134,19 +141,20 @@ func (o *owner) onExit() {
 		// case one read per hierarchy finds the cgroup empty — and the
 		// cgroup's removal comes after the announcement. Stop latency
 		// ends when the process was reaped.
-		o.cleanupTree()
-		if m := o.d.Metrics; m != nil {
-			m.StopLatency(ex.At.Sub(o.stopAsked))
-		}
-		o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
-			"after", ex.At.Sub(o.stopAsked).String(), "forced", o.forced)
-		o.endGrace(nil)
-		if o.restartAfterStop {
-			o.restartAfterStop = false
-			o.restartNow(state.Restarting)
-			return
-		}
-		o.finish(o.stopReason, o.stopDetail, true)
+		o.cleanupTree(func() {
+			if m := o.d.Metrics; m != nil {
+				m.StopLatency(ex.At.Sub(o.stopAsked))
+			}
+			o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
+				"after", ex.At.Sub(o.stopAsked).String(), "forced", o.forced)
+			o.endGrace(nil)
+			if o.restartAfterStop {
+				o.restartAfterStop = false
+				o.restartNow(state.Restarting)
+				return
+			}
+			o.finish(o.stopReason, o.stopDetail, true)
+		})
 		return
 	}
 
@@ -208,18 +216,20 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 		m.Ended(reason)
 	}
 	o.log.Info("Worker ended", "pid", o.cur.PID, "state", end, "reason", reason, "detail", detail)
-	o.cleanupTree()
-	o.removeCgroup()
-	if dec.Restart {
-		o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
-		o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
-		o.transition(state.Backoff, reason)
-		// The delay counts from the failure: the tree cleanup above (a
-		// cgroup that takes a while to empty) is part of the wait.
-		o.backoff.arm(max(o.backoffUntil.Sub(o.now()), time.Nanosecond))
-		return
-	}
-	o.release()
+	o.cleanupTree(func() {
+		o.removeCgroup(func() {
+			if !dec.Restart {
+				o.release()
+				return
+			}
+			o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
+			o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
+			o.transition(state.Backoff, reason)
+			// The delay counts from the failure: the tree cleanup above
+			// (a cgroup that takes a while to empty) is part of the wait.
+			o.backoff.arm(max(o.backoffUntil.Sub(o.now()), time.Nanosecond))
+		})
+	})
 }
 
 // endFromBackoff ends a worker waiting to restart: a stop cancels the
@@ -240,59 +250,17 @@ func (o *owner) endFromBackoff(reason state.Reason) {
 
 // restartNow starts the next incarnation with the same id.
 func (o *owner) restartNow(reason state.Reason) {
-	o.removeCgroup() // the last incarnation's; the new one gets a fresh cgroup
-	now := o.now()
-	o.cur.RestartCount++
-	o.cur.LastRestart = &now
-	if m := o.d.Metrics; m != nil {
-		m.Restarted()
-	}
-	o.transition(state.Spawning, reason)
-	o.startIncarnation()
-}
-
-// cleanupTree makes sure no process of the worker's tree is left: SIGKILL to
-// the group and the cgroup, and wait (bounded) until the cgroup is empty. It
-// closes the process handle. The cgroup's directories are removed later
-// (removeCgroup), after the end has been announced: rmdir of five
-// hierarchies takes milliseconds and is not part of the stop.
-func (o *owner) cleanupTree() {
-	if o.proc != nil {
-		if o.proc.GroupAlive() {
-			_ = o.proc.SignalGroup(syscall.SIGKILL)
+	o.backoff.stop() // a restart asked during backoff: the timer must not start another
+	// The last incarnation's cgroup goes first; the new one gets a fresh
+	// cgroup of the same name.
+	o.removeCgroup(func() {
+		now := o.now()
+		o.cur.RestartCount++
+		o.cur.LastRestart = &now
+		if m := o.d.Metrics; m != nil {
+			m.Restarted()
 		}
-	}
-	if o.cg != nil {
-		// Usually the reaped process was the last one: one read of each
-		// hierarchy's cgroup.procs says so, and there is nothing to kill
-		// or wait for.
-		if pids, err := o.cg.Pids(); err != nil || len(pids) > 0 {
-			_ = o.cg.Kill()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := o.cg.WaitEmpty(ctx); err != nil {
-				o.log.Error("Worker cgroup not empty after kill", "pid", o.cur.PID, "error", err)
-			}
-			cancel()
-		}
-	} else if o.proc != nil {
-		deadline := time.Now().Add(5 * time.Second)
-		for o.proc.GroupAlive() && time.Now().Before(deadline) {
-			_ = o.proc.SignalGroup(syscall.SIGKILL)
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	if o.proc != nil {
-		o.proc.Close()
-		o.proc = nil
-	}
-}
-
-func (o *owner) removeCgroup() {
-	if o.cg == nil {
-		return
-	}
-	if err := o.cg.Remove(); err != nil {
-		o.log.Warn("Removing worker cgroup failed", "error", err)
-	}
-	o.cg = nil
+		o.transition(state.Spawning, reason)
+		o.startIncarnation()
+	})
 }

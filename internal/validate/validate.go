@@ -10,6 +10,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/rbee/rbee-hive/internal/clip"
 )
 
 // Error is a rejected field.
@@ -90,7 +92,7 @@ func Env(env map[string]string, allow []string) *Error {
 	for _, k := range keys {
 		v := env[k]
 		if len(k) > MaxEnvKeyLen || !envKeyRe.MatchString(k) {
-			return bad("INVALID_ENV", "env key %q must match [A-Z_][A-Z0-9_]* (at most %d characters)", clip(k), MaxEnvKeyLen)
+			return bad("INVALID_ENV", "env key %q must match [A-Z_][A-Z0-9_]* (at most %d characters)", clip.String(k, 40), MaxEnvKeyLen)
 		}
 		if len(v) > MaxEnvValueLen || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
 			return bad("INVALID_ENV", "env %s: value must be valid UTF-8 without NUL, at most %d bytes", k, MaxEnvValueLen)
@@ -132,7 +134,7 @@ func Labels(labels map[string]string) *Error {
 	}
 	for k, v := range labels {
 		if k == "" || len(k) > MaxLabelKeyLen || !labelRe.MatchString(k) {
-			return bad("INVALID_LABELS", "label key %q must be 1-%d characters of [A-Za-z0-9_./-]", clip(k), MaxLabelKeyLen)
+			return bad("INVALID_LABELS", "label key %q must be 1-%d characters of [A-Za-z0-9_./-]", clip.String(k, 40), MaxLabelKeyLen)
 		}
 		if len(v) > MaxLabelValLen || !utf8.ValidString(v) || strings.IndexFunc(v, unprintable) >= 0 {
 			return bad("INVALID_LABELS", "label %s: value must be printable UTF-8, at most %d bytes", k, MaxLabelValLen)
@@ -144,10 +146,3 @@ func Labels(labels map[string]string) *Error {
 // unprintable: control characters and invisible format characters (bidi
 // overrides, zero-width spaces) that would let a label lie in a terminal.
 func unprintable(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }
-
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
-}

@@ -6,10 +6,8 @@ package hivetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,12 +21,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/process"
-	"github.com/rbee/rbee-hive/internal/refworker"
+	"github.com/rbee/rbee-hive/internal/procstat"
 	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 // Options shape one test hive.
@@ -96,32 +94,14 @@ func Binaries(t testing.TB) string {
 // GenericWorker returns the path of the generic HTTP test worker.
 func GenericWorker(t testing.TB) string { return buildbin.Build(t, "internal/testutil/genericworker") }
 
-var portMu sync.Mutex
-
-// FreeRange finds n consecutive ports that can be bound now, at random in
-// 10000–31999: below Linux's ephemeral range (32768–60999), so that no
-// outgoing connection's local port takes a test hive's port while it
-// restarts, and spread so that parallel test hives rarely meet.
+// FreeRange finds n consecutive ports that can be bound now (see
+// daemonkit.FreeRange).
 func FreeRange(t testing.TB, n int) int {
-	portMu.Lock()
-	defer portMu.Unlock()
-	for i := 0; i < 200; i++ {
-		base := 10000 + rand.IntN(22000-n)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base
-		}
+	base, err := daemonkit.FreeRange(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free range of %d ports", n)
-	return 0
+	return base
 }
 
 // Start runs a daemon and registers its shutdown (and the leftover check)
@@ -143,18 +123,9 @@ func Start(t testing.TB, o Options) *Hive {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	models, model, err := daemonkit.PrepareStateDir(dir)
+	if err != nil {
 		t.Fatal(err)
-	}
-	models := filepath.Join(dir, "models")
-	if err := os.MkdirAll(models, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	model := filepath.Join(models, builtinmodel.FileName)
-	if _, err := os.Stat(model); err != nil {
-		if err := os.WriteFile(model, builtinmodel.Bytes(), 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	width := o.Ports
 	if width == 0 {
@@ -174,12 +145,8 @@ func Start(t testing.TB, o Options) *Hive {
 	if o.MemoryReserve != nil {
 		reserve = *o.MemoryReserve
 	}
-	cfg := fmt.Sprintf("addr: %s\nstate_dir: %s\nports: {min: %d, max: %d}\nmemory_reserve_bytes: %d\n",
-		h.Addr, dir, h.PortMin, h.PortMax, reserve)
-	if o.Settings != "" {
-		cfg += "defaults:\n" + o.Settings
-	}
-	cfg = refworker.WithTestMode(cfg + o.Config)
+	cfg := daemonkit.Config{Addr: h.Addr, StateDir: dir, PortMin: h.PortMin, PortMax: h.PortMax,
+		MemoryReserve: reserve, Settings: o.Settings, Extra: o.Config}.YAML()
 	h.Config = filepath.Join(dir, "hive.yaml")
 	if err := os.WriteFile(h.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -217,23 +184,11 @@ func (h *Hive) start(o Options) {
 	if o.NoWait {
 		return
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(h.URL + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		select {
-		case <-h.exited:
-			h.t.Fatalf("daemon exited at start: %v\n%s", h.exitErr, h.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("daemon not healthy after 20s\n%s", h.stderr.String())
-		}
+	switch err := daemonkit.WaitHealthy(h.URL, h.exited, 20*time.Second); {
+	case errors.Is(err, daemonkit.ErrExited):
+		h.t.Fatalf("daemon exited at start: %v\n%s", h.exitErr, h.stderr.String())
+	case err != nil:
+		h.t.Fatalf("%v\n%s", err, h.stderr.String())
 	}
 }
 
@@ -275,15 +230,10 @@ func (h *Hive) Kill9() {
 // exit error.
 func (h *Hive) Stop(timeout time.Duration) error {
 	h.t.Helper()
-	h.Signal(syscall.SIGTERM)
-	select {
-	case <-h.exited:
-		return h.exitErr
-	case <-time.After(timeout):
-		h.Signal(syscall.SIGKILL)
-		<-h.exited
-		return fmt.Errorf("daemon did not exit within %s", timeout)
+	if _, err := daemonkit.Stop(h.PID(), h.exited, timeout); err != nil {
+		return err
 	}
+	return h.exitErr
 }
 
 // Close stops the daemon if it runs and fails the test if any process of
@@ -400,17 +350,8 @@ func zombiesOf(ppid int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
+		st, err := procstat.Read("", pid)
+		if err == nil && st.State == 'Z' && st.PPID == ppid {
 			out = append(out, pid)
 		}
 	}
@@ -508,13 +449,8 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool) bool {
 
 // Alive reports whether pid is a live, non-zombie process.
 func Alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+	st, err := procstat.Read("", pid)
+	return err == nil && !st.Dead()
 }
 
 func tail(s string, n int) string {

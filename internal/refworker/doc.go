@@ -63,7 +63,8 @@
 // the built-in stories260K model equals llama.cpp's token for token.
 //
 // The OpenAI routes take OpenAI's fields (model, prompt or messages,
-// max_tokens, temperature default 1, top_p, top_k, seed, stop, stream) and
+// max_tokens — default 16 for completions, to the end of the text or the
+// context for chat —, temperature default 1, top_p, top_k, seed, stop, stream) and
 // answer in OpenAI's shapes, streaming chunks ending in data: [DONE], with
 // usage and finish_reason ("length", or "stop" at a stop string). Chat
 // template: the messages' contents joined by newlines (base models have no

@@ -70,14 +70,20 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// generation checks the shared OpenAI fields.
-func (s *oaSampling) generation() (generation, *apiError) {
+// generation checks the shared OpenAI fields. Without max_tokens a
+// completion gets 16 tokens (as OpenAI's /v1/completions) and a chat
+// answer runs to the end of its text or of the context (as /v1/chat).
+func (s *oaSampling) generation(chat bool) (generation, *apiError) {
 	if s.N != nil && *s.N != 1 {
 		return generation{}, invalid("n must be 1")
 	}
 	maxTokens := s.MaxTokens
 	if maxTokens == nil {
 		maxTokens = s.MaxCompletionTokens
+	}
+	if maxTokens == nil && chat {
+		untilEnd := maxMaxTokens
+		maxTokens = &untilEnd
 	}
 	g, e := newGeneration(maxTokens, s.Temperature, s.TopK, s.TopP, s.Seed, 1)
 	if e != nil {
@@ -146,7 +152,7 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, *e)
 		return
 	}
-	g, e := req.generation()
+	g, e := req.generation(false)
 	if e != nil {
 		writeError(rw, *e)
 		return
@@ -219,7 +225,7 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 		}
 		texts = append(texts, t)
 	}
-	g, e := req.generation()
+	g, e := req.generation(true)
 	if e != nil {
 		writeError(rw, *e)
 		return

@@ -222,3 +222,22 @@ func regexpFind(s, re string) int {
 	n, _ := strconv.Atoi(m[1])
 	return n
 }
+
+// A chat request without max_tokens stopped after 16 tokens (the legacy
+// completions default), mid-sentence: `make run` and one curl printed
+// ", there was a little girl who loved to ho". OpenAI's chat has no such
+// default: the answer runs to the end of the text or of the context.
+func TestChatWithoutMaxTokensRunsToTheEnd(t *testing.T) {
+	t.Parallel()
+	w := startWorker(t, workerOpts{})
+	w.waitReady()
+	a, _ := w.openai("/v1/chat/completions", `{"messages":[{"role":"user","content":"Once upon a time"}],"temperature":0}`)
+	if a.Usage.CompletionTokens <= 16 || a.Choices[0].FinishReason == nil {
+		t.Fatalf("chat without max_tokens: %d tokens, %+v", a.Usage.CompletionTokens, a.Choices[0])
+	}
+	// The legacy completions route keeps OpenAI's default of 16.
+	c, _ := w.openai("/v1/completions", `{"prompt":"Once upon a time","temperature":0}`)
+	if c.Usage.CompletionTokens != 16 || *c.Choices[0].FinishReason != "length" {
+		t.Fatalf("completion without max_tokens: %d tokens, %+v", c.Usage.CompletionTokens, c.Choices[0])
+	}
+}

@@ -128,8 +128,12 @@ func StartHive(bins Bins, o HiveOptions) (*Hive, error) {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(base)
+	// The scale scenario runs up to a worker per port: above the default
+	// max_workers (256), and with each worker's heartbeat connection held
+	// open, near the default max_connections (1024).
+	caps := fmt.Sprintf("max_workers: %d\nmax_connections: %d\n", max(width, 256), max(4*width, 1024))
 	cfg := daemonkit.Config{Addr: addr, StateDir: state, PortMin: base + 1, PortMax: base + width,
-		MemoryReserve: -1, Settings: o.Settings, Extra: o.Extra}.YAML()
+		MemoryReserve: -1, Settings: o.Settings, Extra: caps + o.Extra}.YAML()
 	h := &Hive{
 		Dir: dir, Model: model, Ref: "file:" + model, URL: "http://" + addr,
 		Marker: hive.InstanceID(state), Config: filepath.Join(dir, "hive.yaml"),

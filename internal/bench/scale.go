@@ -148,7 +148,7 @@ func (b *Bench) scaleOne(n, crashTrials int) error {
 	if big {
 		t = target("median", 3, "< 3 % at 1000")
 	}
-	b.add(sec, "hive CPU, idle", []float64{hiveCPU}, t, fmt.Sprintf("utime+stime over %s; health 10s, heartbeat 5s", b.o.IdleWindow))
+	b.add(sec, "hive CPU, idle", []float64{hiveCPU}, t, fmt.Sprintf("utime+stime over %s; the default intervals (health 10s, heartbeat 10s; a probe is skipped while heartbeats are fresh)", b.o.IdleWindow))
 	b.add(sec, "all workers' CPU together, idle", []float64{workersCPU}, nil, "heartbeats and probes, worker side")
 	sec.Unit = "MiB"
 	b.add(sec, "reference worker RSS (per worker)", wrss, nil, "VmRSS of each worker")

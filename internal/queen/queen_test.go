@@ -54,21 +54,13 @@ func TestRouteWarmFewestInFlightThenMostFreeMemoryAndNeverAGoneHive(t *testing.T
 		}
 		return strings.Join(n, ",")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for order() != "c,a,b" && time.Now().Before(deadline) {
-		<-v.Changed()
-	}
-	if got := order(); got != "c,a,b" {
+	if got := waitOrder(v, order, "c,a,b"); got != "c,a,b" {
 		t.Fatalf("route order %q, want c (warm, 0 in flight), a (warm, 2), b (cold, most free memory)", got)
 	}
 	if _, err := cli.Delete(ctx, p+"hives/c"); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for order() != "a,b" && time.Now().Before(deadline) {
-		<-v.Changed()
-	}
-	if got := order(); got != "a,b" {
+	if got := waitOrder(v, order, "a,b"); got != "a,b" {
 		t.Fatalf("after c's key went: %q, want a,b", got)
 	}
 	if len(q.Route("other")) != 0 {
@@ -181,5 +173,26 @@ func TestRouteColdGPUModelByMostVRAMOnOneDeviceCPUModelByMemory(t *testing.T) {
 	}
 	if got := order("c"); got != "cpu,two,big,one" {
 		t.Errorf("CPU model c: %q, want by memory alone: cpu,two,big,one", got)
+	}
+}
+
+// waitOrder waits up to 5 s for order() to return want, taking the view's
+// change channel before each look so that a change between the look and
+// the wait is not missed (the first version waited on a channel taken
+// after the look, with no timeout, and hung when the last change came in
+// between).
+func waitOrder(v *cluster.View, order func() string, want string) string {
+	timeout := time.After(5 * time.Second)
+	for {
+		ch := v.Changed()
+		got := order()
+		if got == want {
+			return got
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return got
+		}
 	}
 }

@@ -80,12 +80,27 @@ func status(t *testing.T, pid int, key string) int64 {
 // be VmRSS, and the thread count /proc/PID/status's Threads.
 func TestRSSIsVmRSSNotStatField24(t *testing.T) {
 	pid := startGroup(t, 0)
-	p, err := stats.ReadProc("", pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := status(t, pid, "VmRSS"); p.RSS != want {
-		t.Errorf("RSS %d, VmRSS %d", p.RSS, want)
+	// The shell may still be exec'ing sleep, so its RSS moves: compare only
+	// a reading taken between two equal VmRSS readings (CI once read 1712
+	// kB, then 1832 kB, across the exec).
+	var p stats.Proc
+	for tries := 0; ; tries++ {
+		before := status(t, pid, "VmRSS")
+		var err error
+		if p, err = stats.ReadProc("", pid); err != nil {
+			t.Fatal(err)
+		}
+		after := status(t, pid, "VmRSS")
+		if before == after {
+			if p.RSS != after {
+				t.Errorf("RSS %d, VmRSS %d", p.RSS, after)
+			}
+			break
+		}
+		if tries == 100 {
+			t.Fatalf("VmRSS of a sleep kept moving: %d then %d", before, after)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if want := status(t, pid, "Threads"); int64(p.Threads) != want {
 		t.Errorf("threads %d, want %d", p.Threads, want)

@@ -57,8 +57,14 @@ func (r *Refresher) Source() Source { return r.src }
 
 // Start reads the source once, synchronously, then keeps reading it in a
 // goroutine until Close. Call it at most once.
+//
+// A None source (no GPUs) is read once and never again: a background read
+// of nothing would only wake an idle hive up.
 func (r *Refresher) Start(ctx context.Context) {
 	r.Refresh(ctx)
+	if _, none := r.src.(None); none {
+		return
+	}
 	r.started = true
 	go r.loop()
 }
@@ -76,13 +82,17 @@ func (r *Refresher) Close() {
 
 func (r *Refresher) loop() {
 	defer close(r.done)
-	t := time.NewTicker(r.interval)
+	// Reads fall on a wall-clock grid of the interval, like the hive's
+	// health probes (internal/supervisor: armHealth), so that an idle hive
+	// wakes up for both at once.
+	t := time.NewTimer(time.Until(time.Now().Truncate(r.interval).Add(r.interval)))
 	defer t.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
+			t.Reset(time.Until(time.Now().Truncate(r.interval).Add(r.interval)))
 		case <-r.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -724,7 +724,9 @@ const pruneEvery = 30 * time.Second
 // pruneLoop drops ended workers past the retention window.
 func (h *Hive) pruneLoop() {
 	defer close(h.pruneDone)
-	t := time.NewTicker(pruneEvery)
+	// On a wall-clock grid, as the health probes are: one wake-up for both.
+	next := func() time.Duration { return time.Until(time.Now().Truncate(pruneEvery).Add(pruneEvery)) }
+	t := time.NewTimer(next())
 	defer t.Stop()
 	for {
 		select {
@@ -732,6 +734,7 @@ func (h *Hive) pruneLoop() {
 			return
 		case <-t.C:
 			h.prune(time.Now())
+			t.Reset(next())
 		}
 	}
 }

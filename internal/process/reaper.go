@@ -189,7 +189,9 @@ func (r *Reaper) Close() {
 
 func (r *Reaper) run(interval time.Duration) {
 	defer close(r.done)
-	tick := time.NewTicker(interval)
+	// The backstop rounds fall on a wall-clock grid of the interval, as the
+	// hive's health probes do, so an idle hive wakes up once for both.
+	tick := time.NewTimer(time.Until(time.Now().Truncate(interval).Add(interval)))
 	defer tick.Stop()
 	retry := time.NewTimer(time.Hour) // armed only after a deferred reap
 	retry.Stop()
@@ -203,6 +205,7 @@ func (r *Reaper) run(interval time.Duration) {
 			return
 		case <-r.sigs:
 		case <-tick.C:
+			tick.Reset(time.Until(time.Now().Truncate(interval).Add(interval)))
 		case <-retry.C:
 		}
 	}

@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"path/filepath"
@@ -111,7 +110,7 @@ type FrontDoor struct {
 	metrics *Metrics
 	created int64
 	proxy   *httputil.ReverseProxy
-	tr      *http.Transport
+	tr      *workerTransport
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -237,17 +236,10 @@ func New(o Options) (*FrontDoor, error) {
 			fd.names[a] = m
 		}
 	}
-	fd.tr = &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // the client's Accept-Encoding goes through unchanged
-	}
+	fd.tr = newWorkerTransport()
 	fd.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
-		Transport: bodyTransport{fd.tr},
+		Transport: fd.tr,
 		// 0: the reverse proxy flushes every write of an event stream and
 		// of a body of unknown length (chunked) at once, chunk by chunk; a
 		// body of known length goes through the server's write buffer and
@@ -294,7 +286,7 @@ func (fd *FrontDoor) Close() {
 	}
 	fd.mu.Unlock()
 	fd.wg.Wait()
-	fd.tr.CloseIdleConnections()
+	fd.tr.Close()
 }
 
 // follow applies the hive's events until Close. A subscription that fell
@@ -454,6 +446,9 @@ func (fd *FrontDoor) watchEnd(s *slot) {
 		}
 	}
 	s.ready = false
+	if t := s.target.Load(); t != nil {
+		fd.tr.CloseIdle(t.u.Host)
+	}
 	if info := s.w.Info(); info != nil && info.Reason == state.Evicted && fd.metrics != nil {
 		fd.metrics.evicted(m.name)
 	}

@@ -156,6 +156,7 @@ type slot struct {
 	ready    bool // idle or busy as last heard
 	inflight int
 	evicting bool
+	ended    bool // terminated: not live, its cleanup under way (watchEnd removes it)
 	pinned   bool // started for min_workers
 	mem      int64
 	cold     time.Time // when the front door decided to start it; zero once ready
@@ -372,6 +373,15 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 			}
 			fd.coldFailedLocked(m, fmt.Sprintf("worker %s failed while loading (%s%s)", s.id, ev.Reason, detail))
 		}
+	case state.Terminated:
+		// Terminal: the process is gone, and the slot no longer counts
+		// against max_workers, so that a request that came for the model
+		// meanwhile starts its worker now rather than after the hive's
+		// cleanup of this one (watchEnd). Its memory still counts until
+		// then.
+		s.ready = false
+		s.ended = true
+		fd.kickLocked()
 	default:
 		s.ready = false
 	}
@@ -581,7 +591,7 @@ func (fd *FrontDoor) startingLocked(m *model) int {
 func (fd *FrontDoor) liveLocked(m *model) int {
 	n := len(m.pending)
 	for _, s := range m.slots {
-		if !s.evicting {
+		if !s.evicting && !s.ended {
 			n++
 		}
 	}

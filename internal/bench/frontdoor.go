@@ -311,7 +311,7 @@ func (b *Bench) fdColdStart() error {
 	b.add(sec, "cold start, part 3: worker idle (hive event) → first byte", after, nil, "the front door's own share after readiness")
 	b.add(sec, "cold start hop: request → spawning", decide, nil, "front-door decision, the hive's spawn checks (model, estimate, port), log file")
 	b.add(sec, "cold start hop: spawning → loading", launch, nil, "cgroup, fork/exec (v1 accounting joins finish in the background)")
-	b.add(sec, "cold start hop: worker ready (stamp) → idle", detect, nil, "readiness detection: the probe schedule (25 ms, then +25 %)")
+	b.add(sec, "cold start hop: worker ready (stamp) → idle", detect, nil, "readiness detection: at once on the worker's output, else the probe schedule (25 ms, then +25 %)")
 	b.add(sec, "cold start hop: idle → busy", toBusy, nil, "idle record written (no fsync), event to the front door, dispatch, busy bracket")
 	b.add(sec, "cold start hop: busy → first byte", toByte, nil, "dial, request, the worker's answer head, relay")
 	return nil

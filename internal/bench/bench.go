@@ -153,7 +153,7 @@ func (b *Bench) Run() error {
 	if tmp == "" {
 		tmp = os.TempDir()
 	}
-	b.R.Notes = append(b.R.Notes, fmt.Sprintf("Hive state directories (with the durable registry the hive fsyncs on every state change) "+
+	b.R.Notes = append(b.R.Notes, fmt.Sprintf("Hive state directories (with the durable registry the hive fsyncs on every state change but the steps of a start) "+
 		"were in %s (%s). The machine is shared: the `load` column is the 1-minute load average when each figure was taken.", tmp, fsType(tmp)))
 	var errs []string
 	steps := []struct {

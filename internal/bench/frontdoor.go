@@ -242,11 +242,12 @@ func (b *Bench) fdColdStart() error {
 	var overhead, total, own, prep, after []float64
 	// The hops of one cold start, from the hive's own event stamps (one
 	// clock: the same machine): request → spawning (front-door decision and
-	// the hive's spawn checks), spawning → loading (cgroup, log, fork/exec),
-	// ready stamp → idle (readiness detection: the probe schedule),
-	// idle → busy (the idle record written, the event to the front door,
-	// dispatch, the worker's busy bracket) and busy → first byte (dial,
-	// request, the worker's answer head, the relay).
+	// the hive's spawn checks, the log file), spawning → loading (cgroup,
+	// fork/exec), ready stamp → idle (readiness detection: the probe
+	// schedule, or at once on the worker's output), idle → busy (the idle
+	// record written, the event to the front door, dispatch, the worker's
+	// busy bracket) and busy → first byte (dial, request, the worker's
+	// answer head, the relay).
 	var decide, launch, detect, toBusy, toByte []float64
 	body := []byte(`{"model":"m","messages":[]}`)
 	for i := 0; i < trials; i++ {
@@ -308,10 +309,10 @@ func (b *Bench) fdColdStart() error {
 		&Target{Stat: "p99", Limit: 10, Text: "p99 < 10 ms"}, "includes the spawn (cgroup, fork/exec) and the readiness probe")
 	b.add(sec, "cold start, part 1: request → worker process started", prep, nil, "front door decision + hive spawn path: cgroup, log, fork/exec")
 	b.add(sec, "cold start, part 3: worker idle (hive event) → first byte", after, nil, "the front door's own share after readiness")
-	b.add(sec, "cold start hop: request → spawning", decide, nil, "front-door decision, the hive's spawn checks (model, estimate, port)")
-	b.add(sec, "cold start hop: spawning → loading", launch, nil, "cgroup, log file, fork/exec")
-	b.add(sec, "cold start hop: worker ready (stamp) → idle", detect, nil, "readiness detection: the probe schedule (25 ms, then +25 %)")
-	b.add(sec, "cold start hop: idle → busy", toBusy, nil, "idle record written, event to the front door, dispatch, busy bracket")
+	b.add(sec, "cold start hop: request → spawning", decide, nil, "front-door decision, the hive's spawn checks (model, estimate, port), log file")
+	b.add(sec, "cold start hop: spawning → loading", launch, nil, "cgroup, fork/exec (v1 accounting joins finish in the background)")
+	b.add(sec, "cold start hop: worker ready (stamp) → idle", detect, nil, "readiness detection: at once on the worker's output, else the probe schedule (25 ms, then +25 %)")
+	b.add(sec, "cold start hop: idle → busy", toBusy, nil, "idle record written (no fsync), event to the front door, dispatch, busy bracket")
 	b.add(sec, "cold start hop: busy → first byte", toByte, nil, "dial, request, the worker's answer head, relay")
 	return nil
 }

@@ -809,7 +809,7 @@ func Override(base Settings, raw json.RawMessage) (Settings, error) {
 		}
 		var n yaml.Node
 		if yaml.Unmarshal(raw, &n) == nil {
-			if err := checkNode(&n, Settings{}, false, SettingsKeys()); err != nil {
+			if err := checkNode(&n, Settings{}, false, settingsKeys()); err != nil {
 				return base, prefixErrs("settings: ", err)
 			}
 			var v any

@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"path/filepath"
@@ -111,7 +110,7 @@ type FrontDoor struct {
 	metrics *Metrics
 	created int64
 	proxy   *httputil.ReverseProxy
-	tr      *http.Transport
+	tr      *workerTransport
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -157,6 +156,7 @@ type slot struct {
 	ready    bool // idle or busy as last heard
 	inflight int
 	evicting bool
+	ended    bool // terminated: not live, its cleanup under way (watchEnd removes it)
 	pinned   bool // started for min_workers
 	mem      int64
 	cold     time.Time // when the front door decided to start it; zero once ready
@@ -237,17 +237,10 @@ func New(o Options) (*FrontDoor, error) {
 			fd.names[a] = m
 		}
 	}
-	fd.tr = &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // the client's Accept-Encoding goes through unchanged
-	}
+	fd.tr = newWorkerTransport()
 	fd.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
-		Transport: bodyTransport{fd.tr},
+		Transport: fd.tr,
 		// 0: the reverse proxy flushes every write of an event stream and
 		// of a body of unknown length (chunked) at once, chunk by chunk; a
 		// body of known length goes through the server's write buffer and
@@ -294,7 +287,7 @@ func (fd *FrontDoor) Close() {
 	}
 	fd.mu.Unlock()
 	fd.wg.Wait()
-	fd.tr.CloseIdleConnections()
+	fd.tr.Close()
 }
 
 // follow applies the hive's events until Close. A subscription that fell
@@ -380,6 +373,15 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 			}
 			fd.coldFailedLocked(m, fmt.Sprintf("worker %s failed while loading (%s%s)", s.id, ev.Reason, detail))
 		}
+	case state.Terminated:
+		// Terminal: the process is gone, and the slot no longer counts
+		// against max_workers, so that a request that came for the model
+		// meanwhile starts its worker now rather than after the hive's
+		// cleanup of this one (watchEnd). Its memory still counts until
+		// then.
+		s.ready = false
+		s.ended = true
+		fd.kickLocked()
 	default:
 		s.ready = false
 	}
@@ -454,6 +456,9 @@ func (fd *FrontDoor) watchEnd(s *slot) {
 		}
 	}
 	s.ready = false
+	if t := s.target.Load(); t != nil {
+		fd.tr.CloseIdle(t.u.Host)
+	}
 	if info := s.w.Info(); info != nil && info.Reason == state.Evicted && fd.metrics != nil {
 		fd.metrics.evicted(m.name)
 	}
@@ -586,7 +591,7 @@ func (fd *FrontDoor) startingLocked(m *model) int {
 func (fd *FrontDoor) liveLocked(m *model) int {
 	n := len(m.pending)
 	for _, s := range m.slots {
-		if !s.evicting {
+		if !s.evicting && !s.ended {
 			n++
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sort"
@@ -28,7 +27,7 @@ import (
 type attempt struct {
 	target   *url.URL
 	err      error // the round trip's error (nothing was relayed)
-	reused   bool  // the request went out on a kept-alive connection
+	reused   bool  // the request went out on a kept-alive connection (set by workerTransport)
 	header   bool  // the worker's response head was received
 	sse      bool  // the response is an event stream
 	at       time.Time
@@ -47,25 +46,6 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 
 func (copyBuffers) Get() []byte  { return *copyBufPool.Get().(*[]byte) }
 func (copyBuffers) Put(b []byte) { copyBufPool.Put(&b) }
-
-// bodyTransport sends the attempt's body as the in-memory reader it is.
-// The reverse proxy wraps the outgoing body in a reader of its own, which
-// the transport does not know to be in memory: it then writes the request
-// head and the body in two writes (two segments, two wake-ups of the
-// worker) instead of one.
-type bodyTransport struct{ rt http.RoundTripper }
-
-func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	a := attemptOf(req)
-	if a == nil || req.Body == nil || int64(len(a.body)) != req.ContentLength {
-		return t.rt.RoundTrip(req)
-	}
-	out := *req // a round tripper must not change the request it was given
-	body := a.body
-	out.Body = io.NopCloser(bytes.NewReader(body))
-	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	return t.rt.RoundTrip(&out)
-}
 
 // target is a worker URL, parsed once per URL (a restart may move the
 // worker to another port).
@@ -266,7 +246,6 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		_ = s.w.EndRequest(context.Background())
 	}()
 	ctx := context.WithValue(r.Context(), attemptKey{}, a)
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { a.reused = ci.Reused }})
 	out := r.WithContext(ctx)
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.ContentLength = int64(len(body))

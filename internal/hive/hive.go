@@ -259,6 +259,9 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 			h.gpuChanged(ev.To)
 		}
 		h.events.Publish(*ev)
+		if durable {
+			h.syncSoon(w, ev)
+		}
 		// Crash detection: from the reaper seeing an exit nobody asked for
 		// to the failure being recorded (this call).
 		crash := ev.Reason == state.Crashed || ev.Reason == state.Exited || ev.Reason == state.OOMKilled

@@ -49,9 +49,15 @@ type Recovery struct {
 // change is acknowledged (Changed runs synchronously in the worker's owner).
 // Changes without an event (heartbeat details, health-check counts) are not
 // written: a later hive re-learns them from the next heartbeat or probe.
-// Idle ⇄ busy flips are not written; the move to spawning is written
-// without fsync: it comes before the process starts, where an fsync would
-// delay the start, and a machine crash that loses it loses no process.
+// Idle ⇄ busy flips are not written. The steps of a start (spawning,
+// loading, and the first ready state) are written without fsync: they lie
+// on the path of a cold start's first byte (SPEC §10), where each fsync
+// costs milliseconds on a busy disk. A crash of the hive alone keeps them
+// (the page cache outlives it; SPEC §7's SIGKILLed hive loses nothing); only
+// a crash of the whole machine, which takes the process with it, could
+// lose them, and the first ready record is fsynced in the background right
+// after its event (syncSoon), so that a worker that was ready before such a
+// crash is restarted by policy after it.
 func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if h.store == nil {
 		return
@@ -67,11 +73,39 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if ev != nil && ((ev.From == state.Idle && ev.To == state.Busy) || (ev.From == state.Busy && ev.To == state.Idle)) {
 		return
 	}
-	sync := ev == nil || ev.To != state.Spawning
+	sync := ev == nil || !startStep(ev)
 	if err := h.store.Put(rec, sync); err != nil {
 		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
 			"worker_id", w.ID(), "state", rec.Info.State, "error", err)
 	}
+}
+
+// syncSoon makes the record written for ev durable in the background when
+// persist wrote it without fsync as the last step of a start (its first
+// ready state).
+func (h *Hive) syncSoon(w *supervisor.Worker, ev *apiv1.Event) {
+	if h.store == nil || !ev.To.Ready() || !startStep(ev) {
+		return
+	}
+	id := w.ID()
+	go func() {
+		if err := h.store.Sync(id); err != nil {
+			h.log.Warn("Writing worker state failed; a machine crash may lose this change",
+				"worker_id", id, "error", err)
+		}
+	}()
+}
+
+// startStep reports whether ev is a step of a worker's start: to spawning
+// or loading, or its first ready state.
+func startStep(ev *apiv1.Event) bool {
+	switch {
+	case ev.To == state.Spawning, ev.To == state.Loading:
+		return true
+	case ev.To.Ready():
+		return ev.From == state.Loading || ev.From == state.Spawning
+	}
+	return false
 }
 
 // forget deletes a pruned worker's record.

@@ -94,11 +94,13 @@ type Spec struct {
 	// stop, or through the launcher shim where ptrace is denied).
 	JoinProcs []string
 	// JoinAfter lists cgroup v1 "cgroup.procs" files the process is moved
-	// into by Start right after its exec, from the outside and without
-	// stopping it: for cgroups that only account (no limit to enforce), so
-	// the program's first instructions, or a child it forks at once, may
-	// run outside them. It costs the start nothing (JoinProcs stops the
-	// program until it has joined).
+	// into right after its exec, from the outside and without stopping
+	// it: for cgroups that only account (no limit to enforce), so the
+	// program's first instructions, or a child it forks at once, may run
+	// outside them. Start opens the files (a missing one fails it) and
+	// returns; the moves finish in the background (Proc.Joined), so they
+	// cost the start nothing (JoinProcs stops the program until it has
+	// joined).
 	JoinAfter []string
 	// Nofile, when > 0, sets RLIMIT_NOFILE (soft and hard) of the target
 	// program before it runs (like JoinProcs). 0 means inherited (Go's
@@ -191,6 +193,9 @@ type Proc struct {
 	done    chan struct{} // closed once the exit is recorded in exit
 	exit    Exit
 	stopped chan struct{} // closed when the watch goroutine has returned
+
+	joined  chan struct{} // closed once the JoinAfter cgroups are joined; nil: none
+	joinErr error         // set before joined is closed
 
 	closeOnce sync.Once
 	closeErr  error
@@ -319,14 +324,16 @@ func (p *Proc) Close() error {
 func (p *Proc) String() string { return "pid " + strconv.Itoa(p.PID) }
 
 // newProc wraps pidfd (taking ownership) and starts the watch goroutine.
-func newProc(pid, pgid int, startTime uint64, bootID string, child bool, pidfd int) (*Proc, error) {
+func newProc(pid, pgid int, startTime uint64, bootID string, child bool, pidfd int, join []*os.File) (*Proc, error) {
 	if err := syscall.SetNonblock(pidfd, true); err != nil {
+		closeAll(join)
 		syscall.Close(pidfd)
 		return nil, fmt.Errorf("process: pidfd of %d: set non-blocking: %w", pid, err)
 	}
 	f := os.NewFile(uintptr(pidfd), "pidfd:"+strconv.Itoa(pid))
 	rc, err := f.SyscallConn()
 	if err != nil {
+		closeAll(join)
 		f.Close()
 		return nil, fmt.Errorf("process: pidfd of %d: %w", pid, err)
 	}
@@ -335,9 +342,80 @@ func newProc(pid, pgid int, startTime uint64, bootID string, child bool, pidfd i
 		file: f, rc: rc,
 		done: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	if len(join) > 0 {
+		p.joined = make(chan struct{})
+		go p.joinAfter(join)
+	}
 	go p.watch()
 	return p, nil
 }
+
+// openJoinAfter opens spec.JoinAfter's files for writing, so that a missing
+// cgroup, or one the hive may not write, fails the start at once. The
+// writes themselves are left to Proc.joinAfter: moving a process into a v1
+// cgroup waits for an RCU grace period (about 5 ms on a VM), which Start
+// would otherwise add to every worker's start.
+func openJoinAfter(files []string) ([]*os.File, error) {
+	var out []*os.File
+	for _, procs := range files {
+		f, err := os.OpenFile(procs, os.O_WRONLY, 0)
+		if err != nil {
+			closeAll(out)
+			return nil, fmt.Errorf("join cgroup %s: %w", procs, err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// joinAfter moves the started child into the accounting cgroups whose
+// cgroup.procs files are open in fs, in the background; a move that fails
+// kills the child (Start would have failed). The child cannot be reaped
+// before this ends (watch waits for it), so its PID cannot have been
+// reused.
+func (p *Proc) joinAfter(fs []*os.File) {
+	defer close(p.joined)
+	spid := []byte(strconv.Itoa(p.PID))
+	for _, f := range fs {
+		_, err := f.Write(spid)
+		f.Close()
+		if err != nil && !errors.Is(err, syscall.ESRCH) && p.joinErr == nil { // ESRCH: it has exited already
+			p.joinErr = fmt.Errorf("join cgroup %s: %w", f.Name(), err)
+		}
+	}
+	if p.joinErr != nil {
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+}
+
+// Joined returns a channel closed once the process has been moved into the
+// accounting cgroups of Spec.JoinAfter (at once when there were none).
+// JoinErr says whether that failed (the process was then killed).
+func (p *Proc) Joined() <-chan struct{} {
+	if p.joined == nil {
+		return closedChan
+	}
+	return p.joined
+}
+
+// JoinErr is the error of the background cgroup join, once Joined is
+// closed; nil before.
+func (p *Proc) JoinErr() error {
+	select {
+	case <-p.Joined():
+		return p.joinErr
+	default:
+		return nil
+	}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // watch is the one goroutine per Proc that observes the exit. It parks in the
 // network poller until the pidfd is readable, records the exit and closes
@@ -350,6 +428,9 @@ func (p *Proc) watch() {
 	defer close(p.stopped)
 	if p.Child {
 		defer untrackChild(p.PID)
+	}
+	if p.joined != nil {
+		<-p.joined // no reap (which frees the PID) while a join may still write it
 	}
 	var ex Exit
 	err := p.rc.Read(func(fd uintptr) bool {
@@ -587,14 +668,16 @@ func Start(spec Spec) (*Proc, error) {
 			return abort(err)
 		}
 	}
-	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+	join, err := openJoinAfter(spec.JoinAfter)
+	if err != nil {
 		return abort(err)
 	}
 	st, err := readStat(pid)
 	if err != nil {
+		closeAll(join)
 		return abort(err) // cannot happen for an unreaped child; be safe
 	}
-	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd, join)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL) // pidfd is gone; the PID is still ours (unreaped)
 		reap(pid)
@@ -605,17 +688,6 @@ func Start(spec Spec) (*Proc, error) {
 		traceDenied.Store(true) // the shim worked where ptrace did not
 	}
 	return p, nil
-}
-
-// joinAfter writes pid into each cgroup.procs file of files.
-func joinAfter(files []string, pid int) error {
-	spid := []byte(strconv.Itoa(pid))
-	for _, procs := range files {
-		if err := writeProcs(procs, spid); err != nil {
-			return fmt.Errorf("join cgroup %s: %w", procs, err)
-		}
-	}
-	return nil
 }
 
 // closeOnExecInherited marks every descriptor >= 3 of this process
@@ -747,7 +819,7 @@ func Adopt(pid int, startTime uint64, bootID string) (*Proc, error) {
 		syscall.Close(pidfd)
 		return nil, err
 	}
-	return newProc(pid, st.PGRP, startTime, bootID, false, pidfd)
+	return newProc(pid, st.PGRP, startTime, bootID, false, pidfd, nil)
 }
 
 // noPidfd kills and reaps a child the kernel gave no pidfd for and says

@@ -829,6 +829,32 @@ func statusField(t *testing.T, pid int, key string) string {
 	return ""
 }
 
+// The v1 join (an RCU grace period per move, ~5 ms) runs after Start
+// returns; the child is not reaped (its PID not freed) before it is done,
+// even when the child exits at once.
+func TestJoinAfterV1FinishesBeforeReap(t *testing.T) {
+	dir := makeCgroup(t, "/sys/fs/cgroup/pids")
+	spec := sleepSpec()
+	spec.Path, spec.Args = "/bin/true", []string{"/bin/true"}
+	spec.JoinAfter = []string{filepath.Join(dir, "cgroup.procs")}
+	for i := 0; i < 20; i++ {
+		p := start(t, spec)
+		select {
+		case <-p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("no exit within 10s")
+		}
+		select {
+		case <-p.Joined():
+		default:
+			t.Fatal("the child was reaped before its cgroup join had finished")
+		}
+		if err := p.JoinErr(); err != nil {
+			t.Fatalf("join of an exited child: %v (ESRCH is not an error)", err)
+		}
+	}
+}
+
 // Accounting-only v1 cgroups are joined right after the start, without an
 // exec stop (and without the shim).
 func TestJoinAfterV1(t *testing.T) {
@@ -836,6 +862,14 @@ func TestJoinAfterV1(t *testing.T) {
 	spec := sleepSpec()
 	spec.JoinAfter = []string{filepath.Join(dir, "cgroup.procs")}
 	p := start(t, spec)
+	select {
+	case <-p.Joined():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the join did not finish within 10s")
+	}
+	if err := p.JoinErr(); err != nil {
+		t.Fatal(err)
+	}
 	if got, want := cgroupOf(t, p.PID, "pids"), "/"+filepath.Base(dir); got != want {
 		t.Fatalf("pids cgroup %q, want %q", got, want)
 	}

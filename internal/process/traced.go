@@ -123,14 +123,16 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 	if err := unix.PtraceDetach(pid); err != nil {
 		return abort(fmt.Errorf("ptrace detach: %w", err))
 	}
-	if err := joinAfter(spec.JoinAfter, pid); err != nil {
+	join, err := openJoinAfter(spec.JoinAfter)
+	if err != nil {
 		return abort(err)
 	}
 	st, err := readStat(pid)
 	if err != nil {
+		closeAll(join)
 		return abort(err)
 	}
-	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd)
+	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd, join)
 	if err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		reap(pid)

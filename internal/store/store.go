@@ -15,8 +15,9 @@
 // any instant the file is either the old record or the new one, never a mix.
 // A Put with sync=false skips both fsyncs: the rename is still atomic (a
 // crash of the hive leaves the old or the new file), only a crash of the
-// whole machine may lose the update — used for changes a later heartbeat
-// re-establishes anyway (idle ⇄ busy).
+// whole machine may lose the update — used for the steps of a start, on the
+// path of a cold start's first byte (Sync makes the last of them durable
+// afterwards).
 //
 // Privacy: the directory is 0700 and the files 0600 (records carry the
 // worker's environment and its token's hash).
@@ -98,6 +99,33 @@ func (s *Store) Put(rec *supervisor.Record, sync bool) error {
 	}
 	if err := atomicfile.Write(s.Path(id), b, 0o600, sync); err != nil {
 		return fmt.Errorf("store: put %s: %w", id, err)
+	}
+	return nil
+}
+
+// Sync makes worker id's record as it is now durable (fsyncs the file and
+// the directory): for a record Put without sync that should reach the disk
+// soon, off its writer's path. A missing record is not an error.
+func (s *Store) Sync(id string) error {
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	f, err := os.Open(s.Path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: sync %s: %w", id, err)
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = atomicfile.SyncDir(s.dir)
+	}
+	if err != nil {
+		return fmt.Errorf("store: sync %s: %w", id, err)
 	}
 	return nil
 }

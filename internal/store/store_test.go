@@ -144,3 +144,31 @@ func TestConcurrentPutsOfDifferentWorkers(t *testing.T) {
 		t.Fatalf("load %d %v %v", len(got), bad, err)
 	}
 }
+
+// Sync makes a record written without fsync durable later: it succeeds on a
+// record (and leaves it as it was), is no error for a record that is gone
+// (the worker was pruned meanwhile), and refuses an id that names no file.
+func TestSyncOfRecordPutWithoutSync(t *testing.T) {
+	s, _ := Open(t.TempDir(), nil)
+	a := rec("worker-a", state.Idle)
+	if err := s.Put(a, false); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(s.Path("worker-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync("worker-a"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(s.Path("worker-a"))
+	if string(after) != string(before) {
+		t.Fatalf("Sync changed the record:\n%s\n%s", before, after)
+	}
+	if err := s.Sync("worker-gone"); err != nil {
+		t.Fatalf("Sync of a missing record: %v", err)
+	}
+	if err := s.Sync("../x"); err == nil {
+		t.Fatal("Sync accepted an invalid id")
+	}
+}

@@ -1,0 +1,288 @@
+package frontdoor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// workerTransport is the reverse proxy's round tripper to the workers:
+// HTTP/1.1 over kept-alive loopback connections, the request written and
+// the answer's head read in the calling goroutine. net/http's Transport
+// runs two goroutines per connection and hands every request and answer
+// between them and the caller over channels: under load those hand-offs
+// (and the wake-ups of idle threads they cause) were a sixth of the hive's
+// CPU per proxied request, which on a machine whose cores the client and
+// the worker share is added latency. What the reverse proxy does above it
+// (headers, hop-by-hop removal, flushing, trailers, aborts) is unchanged.
+//
+// A request whose context ends (the client went away) closes its
+// connection at once: the worker sees the cancel. A connection goes back to
+// the pool only after its answer was read to the end.
+type workerTransport struct {
+	dialer      net.Dialer
+	maxIdle     int           // kept-alive connections per worker address
+	idleTimeout time.Duration // an idle connection older than this is closed
+
+	mu        sync.Mutex
+	idle      map[string][]*wconn // by host:port, most recently used last
+	lastSweep time.Time
+	closed    bool
+}
+
+// wconn is one connection to a worker.
+type wconn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time // when it went idle
+}
+
+func newWorkerTransport() *workerTransport {
+	return &workerTransport{
+		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+		maxIdle:     1024,
+		idleTimeout: 90 * time.Second,
+		idle:        map[string][]*wconn{},
+	}
+}
+
+// RoundTrip implements http.RoundTripper for plain-HTTP worker URLs.
+func (t *workerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "http" {
+		return nil, fmt.Errorf("frontdoor: worker URL scheme %q is not http", req.URL.Scheme)
+	}
+	addr := req.URL.Host
+	if req.URL.Port() == "" {
+		addr = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
+	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	wc, reused, err := t.get(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if a := attemptOf(req); a != nil {
+		a.reused = reused
+		if req.Body != nil && int64(len(a.body)) == req.ContentLength {
+			// The reverse proxy wraps the body in a reader of its own,
+			// which req.Write does not know to be in memory: it would
+			// write the head and the body in two writes (two segments,
+			// two wake-ups of the worker) instead of one.
+			out := *req // a round tripper must not change the request it was given
+			out.Body = io.NopCloser(bytes.NewReader(a.body))
+			req = &out
+		}
+	}
+	// The client going away closes the connection, whatever it is doing:
+	// writing, waiting for the head, or (through the body) streaming.
+	stop := context.AfterFunc(ctx, func() { wc.c.Close() })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		wc.c.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		return nil, err
+	}
+	// The head and an in-memory body leave in one write.
+	if err := req.Write(wc.bw); err != nil {
+		return fail(err)
+	}
+	if err := wc.bw.Flush(); err != nil {
+		return fail(err)
+	}
+	var resp *http.Response
+	for {
+		resp, err = http.ReadResponse(wc.br, req)
+		if err != nil {
+			return fail(err)
+		}
+		// 1xx answers (100 Continue) are informational: the final one
+		// follows. 101 is not for inference routes.
+		if resp.StatusCode >= 200 {
+			break
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return fail(errors.New("frontdoor: the worker switched protocols"))
+		}
+	}
+	resp.Body = &wbody{t: t, wc: wc, src: resp.Body, stop: stop, addr: addr, keep: !resp.Close && !req.Close}
+	return resp, nil
+}
+
+// get returns a kept-alive connection to addr that is still open, or a new
+// one (reused false).
+func (t *workerTransport) get(ctx context.Context, addr string) (*wconn, bool, error) {
+	for {
+		t.mu.Lock()
+		list := t.idle[addr]
+		n := len(list)
+		if n == 0 {
+			t.mu.Unlock()
+			break
+		}
+		wc := list[n-1]
+		list[n-1] = nil
+		t.idle[addr] = list[:n-1]
+		t.mu.Unlock()
+		if wc.open() {
+			return wc, true, nil
+		}
+		wc.c.Close()
+	}
+	c, err := t.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &wconn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+}
+
+// open reports whether an idle connection is still usable: the worker has
+// not closed it (a restarted or stopped worker, or its own idle timeout)
+// and sent nothing unasked. One non-blocking peek, no wait.
+func (wc *wconn) open() bool {
+	if wc.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := wc.c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n < 0 && (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK))
+		return true
+	})
+	return err == nil && alive
+}
+
+// put returns a connection whose answer was read to the end to the pool.
+func (t *workerTransport) put(addr string, wc *wconn) {
+	now := time.Now()
+	wc.used = now
+	t.mu.Lock()
+	if t.closed || len(t.idle[addr]) >= t.maxIdle {
+		t.mu.Unlock()
+		wc.c.Close()
+		return
+	}
+	t.idle[addr] = append(t.idle[addr], wc)
+	var stale []*wconn
+	if now.Sub(t.lastSweep) > t.idleTimeout/4 {
+		t.lastSweep = now
+		stale = t.sweepLocked(now)
+	}
+	t.mu.Unlock()
+	for _, s := range stale {
+		s.c.Close()
+	}
+}
+
+// sweepLocked takes the connections idle longer than idleTimeout out of the
+// pool (the oldest are first in each list) and returns them to be closed.
+func (t *workerTransport) sweepLocked(now time.Time) []*wconn {
+	var stale []*wconn
+	for addr, list := range t.idle {
+		i := 0
+		for i < len(list) && now.Sub(list[i].used) > t.idleTimeout {
+			i++
+		}
+		if i == 0 {
+			continue
+		}
+		stale = append(stale, list[:i]...)
+		if i == len(list) {
+			delete(t.idle, addr)
+		} else {
+			t.idle[addr] = append([]*wconn(nil), list[i:]...)
+		}
+	}
+	return stale
+}
+
+// CloseIdle closes the idle connections to addr ("" for every address); a
+// worker that ended leaves none behind.
+func (t *workerTransport) CloseIdle(addr string) {
+	t.mu.Lock()
+	var all []*wconn
+	for a, list := range t.idle {
+		if addr == "" || a == addr {
+			all = append(all, list...)
+			delete(t.idle, a)
+		}
+	}
+	t.mu.Unlock()
+	for _, wc := range all {
+		wc.c.Close()
+	}
+}
+
+// Close closes every idle connection and keeps none from then on.
+func (t *workerTransport) Close() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.CloseIdle("")
+}
+
+// wbody is an answer's body: read to the end, its connection goes back to
+// the pool; closed before that (the client went away, or the relay failed),
+// the connection is closed, which the worker sees as the cancel.
+type wbody struct {
+	t    *workerTransport
+	wc   *wconn
+	src  io.ReadCloser
+	stop func() bool
+	addr string
+	keep bool
+	done bool
+}
+
+func (b *wbody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.src.Read(p)
+	if err != nil {
+		b.finish(err == io.EOF)
+	}
+	return n, err
+}
+
+// Close does not drain what is left (net/http's body would, up to 256 KiB,
+// from a worker still streaming): it closes the connection.
+func (b *wbody) Close() error {
+	if !b.done {
+		b.finish(false)
+	}
+	return nil
+}
+
+func (b *wbody) finish(complete bool) {
+	b.done = true
+	if !b.stop() { // the context ended: the connection is closed already
+		complete = false
+	}
+	if complete && b.keep {
+		b.t.put(b.addr, b.wc)
+		return
+	}
+	b.wc.c.Close()
+}

@@ -1,0 +1,253 @@
+package frontdoor
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingListener counts the connections a test server accepted.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+func newCountingServer(t *testing.T, h http.Handler, connState ...func(net.Conn, http.ConnState)) (*httptest.Server, *countingListener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = cl
+	if len(connState) > 0 {
+		srv.Config.ConnState = connState[0]
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, cl
+}
+
+func post(t *testing.T, tr http.RoundTripper, ctx context.Context, url, body string) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.RoundTrip(req)
+}
+
+// The worker transport keeps one connection per sequential client and
+// relays the body and the answer unchanged.
+func TestWorkerTransportReusesConnections(t *testing.T) {
+	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Echo", r.Header.Get("X-Test"))
+		_, _ = w.Write(append([]byte("got "), b...))
+	}))
+	tr := newWorkerTransport()
+	defer tr.Close()
+	for i := 0; i < 5; i++ {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/x", strings.NewReader(`{"model":"m"}`))
+		req.Header.Set("X-Test", "yes")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != `got {"model":"m"}` || resp.Header.Get("X-Echo") != "yes" {
+			t.Fatalf("answer %q, X-Echo %q", b, resp.Header.Get("X-Echo"))
+		}
+	}
+	if n := cl.n.Load(); n != 1 {
+		t.Fatalf("%d connections for 5 sequential requests, want 1", n)
+	}
+}
+
+// A kept-alive connection the worker has closed (its idle timeout, a
+// restart) is not used: the next request dials anew instead of failing.
+func TestWorkerTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
+	var mu sync.Mutex
+	var conns []net.Conn
+	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), func(c net.Conn, st http.ConnState) {
+		if st == http.StateIdle {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	tr := newWorkerTransport()
+	defer tr.Close()
+	get := func() {
+		t.Helper()
+		resp, err := post(t, tr, context.Background(), srv.URL, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" {
+			t.Fatalf("answer %q", b)
+		}
+	}
+	get()
+	// The server closes its side of the idle connection.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(conns)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never went idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	conns[0].Close()
+	mu.Unlock()
+	// Wait for the FIN to arrive on the pooled connection.
+	tr.mu.Lock()
+	wc := tr.idle[srv.Listener.Addr().String()][0]
+	tr.mu.Unlock()
+	for wc.open() {
+		if time.Now().After(deadline) {
+			t.Fatal("the closed connection still looks open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	get()
+	if n := cl.n.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the closed one replaced)", n)
+	}
+}
+
+// A client that goes away mid-stream closes the connection to the worker
+// at once (the worker's request context ends), and the connection is not
+// pooled.
+func TestWorkerTransportCancelClosesWorkerConnection(t *testing.T) {
+	cancelled := make(chan struct{})
+	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(cancelled)
+	}))
+	tr := newWorkerTransport()
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	resp, err := post(t, tr, ctx, srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: 1\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	cancel()
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker did not see the cancel within 5s")
+	}
+	resp.Body.Close()
+	tr.mu.Lock()
+	n := len(tr.idle)
+	tr.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a cancelled connection was pooled")
+	}
+}
+
+// A body closed before its end (the relay to the client failed) closes
+// the connection rather than draining a stream that may not end.
+func TestWorkerTransportCloseBeforeEndDoesNotDrain(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	tr := newWorkerTransport()
+	defer tr.Close()
+	resp, err := post(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		resp.Body.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked on a stream that had not ended")
+	}
+}
+
+// Idle connections to a worker that ended are closed with CloseIdle, and
+// ones idle past the timeout by the sweep.
+func TestWorkerTransportClosesIdleConnections(t *testing.T) {
+	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}))
+	tr := newWorkerTransport()
+	defer tr.Close()
+	resp, err := post(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	addr := srv.Listener.Addr().String()
+	tr.mu.Lock()
+	n := len(tr.idle[addr])
+	stale := tr.sweepLocked(time.Now().Add(tr.idleTimeout + time.Second))
+	tr.mu.Unlock()
+	if n != 1 || len(stale) != 1 {
+		t.Fatalf("pooled %d, swept %d; want 1 and 1", n, len(stale))
+	}
+	stale[0].c.Close()
+	resp, err = post(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tr.CloseIdle(addr)
+	tr.mu.Lock()
+	n = len(tr.idle[addr])
+	tr.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d idle connections after CloseIdle", n)
+	}
+}

@@ -3,6 +3,7 @@ package browser
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/testutil/etcdtest"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
 
@@ -103,4 +105,55 @@ func TestConsoleScreenshots(t *testing.T) {
 	b.waitJS(5*time.Second, "the narrow layout", `getComputedStyle(document.querySelector('#workers thead')).display === 'none'`)
 	shot("console-phone.png", chromedp.CaptureScreenshot())
 	b.noProblems()
+}
+
+// TestQueenConsoleScreenshot takes the README's picture of the queen's
+// console: two hives on a real etcd (one with a GPU from a JSON inventory),
+// each with workers. Like TestConsoleScreenshots it writes to
+// RBEE_CONSOLE_SCREENSHOTS (or t.TempDir()):
+//
+//	RBEE_CONSOLE_SCREENSHOTS=$PWD/docs go test ./e2e/browser -run TestQueenConsoleScreenshot
+func TestQueenConsoleScreenshot(t *testing.T) {
+	out := os.Getenv("RBEE_CONSOLE_SCREENSHOTS")
+	if out == "" {
+		out = t.TempDir()
+	}
+	inv := filepath.Join(t.TempDir(), "gpus.json")
+	if err := os.WriteFile(inv, []byte(`{"gpus":[{"index":0,"uuid":"GPU-00000000-0000-0000-0000-000000000001","name":"NVIDIA L4",`+
+		`"memory_total_bytes":24152899584,"memory_used_bytes":9126805504,"utilization_percent":34}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	et := etcdtest.Start(t)
+	prefix := et.Prefix("queenshot")
+	cfg := func(node, extra string) hivetest.Options {
+		return hivetest.Options{Config: extra + "models:\n  stories:\n    model_ref: file:stories260K.gguf\n  stories-chat:\n    model_ref: file:stories260K.gguf\n" +
+			fmt.Sprintf("cluster: {etcd: [%s], node: %s, lease_ttl: 2s, prefix: %s}\n", et.Endpoint, node, prefix)}
+	}
+	a := hivetest.Start(t, cfg("gpu-box-1", "gpu_inventory: "+inv+"\n"))
+	b := hivetest.Start(t, cfg("cpu-box-2", ""))
+	for _, h := range []*hivetest.Hive{a, a, b} {
+		r := h.MustSpawn(apiv1.SpawnRequest{Labels: map[string]string{"rbee.model": "stories"}})
+		h.WaitState(r.WorkerID, 20*time.Second, "idle")
+	}
+	q := startQueen(t, et.Endpoint, prefix)
+
+	br := newBrowser(t)
+	br.must(chromedp.EmulateViewport(1280, 820))
+	br.must(chromedp.Navigate(q.URL + "/ui/"))
+	br.waitJS(10*time.Second, "the cluster poll to be live", `document.querySelector('#conn').dataset.state === 'live'`)
+	br.waitJS(10*time.Second, "three idle workers", `document.querySelectorAll('#hives tr[data-state="idle"]').length === 3`)
+	br.waitJS(5*time.Second, "the GPU bar", `document.querySelector('`+hiveSel("gpu-box-1")+`').textContent.includes('GPU 0 NVIDIA L4')`)
+	c, cancel := context.WithTimeout(br.ctx, 20*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(c, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 10<<10 {
+		t.Fatalf("not a plausible PNG (%d bytes)", len(png))
+	}
+	if err := os.WriteFile(filepath.Join(out, "console-queen.png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	br.noProblems()
 }

@@ -38,6 +38,8 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 	mux.HandleFunc("GET /v1/models", js(`{"object":"list","data":[
 		{"id":"stories","object":"model","owned_by":"rbee-hive","created":1700000000,"rbee":{"workers":{"idle":1,"busy":2},"in_flight":3,"queued":5}},
 		{"id":"cold","object":"model","owned_by":"rbee-hive","created":1700000000,"rbee":{"workers":{},"in_flight":0,"queued":0}}]}`))
+	// A hive's /health names no role (a queen's says "queen").
+	mux.HandleFunc("GET /health", js(`{"status":"alive","version":"test","api_version":"v1"}`))
 	mux.HandleFunc("GET /v1/catalog", js(`{"models":[{"ref":"hf:org/stories","path":"/srv/models/stories.gguf","size_bytes":1048576,"added_at":"2026-01-01T00:00:00Z"}]}`))
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -86,7 +88,8 @@ func TestConsoleRendersGPUBarsAndServedModels(t *testing.T) {
 	b.noProblems()
 }
 
-// stubHive serves the console and a stand-in API: status (dev mode), the
+// stubHive serves the console and a stand-in API: /health (a hive's, no
+// role), status (dev mode), the
 // given worker list, no models route (404, as on a hive without the front
 // door), and an event stream that stays open.
 func stubHive(t *testing.T, list string) *httptest.Server {
@@ -95,6 +98,10 @@ func stubHive(t *testing.T, list string) *httptest.Server {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"version":"test","uptime_seconds":1,"dev_mode":true,"cgroup_mode":"v2","workers":{},"totals":{"rss_bytes":0,"cpu_seconds":0,"threads":0,"open_fds":0}}`)
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"alive","version":"test","api_version":"v1"}`)
 	})
 	mux.HandleFunc("GET /v1/workers/list", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -1,5 +1,6 @@
-// Package console is the hive's web console (SPEC §13): a single page at
-// /ui/ whose assets (HTML, one script, one style sheet, an icon) are
+// Package console is the web console of a hive and of a queen (SPEC §13):
+// a single page at /ui/ (on a queen it shows the cluster, from
+// /v1/cluster) whose assets (HTML, one script, one style sheet, an icon) are
 // embedded in the binary. The page holds no secrets and is served without
 // auth; everything it shows comes from the operator API, called from the
 // page with the token in an Authorization header (typed once, kept in the
@@ -8,7 +9,8 @@
 // Every response carries a strict Content-Security-Policy (scripts and
 // styles from the hive only, no inline script, no framing), X-Frame-Options
 // DENY and nosniff, so that the page can be neither scripted by injected
-// markup nor framed by another site (clickjacking).
+// markup nor framed by another site (clickjacking). CrossSite is the
+// browser guard both servers put in front of their APIs.
 package console
 
 import (

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cluster"
+	"github.com/rbee/rbee-hive/internal/console"
 )
 
 // Version is the queen's version.
@@ -54,7 +55,11 @@ func New(cfg Config, view *cluster.View, log *slog.Logger, open bool) *Queen {
 	return &Queen{cfg: cfg, view: view, log: log, hc: &http.Client{Transport: tr}, open: open, pending: map[string]int{}}
 }
 
-// Handler is the queen's HTTP API.
+// Handler is the queen's HTTP API and its web console (SPEC §13) at /ui/,
+// behind the browser guard the hive uses (console.CrossSite): a request
+// from a page of another origin is refused with 403 FORBIDDEN, and so, in
+// dev mode, is one addressed to a host name that is not loopback (DNS
+// rebinding).
 func (q *Queen) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", q.health)
@@ -64,17 +69,30 @@ func (q *Queen) Handler() http.Handler {
 	for _, p := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
 		mux.HandleFunc("POST "+p, q.auth(q.infer))
 	}
+	// The console's pages are public; what they show comes from
+	// /v1/cluster, with the token the operator types.
+	ui := console.Handler()
+	mux.Handle("GET "+console.Prefix, ui)
+	mux.Handle("GET /ui", ui)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, apiv1.CodeNotFound, "no route "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if why := console.CrossSite(r, q.open, "queen"); why != "" {
+			writeError(w, http.StatusForbidden, apiv1.CodeForbidden, why)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // Close releases idle connections.
 func (q *Queen) Close() { q.hc.CloseIdleConnections() }
 
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "version": Version, "api_version": apiv1.Version,
+	// role tells the web console that it is on a queen (a hive's /health
+	// has none).
+	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "role": "queen", "version": Version, "api_version": apiv1.Version,
 		"synced": q.view.Synced(), "revision": q.view.Revision()})
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/console"
 	"github.com/rbee/rbee-hive/internal/testutil/etcdtest"
 )
 
@@ -194,5 +195,96 @@ func waitOrder(v *cluster.View, order func() string, want string) string {
 		case <-timeout:
 			return got
 		}
+	}
+}
+
+// The queen's API sits behind the hive's browser guard (console.CrossSite):
+// a page of another origin is refused with 403 FORBIDDEN in the error
+// shape on every route, the queen's own origin (its console) is admitted,
+// dev mode answers only loopback Host names (DNS rebinding), and the
+// console is served at /ui/ with its strict headers.
+func TestQueenBrowserGuardRefusesOtherOriginsOnEveryRoute(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	v := cluster.NewView(cli, e.Prefix("q"), nil)
+	defer v.Close()
+	withTok := New(Config{InferenceTokens: []string{"tok-1"}, MaxBodyBytes: 1 << 20}, v, nil, false).Handler()
+	dev := New(Config{MaxBodyBytes: 1 << 20}, v, nil, true).Handler()
+	do := func(h http.Handler, method, path, body string, hdr http.Header) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.Host = "127.0.0.1:9300"
+		for k, vs := range hdr {
+			if k == "Host" {
+				req.Host = vs[0]
+				continue
+			}
+			req.Header[k] = vs
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w
+	}
+	forbidden := func(what string, w *httptest.ResponseRecorder) {
+		t.Helper()
+		var eb apiv1.ErrorBody
+		if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || w.Code != 403 || eb.Error.Code != apiv1.CodeForbidden || eb.Error.Message == "" || eb.Error.Type == "" {
+			t.Errorf("%s: %d %s, want 403 FORBIDDEN in the error shape", what, w.Code, w.Body)
+		}
+	}
+	auth := "Bearer tok-1"
+	routes := []struct{ method, path, body string }{
+		{"GET", "/health", ""}, {"GET", "/v1/cluster", ""}, {"GET", "/v1/models", ""},
+		{"POST", "/v1/chat/completions", `{"model":"m"}`}, {"POST", "/v1/completions", `{"model":"m"}`}, {"POST", "/v1/embeddings", `{"model":"m"}`},
+	}
+	for name, h := range map[string]http.Handler{"token": withTok, "dev": dev} {
+		for _, rt := range routes {
+			for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:9301", "http://localhost:9300"} {
+				w := do(h, rt.method, rt.path, rt.body, http.Header{"Origin": {origin}, "Authorization": {auth}})
+				forbidden(name+" "+rt.method+" "+rt.path+" Origin "+origin, w)
+				if strings.Contains(w.Body.String(), `"choices"`) {
+					t.Errorf("%s: relayed", rt.path)
+				}
+			}
+			// A cross-site <img>/<script> GET carries no Origin but says
+			// where it comes from.
+			forbidden(name+" "+rt.path+" Sec-Fetch-Site", do(h, rt.method, rt.path, rt.body,
+				http.Header{"Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"no-cors"}, "Authorization": {auth}}))
+		}
+		// Two Origin headers, one of them right: refused.
+		forbidden(name+" two Origins", do(h, "GET", "/v1/cluster", "", http.Header{"Origin": {"http://127.0.0.1:9300", "https://evil.example"}, "Authorization": {auth}}))
+		// The queen's own origin (its console) is admitted.
+		if w := do(h, "GET", "/v1/cluster", "", http.Header{"Origin": {"http://127.0.0.1:9300"}, "Sec-Fetch-Site": {"same-origin"}, "Authorization": {auth}}); w.Code != 200 {
+			t.Errorf("%s: own origin: %d %s", name, w.Code, w.Body)
+		}
+		// Typing or following a link to the console stays possible.
+		w := do(h, "GET", "/ui/", "", http.Header{"Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"navigate"}})
+		if w.Code != 200 || w.Header().Get("Content-Security-Policy") != console.CSP || w.Header().Get("X-Frame-Options") != "DENY" ||
+			!strings.Contains(w.Body.String(), "console.js") {
+			t.Errorf("%s: GET /ui/: %d %v", name, w.Code, w.Header())
+		}
+		if w := do(h, "GET", "/ui", "", nil); w.Code != http.StatusMovedPermanently || w.Header().Get("Location") != "/ui/" {
+			t.Errorf("%s: GET /ui: %d %v", name, w.Code, w.Header())
+		}
+		var health struct{ Role, Status string }
+		if w := do(h, "GET", "/health", "", nil); w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &health) != nil || health.Role != "queen" {
+			t.Errorf("%s: /health: %d %s, want role queen", name, w.Code, w.Body)
+		}
+	}
+	// Dev mode: a Host that is not loopback (a rebound DNS name) is refused;
+	// with tokens any Host is fine.
+	for _, host := range []string{"evil.example:9300", "127.0.0.1.evil.example", "0.0.0.0:9300", ""} {
+		forbidden("dev Host "+host, do(dev, "GET", "/v1/cluster", "", http.Header{"Host": {host}}))
+	}
+	for _, host := range []string{"localhost:9300", "[::1]:9300", "127.0.0.2"} {
+		if w := do(dev, "GET", "/v1/cluster", "", http.Header{"Host": {host}}); w.Code != 200 {
+			t.Errorf("dev Host %s: %d %s", host, w.Code, w.Body)
+		}
+	}
+	if w := do(withTok, "GET", "/v1/cluster", "", http.Header{"Host": {"queen.example:9300"}, "Authorization": {auth}}); w.Code != 200 {
+		t.Errorf("with tokens, Host queen.example: %d %s", w.Code, w.Body)
 	}
 }

@@ -6,6 +6,13 @@
 // the Authorization header: /v1/events and the log follow are read with
 // fetch() and a stream reader (EventSource cannot send headers), and the
 // token is kept in this tab's sessionStorage, never in a URL.
+//
+// On a queen (its /health says "role": "queen") the page shows the cluster
+// instead: every hive registered in etcd with its workers, from
+// GET /v1/cluster polled every second (a queen has no event stream). The
+// token is then one of the queen's inference tokens. Worker actions and
+// logs are a hive's, behind the hive's own token: the queen's page links to
+// each hive's console rather than offering them.
 'use strict';
 
 (function () {
@@ -48,6 +55,7 @@
   let logAbort = null;
   let eventsAbort = null;
   let status = null;
+  let role = null;             // 'queen' or 'hive', from /health
 
   // ---- API ----
   class APIError extends Error {
@@ -83,7 +91,11 @@
   function authRefused(e) {
     authFailed = true;
     const m = $('#auth-msg');
-    if (e.code === 'MISSING_API_KEY') {
+    if (role === 'queen') {
+      m.textContent = e.code === 'MISSING_API_KEY'
+        ? 'This queen needs one of its inference tokens (inference_tokens in queen.yaml). Type it above; it is kept in this tab only.'
+        : 'The queen refused the token (' + e.code + ': ' + e.message + '). Type one of its inference tokens again.';
+    } else if (e.code === 'MISSING_API_KEY') {
       m.textContent = 'This hive needs its operator token (RBEE_API_TOKEN). Type it above; it is kept in this tab only.';
     } else {
       m.textContent = 'The hive refused the token (' + e.code + ': ' + e.message + '). Type the operator token again.';
@@ -792,7 +804,7 @@
       return;
     }
     if (hiddenTimer) { clearTimeout(hiddenTimer); hiddenTimer = null; return; }
-    if (authFailed) return;
+    if (authFailed || role === 'queen') return;
     refreshList();
     runEvents();
     if (selected) startLog();
@@ -807,6 +819,15 @@
     authFailed = false;
     $('#auth-msg').hidden = true;
     setConn('off', 'connecting…');
+    if (role === null) {
+      // /health is public; a queen says so. Unreachable: taken for a hive,
+      // whose page reports the connection.
+      try {
+        const h = await api('GET', '/health');
+        role = h && h.role === 'queen' ? 'queen' : 'hive';
+      } catch (_) { /* asked again at the next start */ }
+    }
+    if (role === 'queen') { startQueen(); return; }
     await refreshStatus();
     if (authFailed) return;
     authOK();
@@ -825,5 +846,122 @@
     setTimeout(poll, POLL_MS);
     timers.push(setInterval(() => { if (!document.hidden) { refreshStatus(); refreshModels(); } }, STATUS_MS));
   }
+  // ---- queen: the cluster ----
+  const QUEEN_POLL_MS = 1000;
+  let queenGen = 0;
+
+  function queenLayout() {
+    document.title = 'rbee-queen';
+    $('header h1').textContent = 'rbee-queen';
+    $('#token-form label').textContent = 'Queen token';
+    $('#token-input').placeholder = 'an inference token';
+    $('nav').hidden = true;
+    for (const sct of document.querySelectorAll('.tab')) sct.hidden = sct.id !== 'tab-cluster';
+  }
+
+  function startQueen() {
+    queenLayout();
+    const gen = ++queenGen;
+    const poll = async () => {
+      if (gen !== queenGen || authFailed) return;
+      const t0 = performance.now();
+      if (!document.hidden) await refreshCluster();
+      if (gen === queenGen && !authFailed) setTimeout(poll, Math.max(QUEEN_POLL_MS, 4 * (performance.now() - t0)));
+    };
+    poll();
+  }
+
+  async function refreshCluster() {
+    let c;
+    try {
+      c = await api('GET', '/v1/cluster');
+    } catch (e) {
+      if (e.status !== 401) setConn('error', e instanceof APIError ? `error: ${e.code}` : 'queen unreachable');
+      return;
+    }
+    if (devMode === null) devMode = !token; // answered without a token: an open queen
+    authOK();
+    setConn('live', 'live');
+    const hives = Array.isArray(c.hives) ? c.hives : [];
+    const nw = hives.reduce((a, h) => a + (Array.isArray(h.workers) ? h.workers.length : 0), 0);
+    $('#hive-info').textContent = `${hives.length} hive(s) · ${nw} worker(s) · etcd revision ${c.revision} · ${devMode ? 'dev mode (no token)' : 'token auth'}`;
+    renderHives(hives);
+    renderClusterModels(Array.isArray(c.models) ? c.models : []);
+  }
+
+  // safeURL returns u when it is an http(s) URL (a link to the hive's own
+  // console), else null: a record in etcd must not make a javascript: link.
+  function safeURL(u) {
+    try {
+      const p = new URL(u);
+      return p.protocol === 'http:' || p.protocol === 'https:' ? p : null;
+    } catch (_) { return null; }
+  }
+
+  function renderHives(hives) {
+    const box = $('#hives');
+    $('#no-hives').hidden = hives.length > 0;
+    const now = Date.now();
+    box.replaceChildren(...hives.map((h) => {
+      const cap = h.capacity || {};
+      const link = safeURL(h.url);
+      const title = el('h2', {}, el('span', { class: 'mono node', text: h.node }), ' ',
+        link ? el('a', { href: new URL('/ui/', link).href, rel: 'noreferrer noopener', target: '_blank', class: 'mono small', text: h.url })
+          : el('span', { class: 'mono small muted', text: h.url || '(no URL)' }));
+      const facts = [];
+      if (h.version) facts.push('v' + h.version);
+      if (h.started_at) facts.push('up ' + duration(now - Date.parse(h.started_at)));
+      facts.push('lease live, record updated ' + (h.updated_at ? duration(now - Date.parse(h.updated_at)) + ' ago' : '—'));
+      if (cap.cpus) facts.push(cap.cpus + ' CPUs');
+      const kids = [title, el('div', { class: 'muted facts', text: facts.join(' · ') })];
+      const bars = [];
+      if (cap.memory_total > 0) {
+        const b = bar('Memory', cap.memory_total - (cap.memory_free || 0), cap.memory_total, null, bytes(cap.memory_free || 0) + ' free');
+        bars.push(b);
+      }
+      for (const g of Array.isArray(cap.gpus) ? cap.gpus : []) {
+        bars.push(bar(`GPU ${g.index} ${g.name || ''}`, g.memory_total - (g.memory_free || 0), g.memory_total, null,
+          bytes(g.memory_free || 0) + ' free for new workers'));
+      }
+      if (bars.length) kids.push(el('div', { class: 'bars' }, ...bars));
+      const models = Array.isArray(h.models) ? h.models : [];
+      const gpuModels = new Set(Array.isArray(h.gpu_models) ? h.gpu_models : []);
+      kids.push(el('div', { class: 'models' }, el('span', { class: 'muted', text: 'Models: ' }),
+        models.length ? models.map((m) => m + (gpuModels.has(m) ? ' (GPU)' : '')).join(', ') : 'none'));
+      const ws = Array.isArray(h.workers) ? h.workers : [];
+      if (ws.length) {
+        const tb = el('tbody');
+        for (const w of ws) {
+          tb.append(el('tr', { 'data-id': w.id, 'data-state': w.state },
+            el('td', { class: 'id col-id', title: w.id, text: shortID(w.id) }),
+            el('td', { class: 'col-model model', text: w.model || '' }),
+            el('td', { class: 'col-state' }, el('span', { class: 'state ' + w.state, text: w.state })),
+            el('td', { class: 'num col-inflight', text: String(w.in_flight ?? 0) + (w.max_concurrency ? '/' + w.max_concurrency : '') })));
+        }
+        kids.push(el('div', { class: 'scroll' }, el('table', { class: 'hive-workers' },
+          el('thead', {}, el('tr', {}, el('th', { text: 'Worker' }), el('th', { text: 'Model' }), el('th', { text: 'State' }), el('th', { text: 'In flight' }))), tb)));
+      } else {
+        kids.push(el('p', { class: 'muted', text: 'No workers.' }));
+      }
+      return el('section', { class: 'hive', 'data-node': h.node }, ...kids);
+    }));
+  }
+
+  function renderClusterModels(models) {
+    const box = $('#cluster-models');
+    if (!models.length) { box.replaceChildren(); return; }
+    const tb = el('tbody');
+    for (const m of models) {
+      const byState = Object.entries(m.workers || {}).filter(([, n]) => n > 0).map(([st, n]) => `${n} ${st}`).join(', ') || 'none';
+      tb.append(el('tr', { 'data-model': m.name },
+        el('td', { class: 'mono', text: m.name }),
+        el('td', { class: 'mono', text: (m.hives || []).join(', ') || '—' }),
+        el('td', { text: byState }),
+        el('td', { class: 'num', text: String(m.in_flight ?? 0) })));
+    }
+    box.replaceChildren(el('h2', { text: 'Models across the cluster' }), el('div', { class: 'scroll' }, el('table', { id: 'cluster-model-table' },
+      el('thead', {}, el('tr', {}, el('th', { text: 'Model' }), el('th', { text: 'Served by' }), el('th', { text: 'Workers' }), el('th', { text: 'In flight' }))), tb)));
+  }
+
   start();
 })();

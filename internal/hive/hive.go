@@ -30,6 +30,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/models"
 	"github.com/rbee/rbee-hive/internal/ports"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/stats"
 	"github.com/rbee/rbee-hive/internal/store"
@@ -398,7 +399,7 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	if gpuUUID != "" {
 		env = withGPUEnv(env, gpuUUID)
 	}
-	spec := supervisor.Spec{
+	spec := record.Spec{
 		ID: id, ModelRef: req.ModelRef, ModelPath: path, ModelSize: size, Backend: req.Backend,
 		Device: device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
 		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker, Credential: wu.Credential,

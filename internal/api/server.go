@@ -30,6 +30,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/validate"
 
 	"github.com/rbee/rbee-hive/internal/clip"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 // Limits of the HTTP surface.
@@ -318,7 +319,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, apiv1.Health{Status: "alive", Version: hive.Version, APIVersion: apiv1.Version})
+	writeJSON(w, http.StatusOK, apiv1.Health{Status: "alive", Version: version.Version, APIVersion: apiv1.Version})
 	return nil
 }
 

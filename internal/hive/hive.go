@@ -36,12 +36,10 @@ import (
 	"github.com/rbee/rbee-hive/internal/store"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 	"github.com/rbee/rbee-hive/internal/validate"
+	"github.com/rbee/rbee-hive/internal/version"
 
 	cliputil "github.com/rbee/rbee-hive/internal/clip"
 )
-
-// Version is the hive's version, set at build time with -ldflags.
-var Version = "0.1.0-dev"
 
 // Sentinel errors the API maps to responses.
 var (
@@ -555,7 +553,7 @@ func (h *Hive) List(all bool) []*apiv1.WorkerInfo {
 // Status summarises the hive.
 func (h *Hive) Status() apiv1.Status {
 	st := apiv1.Status{
-		Version: Version, APIVersion: apiv1.Version, StartedAt: h.started,
+		Version: version.Version, APIVersion: apiv1.Version, StartedAt: h.started,
 		UptimeSeconds: time.Since(h.started).Seconds(), StateDir: h.stateDir,
 		Addr: h.cfg.Addr, DevMode: h.cfg.APIToken == "",
 		CgroupMode: string(cgroup.ModeNone), Workers: map[string]int{},

@@ -1,6 +1,7 @@
 package refworker
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -62,6 +63,24 @@ type oaUsage struct {
 
 func (j *job) usage() *oaUsage {
 	return &oaUsage{j.promptTokens, j.completionTokens, j.promptTokens + j.completionTokens}
+}
+
+// oaBody is a completion answer or a stream chunk; C is its choice type.
+type oaBody[C any] struct {
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	Model   string   `json:"model"`
+	Choices []C      `json:"choices"`
+	Usage   *oaUsage `json:"usage,omitempty"`
+}
+
+// collect runs the job to its end and returns the whole text with the
+// finish reason (a non-streamed answer).
+func (j *job) collect(ctx context.Context) (text, finish string, err error) {
+	var b strings.Builder
+	finish, err = j.run(ctx, func(piece string) error { b.WriteString(piece); return nil })
+	return b.String(), finish, err
 }
 
 func newID(prefix string) string {
@@ -172,22 +191,14 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 		Logprobs     any     `json:"logprobs"`
 		FinishReason *string `json:"finish_reason"`
 	}
-	type body struct {
-		ID      string   `json:"id"`
-		Object  string   `json:"object"`
-		Created int64    `json:"created"`
-		Model   string   `json:"model"`
-		Choices []choice `json:"choices"`
-		Usage   *oaUsage `json:"usage,omitempty"`
-	}
+	type body = oaBody[choice]
 	if !req.Stream {
-		var text strings.Builder
-		finish, err := job.run(r.Context(), func(piece string) error { text.WriteString(piece); return nil })
+		text, finish, err := job.collect(r.Context())
 		if err != nil {
 			return
 		}
 		writeJSON(rw, http.StatusOK, body{id, "text_completion", created, model,
-			[]choice{{0, text.String(), nil, &finish}}, job.usage()})
+			[]choice{{0, text, nil, &finish}}, job.usage()})
 		job.completed = true
 		return
 	}
@@ -250,23 +261,14 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 		Logprobs     any      `json:"logprobs"`
 		FinishReason *string  `json:"finish_reason"`
 	}
-	type body struct {
-		ID      string   `json:"id"`
-		Object  string   `json:"object"`
-		Created int64    `json:"created"`
-		Model   string   `json:"model"`
-		Choices []choice `json:"choices"`
-		Usage   *oaUsage `json:"usage,omitempty"`
-	}
+	type body = oaBody[choice]
 	if !req.Stream {
-		var text strings.Builder
-		finish, err := job.run(r.Context(), func(piece string) error { text.WriteString(piece); return nil })
+		text, finish, err := job.collect(r.Context())
 		if err != nil {
 			return
 		}
-		content := text.String()
 		writeJSON(rw, http.StatusOK, body{id, "chat.completion", created, model,
-			[]choice{{Message: &message{"assistant", &content}, FinishReason: &finish}}, job.usage()})
+			[]choice{{Message: &message{"assistant", &text}, FinishReason: &finish}}, job.usage()})
 		job.completed = true
 		return
 	}

@@ -160,6 +160,24 @@ func textOf(raw json.RawMessage, what string) (string, *apiError) {
 	return b.String(), nil
 }
 
+// startJob checks the request's sampling fields (chat: with the chat
+// defaults) and starts generating from prompt; on a bad field or a refusal
+// it writes the error and returns nil.
+func (w *worker) startJob(rw http.ResponseWriter, s *oaSampling, chat bool, prompt string) *job {
+	g, e := s.generation(chat)
+	if e != nil {
+		writeError(rw, *e)
+		return nil
+	}
+	g.delay = w.cfg.tokenDelay
+	job, refusal := w.start(g, prompt)
+	if refusal != nil {
+		writeError(rw, *refusal)
+		return nil
+	}
+	return job
+}
+
 func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 	var req oaCompletionRequest
 	if e := decodeBody(r, &req); e != nil {
@@ -171,15 +189,8 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, *e)
 		return
 	}
-	g, e := req.generation(false)
-	if e != nil {
-		writeError(rw, *e)
-		return
-	}
-	g.delay = w.cfg.tokenDelay
-	job, refusal := w.start(g, prompt)
-	if refusal != nil {
-		writeError(rw, *refusal)
+	job := w.startJob(rw, &req.oaSampling, false, prompt)
+	if job == nil {
 		return
 	}
 	defer job.done()
@@ -236,15 +247,8 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 		}
 		texts = append(texts, t)
 	}
-	g, e := req.generation(true)
-	if e != nil {
-		writeError(rw, *e)
-		return
-	}
-	g.delay = w.cfg.tokenDelay
-	job, refusal := w.start(g, strings.Join(texts, "\n"))
-	if refusal != nil {
-		writeError(rw, *refusal)
+	job := w.startJob(rw, &req.oaSampling, true, strings.Join(texts, "\n"))
+	if job == nil {
 		return
 	}
 	defer job.done()

@@ -20,7 +20,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/client"
 	"github.com/rbee/rbee-hive/internal/process"
-	"github.com/rbee/rbee-hive/internal/supervisor"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
 
@@ -345,7 +345,7 @@ func TestAdoptionNeedsTheMarkerNotJustTheStartTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec supervisor.Record
+	var rec record.Record
 	if err := json.Unmarshal(b, &rec); err != nil {
 		t.Fatal(err)
 	}

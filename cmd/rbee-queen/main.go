@@ -12,14 +12,15 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/daemon"
 	"github.com/rbee/rbee-hive/internal/queen"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 func main() {
 	path := flag.String("config", "/etc/rbee/queen.yaml", "queen config file")
-	version := flag.Bool("version", false, "print the version and exit")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
-	if *version {
-		fmt.Println("rbee-queen", queen.Version)
+	if *showVersion {
+		fmt.Println("rbee-queen", version.Version)
 		return
 	}
 	cfg, err := queen.LoadConfig(*path)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/daemon"
-	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 func init() {
@@ -53,7 +53,7 @@ func init() {
 		name: "version", summary: "print the version of rbee-hive and of its API", example: "version",
 		flags: func(fs *flag.FlagSet, c *call) func([]string) error {
 			return func([]string) error {
-				_, err := fmt.Fprintf(c.env.Stdout, "rbee-hive %s (API %s)\n", hive.Version, apiv1.Version)
+				_, err := fmt.Fprintf(c.env.Stdout, "rbee-hive %s (API %s)\n", version.Version, apiv1.Version)
 				return err
 			}
 		},

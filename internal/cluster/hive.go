@@ -14,6 +14,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
 	"github.com/rbee/rbee-hive/internal/hive"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 // Member is a hive's membership in the cluster: its registrar, fed by the
@@ -55,7 +56,7 @@ func Join(cfg config.Config, h *hive.Hive, fd *frontdoor.FrontDoor, log *slog.Lo
 	reg := NewRegistrar(RegistrarOptions{
 		Client: cli, Prefix: cc.Prefix, Node: cc.Node, LeaseTTL: cc.LeaseTTL.D(), Logger: log,
 		Hive: func() HiveRecord {
-			return HiveRecord{URL: cc.Advertise, Version: hive.Version, StartedAt: started,
+			return HiveRecord{URL: cc.Advertise, Version: version.Version, StartedAt: started,
 				Capacity: localCapacity(h), Models: append([]string(nil), models...),
 				GPUModels: append([]string(nil), gpuModels...)}
 		},

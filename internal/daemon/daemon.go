@@ -30,6 +30,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/metrics"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/sdnotify"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 // Options are the daemon's command-line settings; each overrides the config.
@@ -286,7 +287,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		log.Warn("Not notifying the service manager", "error", err)
 	}
-	mx := metrics.New(metrics.Options{Version: hive.Version, StateDir: cfg.StateDir})
+	mx := metrics.New(metrics.Options{Version: version.Version, StateDir: cfg.StateDir})
 	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: hiveURL, Cgroups: cg, Metrics: mx})
 	if err != nil {
 		ln.Close()
@@ -355,7 +356,7 @@ func Run(ctx context.Context, o Options) error {
 			defer stop()
 		}
 	}
-	log.Info("rbee-hive listening", "addr", ln.Addr().String(), "version", hive.Version,
+	log.Info("rbee-hive listening", "addr", ln.Addr().String(), "version", version.Version,
 		"state_dir", cfg.StateDir, "pid", os.Getpid())
 	if err := notifier.Notify(sdnotify.Ready, "STATUS=serving on "+ln.Addr().String()); err != nil {
 		log.Warn("sd_notify READY failed", "error", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/logs"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 )
@@ -16,7 +17,7 @@ import (
 // hive does after a restart (no goroutine runs for it).
 func endedWorker(t *testing.T, d supervisor.Deps, id string, endedAt time.Time) *supervisor.Worker {
 	t.Helper()
-	rec := &supervisor.Record{Info: apiv1.WorkerInfo{ID: id, State: state.Terminated, Reason: state.Stopped, EndedAt: &endedAt}}
+	rec := &record.Record{Info: apiv1.WorkerInfo{ID: id, State: state.Terminated, Reason: state.Stopped, EndedAt: &endedAt}}
 	a, err := supervisor.Adopt(d, rec)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
+	"github.com/rbee/rbee-hive/internal/version"
 )
 
 const wait = 20 * time.Second
@@ -179,7 +180,7 @@ func TestMetricFamiliesMoveWithTheirEvents(t *testing.T) {
 		e.want[k] = 0
 	}
 	m := e.check("baseline")
-	if _, ok := series(m, "rbee_hive_build_info", "version", "0.1.0-dev"); !ok {
+	if _, ok := series(m, "rbee_hive_build_info", "version", version.Version); !ok {
 		t.Errorf("no build info")
 	}
 

@@ -668,14 +668,28 @@ func Start(spec Spec) (*Proc, error) {
 			return abort(err)
 		}
 	}
+	p, err := finishStart(&spec, pid, pidfd, bootID)
+	if err != nil {
+		return nil, err
+	}
+	if fellBack {
+		traceDenied.Store(true) // the shim worked where ptrace did not
+	}
+	return p, nil
+}
+
+// finishStart ends a start (plain or traced) once the child runs the
+// worker: it opens the cgroups to join afterwards, reads the child's start
+// time and makes its Proc. On an error the child is killed and reaped.
+func finishStart(spec *Spec, pid, pidfd int, bootID string) (*Proc, error) {
 	join, err := openJoinAfter(spec.JoinAfter)
 	if err != nil {
-		return abort(err)
+		return nil, abortStart(spec.Path, pid, pidfd, err)
 	}
 	st, err := readStat(pid)
 	if err != nil {
 		closeAll(join)
-		return abort(err) // cannot happen for an unreaped child; be safe
+		return nil, abortStart(spec.Path, pid, pidfd, err) // cannot happen for an unreaped child; be safe
 	}
 	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd, join)
 	if err != nil {
@@ -683,9 +697,6 @@ func Start(spec Spec) (*Proc, error) {
 		reap(pid)
 		untrackChild(pid)
 		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
-	}
-	if fellBack {
-		traceDenied.Store(true) // the shim worked where ptrace did not
 	}
 	return p, nil
 }

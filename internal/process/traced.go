@@ -123,21 +123,5 @@ func startTraced(spec Spec, argv []string, files []*os.File, bootID string) (*Pr
 	if err := unix.PtraceDetach(pid); err != nil {
 		return abort(fmt.Errorf("ptrace detach: %w", err))
 	}
-	join, err := openJoinAfter(spec.JoinAfter)
-	if err != nil {
-		return abort(err)
-	}
-	st, err := readStat(pid)
-	if err != nil {
-		closeAll(join)
-		return abort(err)
-	}
-	p, err := newProc(pid, pid, st.StartTime, bootID, true, pidfd, join)
-	if err != nil {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		reap(pid)
-		untrackChild(pid)
-		return nil, fmt.Errorf("process: start %s: %w", spec.Path, err)
-	}
-	return p, nil
+	return finishStart(&spec, pid, pidfd, bootID)
 }

@@ -20,10 +20,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/console"
+	"github.com/rbee/rbee-hive/internal/version"
 )
-
-// Version is the queen's version.
-var Version = "0.1.0-dev"
 
 // HiveHeader names the hive that answered, on every relayed response.
 const HiveHeader = "X-Rbee-Hive"
@@ -92,7 +90,7 @@ func (q *Queen) Close() { q.hc.CloseIdleConnections() }
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
 	// role tells the web console that it is on a queen (a hive's /health
 	// has none).
-	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "role": "queen", "version": Version, "api_version": apiv1.Version,
+	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "role": "queen", "version": version.Version, "api_version": apiv1.Version,
 		"synced": q.view.Synced(), "revision": q.view.Revision()})
 }
 
@@ -372,7 +370,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("rbee-queen listening", "addr", ln.Addr().String(), "version", Version, "etcd", strings.Join(cfg.Etcd.Endpoints, ","),
+	log.Info("rbee-queen listening", "addr", ln.Addr().String(), "version", version.Version, "etcd", strings.Join(cfg.Etcd.Endpoints, ","),
 		"prefix", cfg.Prefix, "dev_mode", open)
 	select {
 	case <-ctx.Done():

@@ -1,6 +1,7 @@
 package refworker
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -62,6 +63,24 @@ type oaUsage struct {
 
 func (j *job) usage() *oaUsage {
 	return &oaUsage{j.promptTokens, j.completionTokens, j.promptTokens + j.completionTokens}
+}
+
+// oaBody is a completion answer or a stream chunk; C is its choice type.
+type oaBody[C any] struct {
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	Model   string   `json:"model"`
+	Choices []C      `json:"choices"`
+	Usage   *oaUsage `json:"usage,omitempty"`
+}
+
+// collect runs the job to its end and returns the whole text with the
+// finish reason (a non-streamed answer).
+func (j *job) collect(ctx context.Context) (text, finish string, err error) {
+	var b strings.Builder
+	finish, err = j.run(ctx, func(piece string) error { b.WriteString(piece); return nil })
+	return b.String(), finish, err
 }
 
 func newID(prefix string) string {
@@ -141,6 +160,24 @@ func textOf(raw json.RawMessage, what string) (string, *apiError) {
 	return b.String(), nil
 }
 
+// startJob checks the request's sampling fields (chat: with the chat
+// defaults) and starts generating from prompt; on a bad field or a refusal
+// it writes the error and returns nil.
+func (w *worker) startJob(rw http.ResponseWriter, s *oaSampling, chat bool, prompt string) *job {
+	g, e := s.generation(chat)
+	if e != nil {
+		writeError(rw, *e)
+		return nil
+	}
+	g.delay = w.cfg.tokenDelay
+	job, refusal := w.start(g, prompt)
+	if refusal != nil {
+		writeError(rw, *refusal)
+		return nil
+	}
+	return job
+}
+
 func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 	var req oaCompletionRequest
 	if e := decodeBody(r, &req); e != nil {
@@ -152,15 +189,8 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, *e)
 		return
 	}
-	g, e := req.generation(false)
-	if e != nil {
-		writeError(rw, *e)
-		return
-	}
-	g.delay = w.cfg.tokenDelay
-	job, refusal := w.start(g, prompt)
-	if refusal != nil {
-		writeError(rw, *refusal)
+	job := w.startJob(rw, &req.oaSampling, false, prompt)
+	if job == nil {
 		return
 	}
 	defer job.done()
@@ -172,22 +202,14 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 		Logprobs     any     `json:"logprobs"`
 		FinishReason *string `json:"finish_reason"`
 	}
-	type body struct {
-		ID      string   `json:"id"`
-		Object  string   `json:"object"`
-		Created int64    `json:"created"`
-		Model   string   `json:"model"`
-		Choices []choice `json:"choices"`
-		Usage   *oaUsage `json:"usage,omitempty"`
-	}
+	type body = oaBody[choice]
 	if !req.Stream {
-		var text strings.Builder
-		finish, err := job.run(r.Context(), func(piece string) error { text.WriteString(piece); return nil })
+		text, finish, err := job.collect(r.Context())
 		if err != nil {
 			return
 		}
 		writeJSON(rw, http.StatusOK, body{id, "text_completion", created, model,
-			[]choice{{0, text.String(), nil, &finish}}, job.usage()})
+			[]choice{{0, text, nil, &finish}}, job.usage()})
 		job.completed = true
 		return
 	}
@@ -225,15 +247,8 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 		}
 		texts = append(texts, t)
 	}
-	g, e := req.generation(true)
-	if e != nil {
-		writeError(rw, *e)
-		return
-	}
-	g.delay = w.cfg.tokenDelay
-	job, refusal := w.start(g, strings.Join(texts, "\n"))
-	if refusal != nil {
-		writeError(rw, *refusal)
+	job := w.startJob(rw, &req.oaSampling, true, strings.Join(texts, "\n"))
+	if job == nil {
 		return
 	}
 	defer job.done()
@@ -250,23 +265,14 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 		Logprobs     any      `json:"logprobs"`
 		FinishReason *string  `json:"finish_reason"`
 	}
-	type body struct {
-		ID      string   `json:"id"`
-		Object  string   `json:"object"`
-		Created int64    `json:"created"`
-		Model   string   `json:"model"`
-		Choices []choice `json:"choices"`
-		Usage   *oaUsage `json:"usage,omitempty"`
-	}
+	type body = oaBody[choice]
 	if !req.Stream {
-		var text strings.Builder
-		finish, err := job.run(r.Context(), func(piece string) error { text.WriteString(piece); return nil })
+		text, finish, err := job.collect(r.Context())
 		if err != nil {
 			return
 		}
-		content := text.String()
 		writeJSON(rw, http.StatusOK, body{id, "chat.completion", created, model,
-			[]choice{{Message: &message{"assistant", &content}, FinishReason: &finish}}, job.usage()})
+			[]choice{{Message: &message{"assistant", &text}, FinishReason: &finish}}, job.usage()})
 		job.completed = true
 		return
 	}

@@ -1,5 +1,5 @@
 // Package store is the hive's durable registry: one JSON file per worker,
-// <state_dir>/workers/<id>.json, holding its supervisor.Record, so that a
+// <state_dir>/workers/<id>.json, holding its record.Record, so that a
 // hive that restarts (or was SIGKILLed) can re-adopt or restart every worker
 // the previous one had.
 //
@@ -38,8 +38,8 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/atomicfile"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
-	"github.com/rbee/rbee-hive/internal/supervisor"
 )
 
 // ErrInvalidID: a record's worker id cannot name a file (empty, too long, or
@@ -88,7 +88,7 @@ func (s *Store) Path(id string) string { return filepath.Join(s.dir, id+suffix) 
 // Put writes rec atomically as the record of rec.Info.ID (see the package
 // doc; sync=false skips the fsyncs). It blocks for the write (and the
 // fsyncs): typically well under a millisecond on a local disk.
-func (s *Store) Put(rec *supervisor.Record, sync bool) error {
+func (s *Store) Put(rec *record.Record, sync bool) error {
 	id := rec.Info.ID
 	if !idRe.MatchString(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidID, id)
@@ -156,12 +156,12 @@ type Corrupt struct {
 // second result; it does not fail the load. Temporary files left by a crash
 // in the middle of a Put are removed. Load returns an error only when the
 // directory itself cannot be read.
-func (s *Store) Load() ([]*supervisor.Record, []Corrupt, error) {
+func (s *Store) Load() ([]*record.Record, []Corrupt, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("store: load: %w", err)
 	}
-	var recs []*supervisor.Record
+	var recs []*record.Record
 	var bad []Corrupt
 	for _, e := range ents {
 		name := e.Name()
@@ -191,7 +191,7 @@ func (s *Store) Load() ([]*supervisor.Record, []Corrupt, error) {
 	return recs, bad, nil
 }
 
-func readRecord(path, id string) (*supervisor.Record, error) {
+func readRecord(path, id string) (*record.Record, error) {
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return nil, err
@@ -203,7 +203,7 @@ func readRecord(path, id string) (*supervisor.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	var rec supervisor.Record
+	var rec record.Record
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	if err := dec.Decode(&rec); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)

@@ -11,17 +11,17 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/policy"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
-	"github.com/rbee/rbee-hive/internal/supervisor"
 )
 
-func rec(id string, st state.State) *supervisor.Record {
+func rec(id string, st state.State) *record.Record {
 	now := time.Now().UTC().Round(time.Microsecond)
-	return &supervisor.Record{
+	return &record.Record{
 		Info:      apiv1.WorkerInfo{ID: id, State: st, PID: 1234, Port: 8081, StartedAt: &now, Labels: map[string]string{"a": "b"}},
 		StartTime: 99, BootID: "boot", PGID: 1234, Cgroup: true, TokenHash: "abc", LogPath: "/x/" + id + ".log",
 		History: policy.History{Restarts: 2, Failures: []policy.Failure{{At: now, Reason: state.Crashed}}},
-		Spec: supervisor.Spec{ID: id, Settings: config.Default().Defaults, Profile: config.Profile{
+		Spec: record.Spec{ID: id, Settings: config.Default().Defaults, Profile: config.Profile{
 			Command: []string{"/bin/w"}, StopTimeout: config.Duration(3 * time.Second)}},
 	}
 }
@@ -170,5 +170,54 @@ func TestSyncOfRecordPutWithoutSync(t *testing.T) {
 	}
 	if err := s.Sync("../x"); err == nil {
 		t.Fatal("Sync accepted an invalid id")
+	}
+}
+
+// goldenRecord is a record with every field set, at fixed times.
+func goldenRecord() *record.Record {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	code := 3
+	return &record.Record{
+		Info: apiv1.WorkerInfo{ID: "worker-golden", State: state.Stopping, Reason: state.Crashed, PID: 4321, Port: 8090,
+			StartedAt: &at, EndedAt: &at, Labels: map[string]string{"team": "x"}, Exit: &apiv1.Exit{Code: &code}},
+		StartTime: 77, BootID: "boot-id", PGID: 4321, Cgroup: true, TokenHash: "hash", LogPath: "/logs/worker-golden.log",
+		History: policy.History{Restarts: 1, Failures: []policy.Failure{{At: at, Reason: state.Crashed}}},
+		Spec: record.Spec{ID: "worker-golden", ModelRef: "m", ModelPath: "/models/m.gguf", ModelSize: 1 << 20,
+			Backend: "cpu", Device: 1, ProfileName: "generic", Settings: config.Default().Defaults,
+			Profile: config.Profile{Command: []string{"/bin/w", "{port}"}, StopTimeout: config.Duration(3 * time.Second)},
+			Argv:    []string{"/bin/w", "{port}"}, Env: []string{"A=1"}, Labels: map[string]string{"team": "x"},
+			HiveURL: "http://127.0.0.1:7777", Marker: "marker", GPUUUID: "GPU-1",
+			Estimate: &apiv1.Estimate{RAMBytes: 10, VRAMBytes: 20, Ctx: 512, Source: "gguf"}},
+		StopAsked: at, Forced: true, BackoffUntil: at,
+	}
+}
+
+// The state files' format is pinned byte for byte: a record written today is
+// the file testdata/record.golden.json, written by the hive before Record
+// moved out of the supervisor (state files of a running hive must stay
+// readable by the next one), and that file loads back to the same record.
+func TestRecordFileFormatIsUnchanged(t *testing.T) {
+	s, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(goldenRecord(), false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(s.Path("worker-golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join("testdata", "record.golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != strings.TrimSuffix(string(want), "\n") {
+		t.Fatalf("record file changed:\n got %s\nwant %s", got, want)
+	}
+	recs, bad, err := s.Load()
+	if err != nil || len(bad) != 0 || len(recs) != 1 || recs[0].Spec.GPUUUID != "GPU-1" || !recs[0].Forced ||
+		recs[0].Spec.Estimate == nil || recs[0].Spec.Estimate.VRAMBytes != 20 {
+		t.Fatalf("load: %+v %v %v", recs, bad, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -77,7 +78,7 @@ type Adoption struct {
 //
 // Adopt fails only when the worker's log cannot be opened; nothing has been
 // taken then (the hive treats the process as an orphan).
-func Adopt(d Deps, rec *Record) (*Adoption, error) {
+func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 	spec := rec.Spec
 	spec.ID = rec.Info.ID
 	spec.Token = ""
@@ -148,7 +149,7 @@ func usable(m *cgroup.Manager) bool { return m != nil && m.Mode() != cgroup.Mode
 // verify proves rec's process is still the one recorded, and returns a
 // handle on it (and its cgroup), or why it cannot be adopted. It never
 // signals anything.
-func verify(d Deps, rec *Record) (*process.Proc, *cgroup.Group, string) {
+func verify(d Deps, rec *record.Record) (*process.Proc, *cgroup.Group, string) {
 	pid := rec.Info.PID
 	if pid <= 0 || rec.StartTime == 0 || rec.BootID == "" {
 		return nil, nil, "no process was recorded"
@@ -240,7 +241,7 @@ func (a *Adoption) Start() {
 
 // resumeLive re-arms the timers of a verified live process in the recorded
 // state. Runs in the owner goroutine.
-func (o *owner) resumeLive(rec *Record) {
+func (o *owner) resumeLive(rec *record.Record) {
 	now := o.now()
 	o.log.Info("Worker adopted", "pid", o.cur.PID, "state", o.cur.State, "port", o.cur.Port,
 		"restart_count", o.cur.RestartCount, "cgroup", o.cg != nil)
@@ -276,7 +277,7 @@ func (o *owner) resumeLive(rec *Record) {
 // it had escalated, was a forced stop, or its grace is spent; otherwise the
 // graceful request is sent again (it is idempotent for a worker already
 // draining) and the escalation timer gets the remaining grace.
-func (o *owner) resumeStop(rec *Record, now time.Time) {
+func (o *owner) resumeStop(rec *record.Record, now time.Time) {
 	o.stopReason, o.stopDetail = o.cur.Reason, o.cur.Detail
 	o.stopAsked = rec.StopAsked
 	if o.stopAsked.IsZero() {
@@ -335,7 +336,7 @@ func (o *owner) resumeGone(why string, oom bool) {
 
 // resumeBackoff returns the resume of a worker waiting to restart: the
 // restart comes at the recorded time, or at once if that has passed.
-func (o *owner) resumeBackoff(rec *Record) func() {
+func (o *owner) resumeBackoff(rec *record.Record) func() {
 	return func() {
 		now := o.now()
 		delay := minRearm

@@ -18,6 +18,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/ports"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -73,17 +74,17 @@ const testMarker = "adopt-test-marker"
 
 // recordOf describes p as worker "worker-adopt" of an http profile (no
 // heartbeats), in state st, with probes off.
-func recordOf(p *process.Proc, st state.State) *Record {
+func recordOf(p *process.Proc, st state.State) *record.Record {
 	now := time.Now()
 	s := config.Default().Defaults
 	s.Health.Interval = 0
 	s.IdleTimeout = 0
 	s.StopTimeout = config.Duration(5 * time.Second)
 	s.Restart.Policy = config.RestartNever
-	r := &Record{
+	r := &record.Record{
 		Info: apiv1.WorkerInfo{ID: "worker-adopt", State: st, Port: 61000, URL: workerURL(61000),
 			StartedAt: &now, ReadyAt: &now, LastActivity: &now},
-		Spec: Spec{ID: "worker-adopt", ProfileName: "generic", Settings: s, Marker: testMarker,
+		Spec: record.Spec{ID: "worker-adopt", ProfileName: "generic", Settings: s, Marker: testMarker,
 			Profile: config.Profile{Protocol: config.ProtocolHTTP, StopSignal: "SIGTERM",
 				Readiness: config.ReadinessProbe{Probe: config.Probe{Path: "/health", Status: 200}}},
 			Argv: []string{"/bin/sleep", "60"}},
@@ -111,7 +112,7 @@ func waitState(t *testing.T, w *Worker, timeout time.Duration, want ...state.Sta
 	}
 }
 
-func adopt(t *testing.T, d Deps, rec *Record) *Adoption {
+func adopt(t *testing.T, d Deps, rec *record.Record) *Adoption {
 	t.Helper()
 	a, err := Adopt(d, rec)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -17,7 +18,7 @@ import (
 func TestReadinessBackoffStopsAtMaxIntervalNotOneSecond(t *testing.T) {
 	now := time.Unix(1000, 0)
 	w := newWorker(Deps{Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }},
-		Spec{ID: "w", Settings: config.DefaultSettings(), Profile: config.Profile{Protocol: config.ProtocolHTTP}})
+		record.Spec{ID: "w", Settings: config.DefaultSettings(), Profile: config.Profile{Protocol: config.ProtocolHTTP}})
 	o := newOwner(w)
 	o.readyProbeDelay = config.ReadinessFirstInterval.D()
 	var gaps []time.Duration
@@ -62,7 +63,7 @@ func TestLivenessProbeSkippedWhileHeartbeatsFreshAndHealthy(t *testing.T) {
 	s.Heartbeat.Interval = config.Duration(time.Second)
 	s.Heartbeat.Timeout = config.Duration(30 * time.Second)
 	w := newWorker(Deps{Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }},
-		Spec{ID: "w", Settings: s, Profile: config.Profile{Protocol: config.ProtocolRbee}})
+		record.Spec{ID: "w", Settings: s, Profile: config.Profile{Protocol: config.ProtocolRbee}})
 	o := newOwner(w)
 	hb := now
 	o.cur = apiv1.WorkerInfo{ID: "w", PID: 42, Port: 1, State: state.Idle, LastHeartbeat: &hb, FailedHealthChecks: 2}
@@ -108,7 +109,7 @@ func TestHealthProbesOfManyWorkersShareWakeups(t *testing.T) {
 	for i := range 20 {
 		now := base.Add(time.Duration(i) * 377 * time.Millisecond)
 		w := newWorker(Deps{Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }},
-			Spec{ID: "w", Settings: s, Profile: config.Profile{Protocol: config.ProtocolHTTP}})
+			record.Spec{ID: "w", Settings: s, Profile: config.Profile{Protocol: config.ProtocolHTTP}})
 		o := newOwner(w)
 		for _, d := range []time.Duration{3 * time.Second, 10 * time.Second} {
 			o.armHealth(d)

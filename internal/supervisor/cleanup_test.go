@@ -8,6 +8,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -38,7 +39,7 @@ func startScript(t *testing.T, d Deps, id, script string, restart config.Restart
 	s.StopTimeout = config.Duration(5 * time.Second)
 	s.Restart.Policy = restart
 	s.Restart.BaseDelay, s.Restart.MaxDelay = config.Duration(time.Hour), config.Duration(time.Hour) // a restart stays in backoff
-	spec := Spec{ID: id, ProfileName: "generic", Settings: s,
+	spec := record.Spec{ID: id, ProfileName: "generic", Settings: s,
 		Profile: config.Profile{Protocol: config.ProtocolHTTP, StopSignal: "SIGTERM",
 			Readiness: config.ReadinessProbe{Probe: config.Probe{Path: "/health", Status: 200}}},
 		Argv: []string{"/bin/sh", "-c", script}}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -15,7 +16,7 @@ import (
 // so failures that never come three in a row never stop the worker.
 func TestHealthSuccessResetsTheFailureCount(t *testing.T) {
 	w := newWorker(Deps{Logger: slog.New(slog.DiscardHandler)},
-		Spec{ID: "w", Settings: config.DefaultSettings(), Profile: config.Profile{Protocol: config.ProtocolRbee}})
+		record.Spec{ID: "w", Settings: config.DefaultSettings(), Profile: config.Profile{Protocol: config.ProtocolRbee}})
 	o := newOwner(w)
 	o.cur = apiv1.WorkerInfo{ID: "w", PID: 42, State: state.Idle}
 	fail := probeResult{kind: probeLiveness, pid: 42, err: errors.New("timeout")}

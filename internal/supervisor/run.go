@@ -24,6 +24,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/ports"
 	"github.com/rbee/rbee-hive/internal/probe"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -98,7 +99,7 @@ type probeResult struct {
 // (settings.start_grace): a process that fails to start or dies within it
 // makes Start return a *SpawnError; the worker is then recorded
 // failed/spawn_failed (and stays visible) and is not restarted.
-func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error) {
+func Start(d Deps, spec record.Spec, port int, register func(*Worker)) (*Worker, error) {
 	w := newWorker(d, spec)
 	o := newOwner(w)
 	now := w.now()
@@ -128,7 +129,7 @@ func Start(d Deps, spec Spec, port int, register func(*Worker)) (*Worker, error)
 	return w, err
 }
 
-func newWorker(d Deps, spec Spec) *Worker {
+func newWorker(d Deps, spec record.Spec) *Worker {
 	return &Worker{
 		spec: spec, d: d,
 		log:  d.Logger.With("worker_id", spec.ID),

@@ -15,16 +15,15 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
-	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/ports"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -92,44 +91,6 @@ func EscapeControl(s string) string {
 
 func (e *SpawnError) Unwrap() error { return e.Err }
 
-// Spec is everything needed to start (and restart) a worker. It does not
-// change over the worker's life, except the port when a restart needs a new
-// one.
-type Spec struct {
-	ID          string
-	ModelRef    string
-	ModelPath   string
-	ModelSize   int64
-	Backend     string
-	Device      int
-	ProfileName string
-	Profile     config.Profile
-	Settings    config.Settings
-	// Argv is the profile's command with placeholders still in place and
-	// argv[0] resolved to an absolute path; the rbee protocol's flags are
-	// appended at each start.
-	Argv []string
-	// Env is the worker's environment without the per-start entries
-	// (port-dependent values, the worker token).
-	Env    []string
-	Labels map[string]string
-	// Token is the worker's own secret for its ready and heartbeat calls.
-	Token   string
-	HiveURL string
-	// Marker is put in the worker's environment (RBEE_HIVE_MARKER) so an
-	// orphan of this hive can be recognised.
-	Marker string
-	// Credential, when not nil, is the user the worker runs as (run_as,
-	// SPEC §14), supplementary groups cleared. Nil: the hive's user.
-	Credential *syscall.Credential
-	// GPUUUID is the GPU a GPU worker was placed on (Device is its index);
-	// empty for a CPU worker. {gpu_uuid} in the argv template.
-	GPUUUID string `json:",omitempty"`
-	// Estimate is the worker's booked memory need (SPEC §11); nil in
-	// records of older hives.
-	Estimate *apiv1.Estimate `json:",omitempty"`
-}
-
 // Observer learns of every change of a worker. Changed is called from the
 // worker's owner goroutine, synchronously, before the change is acknowledged
 // to anyone; it must be fast and must not call back into the worker. ev is
@@ -187,7 +148,7 @@ type request struct {
 
 // Worker is one supervised worker. Its methods are safe for concurrent use.
 type Worker struct {
-	spec Spec
+	spec record.Spec
 	d    Deps
 	log  *slog.Logger
 
@@ -195,7 +156,7 @@ type Worker struct {
 	info atomic.Pointer[apiv1.WorkerInfo]
 	done chan struct{} // closed when the owner goroutine has returned
 
-	rec  atomic.Pointer[Record]
+	rec  atomic.Pointer[record.Record]
 	wlog *logs.Log // set before the owner starts; never changes
 }
 
@@ -206,14 +167,14 @@ func (w *Worker) Log() *logs.Log { return w.wlog }
 func (w *Worker) ID() string { return w.spec.ID }
 
 // Spec returns the worker's spec.
-func (w *Worker) Spec() Spec { return w.spec }
+func (w *Worker) Spec() record.Spec { return w.spec }
 
 // Info returns the latest snapshot. It never blocks; the result must not be
 // modified.
 func (w *Worker) Info() *apiv1.WorkerInfo { return w.info.Load() }
 
 // Record returns the latest durable record (for the state store).
-func (w *Worker) Record() *Record { return w.rec.Load() }
+func (w *Worker) Record() *record.Record { return w.rec.Load() }
 
 // Done is closed when the worker's owner has returned: the worker has ended
 // (or was detached) and its process tree is gone (unless detached).

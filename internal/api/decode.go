@@ -1,0 +1,38 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+
+	"github.com/rbee/rbee-hive/internal/clip"
+)
+
+// decode reads a JSON body strictly: bounded size, no unknown fields, no
+// trailing data.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errorf(http.StatusRequestEntityTooLarge, apiv1.CodeBodyTooLarge, "request body over %d bytes", MaxBodyBytes)
+		}
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: %s", clip.String(err.Error(), 200))
+	}
+	// Only the end of the input may follow (dec.More would let a stray
+	// "}" or "]" through).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "invalid JSON body: trailing data after the object")
+	}
+	return nil
+}

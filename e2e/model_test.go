@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -117,4 +120,34 @@ func TestDaemonWritesTheBuiltinModel(t *testing.T) {
 	}
 	r := h.MustSpawn(apiv1.SpawnRequest{})
 	h.WaitState(r.WorkerID, wait, "idle")
+}
+
+// The demo model's ctx (256 in the embedded defaults) reaches the worker
+// as --ctx: the first version's rbee profile passed no {ctx}, so the worker
+// ran at the model's own 512 tokens and the entry's ctx fed only the
+// memory estimate.
+func TestDemoModelCtxReachesTheWorker(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	resp, err := http.Post(h.URL+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"stories","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":4}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+	ws := fdWorkersAll(t, h)
+	if len(ws) != 1 {
+		t.Fatalf("%d workers, want the one the front door started", len(ws))
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ws[0].PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"); !slices.Contains(args, "--ctx") ||
+		args[slices.Index(args, "--ctx")+1] != "256" {
+		t.Fatalf("worker argv %q: want --ctx 256", args)
+	}
 }

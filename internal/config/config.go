@@ -387,7 +387,8 @@ func Default() Config {
 		GPUInventory:          "auto",
 		VRAMReserveBytes:      512 << 20,
 		Profiles: map[string]Profile{
-			"rbee": Profile{Command: []string{"llm-worker-rbee"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
+			// The model entry's ctx reaches the worker (0: the model's own).
+			"rbee": Profile{Command: []string{"llm-worker-rbee", "--ctx", "{ctx}"}, Protocol: ProtocolRbee}.withDefaults("rbee"),
 		},
 	}
 }

@@ -228,7 +228,7 @@ func (e *envReader) bool(name string) bool {
 
 // testProfile overrides the built-in rbee profile so that the hive starts
 // the reference worker with --test-mode.
-const testProfile = "  rbee: {command: [llm-worker-rbee, --test-mode], protocol: rbee, allow_env: [\"LLMW_FAKE_*\"]}\n"
+const testProfile = "  rbee: {command: [llm-worker-rbee, --test-mode, --ctx, \"{ctx}\"], protocol: rbee, allow_env: [\"LLMW_FAKE_*\"]}\n"
 
 // WithTestMode returns hive config YAML (a whole document) in which the
 // rbee profile starts the reference worker with --test-mode, so tests and

@@ -28,7 +28,9 @@ import (
 //   - a worker becoming idle on the hive (the hive's event time) → the
 //     queen's view has it ready with a free slot (what routing reads);
 //   - queen → hive → worker vs hive → worker, at 1 and 10 clients;
-//   - etcd writes of the hive at steady state (nothing changes).
+//   - etcd writes of the hive at steady state (nothing changes);
+//   - with 100 simulated hives × 10 workers, a real rbee-queen process's
+//     RSS, view convergence and start-to-listed time (queen_scale.go).
 func (b *Bench) queenBench() error {
 	dir, err := os.MkdirTemp(b.o.TmpDir, "hivebench-etcd-")
 	if err != nil {
@@ -89,7 +91,12 @@ func (b *Bench) queenBench() error {
 	if err := b.queenOverhead(h, queenURL); err != nil {
 		return err
 	}
-	return b.queenSteadyWrites(cli, prefix)
+	// The steady-state writes count the whole etcd's revision: they come
+	// before the simulated hives write into it.
+	if err := b.queenSteadyWrites(cli, prefix); err != nil {
+		return err
+	}
+	return b.queenScale(cli, endpoint, prefix, dir)
 }
 
 // startEtcd runs a one-member etcd in this process on loopback ports.

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -195,15 +194,7 @@ func startQueen(bin, dir, endpoint, prefix string) (*queenProc, error) {
 }
 
 // Close stops the queen (SIGTERM, then SIGKILL) and reaps it.
-func (q *queenProc) Close() {
-	_ = q.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-q.done:
-	case <-time.After(5 * time.Second):
-		_ = q.cmd.Process.Kill()
-		<-q.done
-	}
-}
+func (q *queenProc) Close() { _, _ = daemonkit.Stop(q.cmd.Process.Pid, q.done, 5*time.Second) }
 
 // cluster fetches GET /v1/cluster.
 func (q *queenProc) cluster(cl *http.Client) ([]byte, error) {

@@ -9,14 +9,8 @@ import (
 	"strconv"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
-	"github.com/rbee/rbee-hive/internal/gpu"
 	"github.com/rbee/rbee-hive/internal/hive"
-	"github.com/rbee/rbee-hive/internal/models"
-	"github.com/rbee/rbee-hive/internal/ports"
-	"github.com/rbee/rbee-hive/internal/supervisor"
-	"github.com/rbee/rbee-hive/internal/validate"
 )
 
 // Error is an API error: an HTTP status, a SCREAMING_SNAKE code and a human
@@ -35,16 +29,14 @@ func errorf(status int, code, format string, a ...any) *Error {
 	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, a...)}
 }
 
-// toAPIError maps the errors of the hive's packages to API errors. Unknown
-// errors are 500 INTERNAL.
+// toAPIError maps an error to an API error: an *Error as it is, a
+// front-door error (already an HTTP answer: frontdoor serves its own
+// routes) with its status, and a *hive.Error by its kind (kindStatus).
+// Anything else is 500 INTERNAL.
 func toAPIError(err error) *Error {
 	var ae *Error
-	var ve *validate.Error
-	var me *models.Error
-	var se *supervisor.SpawnError
-	var ime *models.InsufficientMemoryError
 	var fe *frontdoor.Error
-	var ive *gpu.InsufficientVRAMError
+	var he *hive.Error
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -54,30 +46,41 @@ func toAPIError(err error) *Error {
 			e.Header = http.Header{"Retry-After": {strconv.Itoa(fe.RetryAfter)}}
 		}
 		return e
-	case errors.As(err, &ve):
-		return errorf(http.StatusBadRequest, ve.Code, "%s", ve.Message)
-	case errors.As(err, &me):
-		return errorf(me.Status, me.Code, "%s", me.Message)
-	case errors.As(err, &ime):
-		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientMemory, "%s", ime.Error())
-	case errors.As(err, &ive):
-		return errorf(http.StatusInsufficientStorage, apiv1.CodeInsufficientVRAM, "%s", ive.Error())
-	case errors.Is(err, cgroup.ErrLimitsUnsupported):
-		return errorf(http.StatusUnprocessableEntity, apiv1.CodeLimitsUnsupported, "%s", err.Error())
-	case errors.Is(err, ports.ErrExhausted):
-		return errorf(http.StatusServiceUnavailable, apiv1.CodeNoAvailablePorts, "%s", err.Error())
-	case errors.Is(err, hive.ErrWorkerNotFound):
-		return errorf(http.StatusNotFound, apiv1.CodeWorkerNotFound, "%s", err.Error())
-	case errors.Is(err, supervisor.ErrInvalidState):
-		return errorf(http.StatusConflict, apiv1.CodeInvalidState, "%s", err.Error())
-	case errors.As(err, &se):
-		return errorf(http.StatusInternalServerError, apiv1.CodeSpawnFailed, "%s", se.Error())
-	case errors.Is(err, hive.ErrShuttingDown):
-		return errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "%s", err.Error())
-	case errors.Is(err, hive.ErrTooManyWorkers):
-		return errorf(http.StatusServiceUnavailable, "TOO_MANY_WORKERS", "%s", err.Error())
+	case errors.As(err, &he) && he.Kind != hive.Internal:
+		status, code := kindStatus(he.Kind, he.Code)
+		return errorf(status, code, "%s", he.Error())
 	}
 	return errorf(http.StatusInternalServerError, apiv1.CodeInternal, "internal error: %v", err)
+}
+
+// kindStatus is the HTTP status and error code of a hive error kind (SPEC
+// §4); code is the field's code of an InvalidInput error.
+func kindStatus(k hive.Kind, code string) (int, string) {
+	switch k {
+	case hive.InvalidInput:
+		return http.StatusBadRequest, code
+	case hive.WorkerNotFound:
+		return http.StatusNotFound, apiv1.CodeWorkerNotFound
+	case hive.ModelNotFound:
+		return http.StatusNotFound, apiv1.CodeModelNotFound
+	case hive.InvalidState:
+		return http.StatusConflict, apiv1.CodeInvalidState
+	case hive.LimitsUnsupported:
+		return http.StatusUnprocessableEntity, apiv1.CodeLimitsUnsupported
+	case hive.SpawnFailed:
+		return http.StatusInternalServerError, apiv1.CodeSpawnFailed
+	case hive.NoPorts:
+		return http.StatusServiceUnavailable, apiv1.CodeNoAvailablePorts
+	case hive.TooManyWorkers:
+		return http.StatusServiceUnavailable, apiv1.CodeTooManyWorkers
+	case hive.ShuttingDown:
+		return http.StatusServiceUnavailable, apiv1.CodeShuttingDown
+	case hive.InsufficientMemory:
+		return http.StatusInsufficientStorage, apiv1.CodeInsufficientMemory
+	case hive.InsufficientVRAM:
+		return http.StatusInsufficientStorage, apiv1.CodeInsufficientVRAM
+	}
+	return http.StatusInternalServerError, apiv1.CodeInternal
 }
 
 // writeError renders err in the one error shape.

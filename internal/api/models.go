@@ -4,7 +4,6 @@ import (
 	"net/http"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/models"
 )
 
 func (s *Server) modelList(w http.ResponseWriter, r *http.Request) error {
@@ -30,11 +29,7 @@ func (s *Server) modelAdd(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) modelRemove(w http.ResponseWriter, r *http.Request) error {
-	ref := r.URL.Query().Get("ref")
-	if _, _, err := models.ParseRef(ref); err != nil {
-		return err
-	}
-	if err := s.h.Catalog().Remove(ref); err != nil {
+	if err := s.h.RemoveModel(r.URL.Query().Get("ref")); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, apiv1.Message{Message: "Model removed"})

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
-	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/validate"
 )
 
@@ -66,7 +65,7 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ref.w.Stop(r.Context(), state.Stopped); err != nil {
+	if err := s.h.Stop(r.Context(), ref.w); err != nil {
 		return err
 	}
 	return s.accepted(w, ref)
@@ -77,7 +76,7 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ref.w.Kill(r.Context(), state.Killed); err != nil {
+	if err := s.h.Kill(r.Context(), ref.w); err != nil {
 		return err
 	}
 	return s.accepted(w, ref)
@@ -88,7 +87,7 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := ref.w.Restart(r.Context()); err != nil {
+	if err := s.h.Restart(r.Context(), ref.w); err != nil {
 		return err
 	}
 	return s.accepted(w, ref)
@@ -109,7 +108,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := wk.Ready(r.Context(), &req); err != nil {
+	if err := s.h.Ready(r.Context(), wk, &req); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, apiv1.Message{Message: "Worker registered as ready"})
@@ -146,7 +145,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 			return errorf(http.StatusBadRequest, "INVALID_SLOTS", "slots must be 0..1048576")
 		}
 	}
-	if err := wk.Heartbeat(r.Context(), &hb); err != nil {
+	if err := s.h.Heartbeat(r.Context(), wk, &hb); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, apiv1.Message{Message: "Heartbeat received"})

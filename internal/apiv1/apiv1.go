@@ -26,6 +26,7 @@ const (
 	CodeInvalidRequest      = "INVALID_REQUEST"
 	CodeWorkerNotFound      = "WORKER_NOT_FOUND"
 	CodeModelNotFound       = "MODEL_NOT_FOUND"
+	CodeInvalidModelRef     = "INVALID_MODEL_REF"
 	CodeModelPathNotAllowed = "MODEL_PATH_NOT_ALLOWED"
 	CodeNoAvailablePorts    = "NO_AVAILABLE_PORTS"
 	CodeInsufficientMemory  = "INSUFFICIENT_MEMORY"
@@ -41,6 +42,8 @@ const (
 	CodeNotFound            = "NOT_FOUND"
 	CodeMethodNotAllowed    = "METHOD_NOT_ALLOWED"
 	CodeTooManyStreams      = "TOO_MANY_STREAMS"
+	CodeTooManyWorkers      = "TOO_MANY_WORKERS"
+	CodeShuttingDown        = "SHUTTING_DOWN"
 	CodeInternal            = "INTERNAL"
 )
 

@@ -283,7 +283,7 @@ func (fd *FrontDoor) Close() {
 	fd.cancel()
 	fd.mu.Lock()
 	for _, m := range fd.models {
-		fd.failAllLocked(m, errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "the hive is shutting down"))
+		fd.failAllLocked(m, errorf(http.StatusServiceUnavailable, apiv1.CodeShuttingDown, "the hive is shutting down"))
 	}
 	fd.mu.Unlock()
 	fd.wg.Wait()
@@ -818,7 +818,7 @@ func (fd *FrontDoor) acquire(ctx context.Context, m *model, exclude string) (*sl
 	fd.mu.Lock()
 	if fd.ctx.Err() != nil {
 		fd.mu.Unlock()
-		return nil, 0, errorf(http.StatusServiceUnavailable, "SHUTTING_DOWN", "the hive is shutting down")
+		return nil, 0, errorf(http.StatusServiceUnavailable, apiv1.CodeShuttingDown, "the hive is shutting down")
 	}
 	if len(m.queue) == 0 {
 		if s := fd.pickLocked(m, exclude); s != nil {

@@ -420,7 +420,13 @@ func withGPUEnv(env []string, uuid string) []string {
 // settings and model, as Spawn resolves them), and whether the worker
 // would be a GPU worker — for the front door to plan evictions before it
 // spawns. It starts nothing and reserves nothing. Safe for concurrent use.
+// Errors are *Error.
 func (h *Hive) Estimate(req *apiv1.SpawnRequest) (apiv1.Estimate, bool, error) {
+	e, onGPU, err := h.estimateReq(req)
+	return e, onGPU, wrapErr(err)
+}
+
+func (h *Hive) estimateReq(req *apiv1.SpawnRequest) (apiv1.Estimate, bool, error) {
 	probe, err := config.Override(h.cfg.Defaults, req.Settings)
 	if err != nil {
 		return apiv1.Estimate{}, false, &validate.Error{Code: "INVALID_SETTINGS", Message: err.Error()}

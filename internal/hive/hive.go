@@ -5,7 +5,9 @@
 //
 // Its files, by job: hive.go (New, the wiring, the supervisors' observer),
 // spawn.go (a spawn request to a started worker, admission), registry.go
-// (lookups, lists, status), models.go (model references and roots), gpu.go
+// (lookups, lists, status), actions.go (stop, kill, restart, ready and
+// heartbeat on a worker), errors.go (the one error type, Error, and its
+// kinds), models.go (model references and roots), gpu.go
 // (GPU placement and VRAM books), env.go (a worker's environment and user),
 // events.go (the event hub), liststats.go (the stats cache behind List),
 // recover.go (re-adoption after a restart), statedir.go and lock.go (the
@@ -14,7 +16,6 @@
 package hive
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -36,13 +37,6 @@ import (
 	"github.com/rbee/rbee-hive/internal/supervisor"
 
 	cliputil "github.com/rbee/rbee-hive/internal/clip"
-)
-
-// Sentinel errors the API maps to responses.
-var (
-	ErrWorkerNotFound = errors.New("worker not found")
-	ErrUnknownProfile = errors.New("unknown profile")
-	ErrShuttingDown   = errors.New("hive is shutting down")
 )
 
 // Options are what the daemon passes besides the config.

@@ -25,13 +25,14 @@ func (h *Hive) LiveWorkers() []*supervisor.Worker {
 	return out
 }
 
-// Worker returns the worker with id, live or retained.
+// Worker returns the worker with id, live or retained; else an *Error of
+// kind WorkerNotFound.
 func (h *Hive) Worker(id string) (*supervisor.Worker, error) {
 	h.mu.RLock()
 	w, ok := h.workers[id]
 	h.mu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrWorkerNotFound, clip(id))
+		return nil, wrapErr(fmt.Errorf("%w: %s", ErrWorkerNotFound, clip(id)))
 	}
 	return w, nil
 }

@@ -22,14 +22,19 @@ import (
 
 // Spawn validates req, resolves the model, checks limits and memory, and
 // starts a worker. It blocks for the start grace. On a start-grace failure
-// the worker stays listed as failed/spawn_failed and the error is a
-// *supervisor.SpawnError.
+// the worker stays listed as failed/spawn_failed and the error is of kind
+// SpawnFailed (wrapping a *supervisor.SpawnError). Errors are *Error.
 func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.Worker, error) {
+	w, err := h.spawn(ctx, req)
+	return w, wrapErr(err)
+}
+
+func (h *Hive) spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.Worker, error) {
 	if req.Backend == "" {
 		req.Backend = "cpu"
 	}
 	if req.ModelRef == "" {
-		return nil, &validate.Error{Code: "INVALID_MODEL_REF", Message: "model_ref is required"}
+		return nil, &validate.Error{Code: apiv1.CodeInvalidModelRef, Message: "model_ref is required"}
 	}
 	if _, _, err := models.ParseRef(req.ModelRef); err != nil {
 		return nil, err
@@ -155,9 +160,6 @@ func (h *Hive) Spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	}
 	return w, err
 }
-
-// ErrTooManyWorkers: max_workers live workers already.
-var ErrTooManyWorkers = errors.New("too many workers")
 
 // admit decides, under h.mu, whether a spawn may go ahead: not while the
 // hive shuts down, not beyond max_workers live workers. An admitted spawn

@@ -184,7 +184,7 @@ func TestCatalogAddRefuses(t *testing.T) {
 	}
 	err = c.Remove("hf:absent")
 	var me *Error
-	if !errors.Is(err, ErrNotFound) || !errors.As(err, &me) || me.Code != CodeNotFound {
+	if !errors.Is(err, ErrNotFound) || !errors.As(err, &me) || me.Field != "model_ref" {
 		t.Errorf("Remove(absent) = %v", err)
 	}
 }

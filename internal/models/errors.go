@@ -11,46 +11,32 @@
 //
 // Every error a caller may branch on is a sentinel (ErrNotFound,
 // ErrNotAllowed, ErrInvalidRef, ErrInsufficientMemory), reached through
-// errors.Is; *Error and *InsufficientMemoryError carry the data an API
-// renderer needs.
+// errors.Is; *Error and *InsufficientMemoryError carry the field at fault
+// and the numbers. What a sentinel becomes on the wire (status, code) is
+// the API's business, not this package's.
 package models
 
 import (
 	"errors"
 	"fmt"
-	"net/http"
 )
 
 // Sentinel errors. Test with errors.Is; the returned errors are *Error (or
 // *InsufficientMemoryError) values that unwrap to these.
 var (
 	// ErrNotFound: the model file or catalog entry does not exist.
-	// API: 404 MODEL_NOT_FOUND.
 	ErrNotFound = errors.New("model not found")
 	// ErrNotAllowed: the file lies outside every model root.
-	// API: 400 MODEL_PATH_NOT_ALLOWED.
 	ErrNotAllowed = errors.New("model path not allowed")
-	// ErrInvalidRef: the reference is malformed. API: 400 INVALID_MODEL_REF.
+	// ErrInvalidRef: the reference is malformed.
 	ErrInvalidRef = errors.New("invalid model reference")
 	// ErrInsufficientMemory: the memory preflight failed.
-	// API: 507 INSUFFICIENT_MEMORY.
 	ErrInsufficientMemory = errors.New("insufficient memory")
 )
 
-// API error codes of the sentinels.
-const (
-	CodeNotFound           = "MODEL_NOT_FOUND"
-	CodeNotAllowed         = "MODEL_PATH_NOT_ALLOWED"
-	CodeInvalidRef         = "INVALID_MODEL_REF"
-	CodeInsufficientMemory = "INSUFFICIENT_MEMORY"
-)
-
-// Error is a model error the API layer can render as
-// {"error":{"code":Code,"message":Message}} with status Status. It unwraps to
-// one of the sentinels.
+// Error is a model error: which sentinel it is (errors.Is), the request
+// field at fault and a sentence for the API's caller.
 type Error struct {
-	Code    string // SCREAMING_SNAKE API code, e.g. MODEL_NOT_FOUND
-	Status  int    // HTTP status, e.g. 404
 	Field   string // the request field at fault: "model_ref" or "model_path"; "" if none
 	Message string // a human sentence, safe to show to the API caller
 	err     error  // the sentinel
@@ -62,16 +48,10 @@ func (e *Error) Error() string { return e.Message }
 func (e *Error) Unwrap() error { return e.err }
 
 func newError(sentinel error, field, format string, a ...any) *Error {
-	e := &Error{Field: field, Message: fmt.Sprintf(format, a...), err: sentinel}
 	switch sentinel {
-	case ErrNotFound:
-		e.Code, e.Status = CodeNotFound, http.StatusNotFound
-	case ErrNotAllowed:
-		e.Code, e.Status = CodeNotAllowed, http.StatusBadRequest
-	case ErrInvalidRef:
-		e.Code, e.Status = CodeInvalidRef, http.StatusBadRequest
+	case ErrNotFound, ErrNotAllowed, ErrInvalidRef:
 	default:
 		panic("models: newError with an unknown sentinel")
 	}
-	return e
+	return &Error{Field: field, Message: fmt.Sprintf(format, a...), err: sentinel}
 }

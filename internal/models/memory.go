@@ -54,8 +54,7 @@ func parseMemAvailable(r io.Reader) (int64, error) {
 }
 
 // InsufficientMemoryError says the memory preflight failed, with its numbers
-// in bytes. It unwraps to ErrInsufficientMemory (API: 507
-// INSUFFICIENT_MEMORY).
+// in bytes. It unwraps to ErrInsufficientMemory.
 type InsufficientMemoryError struct {
 	Need      int64 // estimated need
 	Available int64 // memory available now

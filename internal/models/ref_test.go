@@ -71,8 +71,8 @@ func TestParseRefBad(t *testing.T) {
 				t.Fatalf("ParseRef(%q) = %q, %q, %v; want ErrInvalidRef", c.ref, p, r, err)
 			}
 			var me *Error
-			if !errors.As(err, &me) || me.Code != CodeInvalidRef || me.Status != 400 || me.Field != "model_ref" {
-				t.Fatalf("error %#v is not a 400 INVALID_MODEL_REF naming model_ref", err)
+			if !errors.As(err, &me) || me.Field != "model_ref" {
+				t.Fatalf("error %#v is not an *Error naming model_ref", err)
 			}
 			if !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("message %q does not mention %q", err, c.msg)

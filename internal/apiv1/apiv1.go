@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -209,6 +208,16 @@ type Stats struct {
 	GPUMemoryBytes int64 `json:"gpu_memory_bytes"`
 }
 
+// Limits are a worker's resource limits as the API shows them (SPEC §3
+// "limits"; the config's defaults.limits with the request's overrides).
+// 0 means unset.
+type Limits struct {
+	MemoryMaxBytes int64   `json:"memory_max_bytes"` // bytes
+	CPUMax         float64 `json:"cpu_max"`          // cores, e.g. 1.5
+	PidsMax        int64   `json:"pids_max"`         // processes and threads
+	Nofile         uint64  `json:"nofile"`           // open files (RLIMIT_NOFILE)
+}
+
 // WorkerInfo is everything the hive knows about one worker.
 type WorkerInfo struct {
 	ID                 string            `json:"id"`
@@ -234,7 +243,7 @@ type WorkerInfo struct {
 	SlotsAvailable     int               `json:"slots_available"`
 	Progress           *Progress         `json:"progress,omitempty"`
 	Exit               *Exit             `json:"exit"`
-	Limits             config.Limits     `json:"limits"`
+	Limits             Limits            `json:"limits"`
 	Labels             map[string]string `json:"labels"`
 	Stats              *Stats            `json:"stats,omitempty"`
 	LastLines          []string          `json:"last_lines,omitempty"` // the last lines of output, for ended workers

@@ -594,7 +594,7 @@ func tm(t *time.Time) string {
 }
 
 // limitsText renders the worker's resource limits, "none" when unset.
-func limitsText(l config.Limits) string {
+func limitsText(l apiv1.Limits) string {
 	var ps []string
 	if l.MemoryMaxBytes > 0 {
 		ps = append(ps, fmt.Sprintf("memory %.1f MiB", float64(l.MemoryMaxBytes)/(1<<20)))

@@ -105,7 +105,7 @@ func Start(d Deps, spec record.Spec, port int, register func(*Worker)) (*Worker,
 	now := w.now()
 	o.cur = apiv1.WorkerInfo{
 		ID: spec.ID, Port: port, URL: workerURL(port), ModelRef: spec.ModelRef, ModelPath: spec.ModelPath,
-		Backend: spec.Backend, Device: spec.Device, Profile: spec.ProfileName, Limits: spec.Settings.Limits,
+		Backend: spec.Backend, Device: spec.Device, Profile: spec.ProfileName, Limits: wireLimits(spec.Settings.Limits),
 		Labels: spec.Labels, StartedAt: &now, GPUUUID: spec.GPUUUID, Estimate: spec.Estimate,
 	}
 	if o.cur.Labels == nil {

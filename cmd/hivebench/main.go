@@ -24,6 +24,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == bench.FloorServerArg {
+		if err := bench.FloorServer(); err != nil {
+			fmt.Fprintln(os.Stderr, "hivebench floor server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "hivebench:", err)
 		os.Exit(1)

@@ -150,11 +150,13 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	_, pattern := s.mux.Handler(r)
+	var pattern string
 	if err := s.checkBrowser(r); err != nil {
 		writeError(sw, s.log, err)
+		_, pattern = s.mux.Handler(r)
 	} else {
-		s.mux.ServeHTTP(sw, r)
+		s.mux.ServeHTTP(sw, r) // sets r.Pattern: the route is matched once
+		pattern = r.Pattern
 	}
 	if s.o.Observe != nil {
 		if pattern == "" {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
@@ -150,6 +151,18 @@ func (b *Bench) scaleOne(n, crashTrials int) error {
 	}
 	b.add(sec, "hive CPU, idle", []float64{hiveCPU}, t, fmt.Sprintf("utime+stime over %s; the default intervals (health 10s, heartbeat 10s; a probe is skipped while heartbeats are fresh)", b.o.IdleWindow))
 	b.add(sec, "all workers' CPU together, idle", []float64{workersCPU}, nil, "heartbeats and probes, worker side")
+	if n == slices.Max(b.o.ScaleN) {
+		// The floor under the hive's figure, measured while the hive and
+		// its workers still run (the same machine load).
+		iv := config.DefaultSettings().Heartbeat.Interval.D()
+		b.logf("  N=%d: the heartbeat floor over %s", n, b.o.IdleWindow)
+		floor, err := b.heartbeatFloor(n, iv, b.o.IdleWindow)
+		if err != nil {
+			return err
+		}
+		b.add(sec, "floor: a bare net/http server answering the same heartbeats", []float64{floor}, nil,
+			fmt.Sprintf("its own process, %d kept-alive clients, one POST /v1/heartbeat each every %s; what any HTTP heartbeat costs here before the hive does anything with it", n, iv))
+	}
 	sec.Unit = "MiB"
 	b.add(sec, "reference worker RSS (per worker)", wrss, nil, "VmRSS of each worker")
 	sec.Unit = "threads"

@@ -27,10 +27,21 @@ func bad(code, format string, a ...any) *Error {
 }
 
 var (
-	idRe     = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	envKeyRe = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 	labelRe  = regexp.MustCompile(`^[A-Za-z0-9_./-]+$`)
 )
+
+// isID reports whether s is made only of [A-Za-z0-9_-] (checked on every
+// heartbeat, so without a regexp).
+func isID(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Limits on request contents.
 const (
@@ -47,7 +58,7 @@ const (
 
 // WorkerID checks a worker id from a path or a body.
 func WorkerID(id string) *Error {
-	if id == "" || len(id) > MaxIDLen || !idRe.MatchString(id) {
+	if id == "" || len(id) > MaxIDLen || !isID(id) {
 		return bad("INVALID_WORKER_ID", "worker id must be 1-%d characters of [A-Za-z0-9_-]", MaxIDLen)
 	}
 	return nil
@@ -55,7 +66,7 @@ func WorkerID(id string) *Error {
 
 // Backend checks a backend name.
 func Backend(b string) *Error {
-	if b == "" || len(b) > MaxBackendLen || !idRe.MatchString(b) {
+	if b == "" || len(b) > MaxBackendLen || !isID(b) {
 		return bad("INVALID_BACKEND", "backend must be 1-%d characters of [A-Za-z0-9_-]", MaxBackendLen)
 	}
 	// A template may put {backend} as an argument of its own: a leading

@@ -2,6 +2,7 @@ package validate
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -184,8 +185,11 @@ func FuzzEnvAndLabels(f *testing.F) {
 		} else if e.Code != "INVALID_LABELS" {
 			t.Fatalf("code %s", e.Code)
 		}
-		if e := WorkerID(ek); e == nil && !idRe.MatchString(ek) {
-			t.Fatalf("id %q accepted", ek)
+		if ok, want := WorkerID(ek) == nil, ek != "" && len(ek) <= MaxIDLen && idRe.MatchString(ek); ok != want {
+			t.Fatalf("WorkerID(%q) accepted %v, the pattern says %v", ek, ok, want)
 		}
 	})
 }
+
+// idRe is the pattern isID implements by hand.
+var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)

@@ -208,9 +208,6 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 			h.gpuChanged(ev.To)
 		}
 		h.events.Publish(*ev)
-		if durable {
-			h.syncSoon(w, ev)
-		}
 		// Crash detection: from the reaper seeing an exit nobody asked for
 		// to the failure being recorded (this call).
 		crash := ev.Reason == state.Crashed || ev.Reason == state.Exited || ev.Reason == state.OOMKilled
@@ -221,6 +218,9 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	}
 	if durable && failed {
 		h.persist(w, ev)
+	}
+	if durable && ev != nil {
+		h.syncSoon(w, ev)
 	}
 }
 

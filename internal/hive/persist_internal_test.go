@@ -8,27 +8,35 @@ import (
 )
 
 // The records on a cold start's path to its first byte (spawning, loading,
-// the first ready state) are written without fsync; every other durable
-// change still is.
-func TestStartStepsAreWrittenWithoutFsync(t *testing.T) {
+// the first ready state) and on a restart's path (failed, backoff) are
+// written without fsync; every other durable change still is.
+func TestStartAndRestartStepsAreWrittenWithoutFsync(t *testing.T) {
 	cases := []struct {
 		from, to state.State
-		step     bool
+		step     bool // written without fsync
+		later    bool // fsynced in the background
 	}{
-		{"", state.Spawning, true},
-		{state.Backoff, state.Spawning, true},
-		{state.Spawning, state.Loading, true},
-		{state.Loading, state.Idle, true},
-		{state.Spawning, state.Idle, true}, // an rbee worker's ready callback before the exec was seen
-		{state.Idle, state.Stopping, false},
-		{state.Stopping, state.Terminated, false},
-		{state.Busy, state.Failed, false},
-		{state.Failed, state.Backoff, false},
-		{state.Stopping, state.Spawning, true}, // a restart's new process
+		{"", state.Spawning, true, false},
+		{state.Backoff, state.Spawning, true, false},
+		{state.Spawning, state.Loading, true, false},
+		{state.Loading, state.Idle, true, true},
+		{state.Spawning, state.Idle, true, true}, // an rbee worker's ready callback before the exec was seen
+		{state.Idle, state.Busy, false, false},   // not written at all (persist)
+		{state.Idle, state.Stopping, false, false},
+		{state.Stopping, state.Terminated, false, false},
+		{state.Busy, state.Failed, true, true},
+		{state.Stopping, state.Failed, true, true},
+		{state.Failed, state.Backoff, true, true},
+		{state.Backoff, state.Terminated, false, false},
+		{state.Stopping, state.Spawning, true, false}, // a restart's new process
 	}
 	for _, c := range cases {
-		if got := startStep(&apiv1.Event{From: c.from, To: c.to}); got != c.step {
-			t.Errorf("%s -> %s: start step %v, want %v", c.from, c.to, got, c.step)
+		ev := &apiv1.Event{From: c.from, To: c.to}
+		if got := unsynced(ev); got != c.step {
+			t.Errorf("%s -> %s: written without fsync %v, want %v", c.from, c.to, got, c.step)
+		}
+		if got := syncedSoon(ev); got != c.later {
+			t.Errorf("%s -> %s: fsynced in the background %v, want %v", c.from, c.to, got, c.later)
 		}
 	}
 }

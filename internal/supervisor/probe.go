@@ -154,7 +154,7 @@ func (o *owner) onProbe(r probeResult) {
 			return
 		}
 		if r.err == nil {
-			o.markReady()
+			_ = o.on(state.Event{Kind: state.EvReady}, "")
 			return
 		}
 		if o.outputSinceProbe {
@@ -182,8 +182,8 @@ func (o *owner) onProbe(r probeResult) {
 			"threshold", o.s.Health.FailureThreshold, "error", r.err)
 		o.publish(nil)
 		if o.cur.FailedHealthChecks >= o.s.Health.FailureThreshold {
-			o.beginStop(state.HealthCheckFailed,
-				fmt.Sprintf("%d consecutive health checks failed: %v", o.cur.FailedHealthChecks, r.err), false)
+			_ = o.on(state.Event{Kind: state.EvHealthFailed},
+				fmt.Sprintf("%d consecutive health checks failed: %v", o.cur.FailedHealthChecks, r.err))
 		}
 	}
 }

@@ -21,7 +21,7 @@ func (o *owner) record(info *apiv1.WorkerInfo) *record.Record {
 	}
 	switch info.State {
 	case state.Stopping:
-		r.StopAsked, r.Forced = o.stopAsked, o.forced
+		r.StopAsked, r.Forced = o.stopAsked, o.forced || o.stopForce
 	case state.Backoff:
 		r.BackoffUntil = o.backoffUntil
 	}

@@ -123,6 +123,9 @@ type Metrics interface {
 	HealthCheckFailed()
 	Restarted()
 	Ended(r state.Reason)
+	// RefusedTransition: an event (or a move) the state machine refuses
+	// came in state from; nothing was changed.
+	RefusedTransition(from state.State, event string)
 }
 
 type reqKind int

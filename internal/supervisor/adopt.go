@@ -92,11 +92,11 @@ func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 	}
 	a := &Adoption{w: w, o: o}
 
-	lg, err := d.Logs.Open(filepath.Join(d.LogDir, spec.ID+".log"))
+	lg, real, err := d.openLog(filepath.Join(d.LogDir, spec.ID+".log"))
 	if err != nil {
 		return nil, fmt.Errorf("adopt %s: open worker log: %w", spec.ID, err)
 	}
-	o.wlog, w.wlog = lg, lg
+	o.wlog, w.wlog = lg, real
 	st := o.cur.State
 	if st.Ended() {
 		// Kept for the retention window. The log stays readable by path;
@@ -125,7 +125,7 @@ func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 	p, g, why := verify(d, rec)
 	if p != nil {
 		a.alive, a.pid, a.pgid, a.cg = true, p.PID, p.PGID, g
-		o.proc, o.cg = p, g
+		o.proc, o.cg = realProc{p}, g
 		a.resume = func() {
 			o.log.Info("Worker adopted", "pid", o.cur.PID, "state", o.cur.State, "port", o.cur.Port,
 				"restart_count", o.cur.RestartCount, "cgroup", o.cg != nil)

@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/rbee/rbee-hive/internal/probe"
-
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/state"
 )
@@ -122,7 +120,7 @@ func (o *owner) startProbe(kind probeKind) {
 	addr := "127.0.0.1:" + strconv.Itoa(o.cur.Port)
 	if o.prober == nil || o.prober.Addr() != addr {
 		o.closeProber()
-		o.prober = probe.New(addr)
+		o.prober = o.d.newProber(addr)
 	}
 	pr, pid := o.prober, o.cur.PID
 	o.wg.Add(1)

@@ -34,6 +34,13 @@ func (m *fakeMetrics) RefusedTransition(from state.State, ev string) {
 	m.mu.Unlock()
 }
 
+// n reads one of m's counts.
+func (m *fakeMetrics) n(p *int) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return *p
+}
+
 func (m *fakeMetrics) refusals() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()

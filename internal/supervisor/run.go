@@ -18,10 +18,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/argv"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
-	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/policy"
 	"github.com/rbee/rbee-hive/internal/ports"
-	"github.com/rbee/rbee-hive/internal/probe"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -35,10 +33,10 @@ type owner struct {
 	s   config.Settings
 
 	cur       apiv1.WorkerInfo // the working copy; published as snapshots
-	proc      *process.Proc
+	proc      proc
 	procDone  bool
 	cg        *cgroup.Group
-	wlog      *logs.Log
+	wlog      workerLog
 	tokenHash string
 	hist      policy.History
 	spawnedAt time.Time
@@ -67,7 +65,7 @@ type owner struct {
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
 	probing    bool
-	prober     *probe.Prober // the held probe connection (nil until the first probe)
+	prober     prober // the held probe connection (nil until the first probe)
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
@@ -114,12 +112,12 @@ func Start(d Deps, spec record.Spec, port int, register func(*Worker)) (*Worker,
 	if o.cur.Labels == nil {
 		o.cur.Labels = map[string]string{}
 	}
-	lg, err := d.Logs.Open(filepath.Join(d.LogDir, spec.ID+".log"))
+	lg, real, err := d.openLog(filepath.Join(d.LogDir, spec.ID+".log"))
 	if err != nil {
 		d.Ports.Release(port, spec.ID)
 		return nil, &SpawnError{Err: fmt.Errorf("open worker log: %w", err)}
 	}
-	o.wlog, w.wlog = lg, lg
+	o.wlog, w.wlog = lg, real
 	first := make(chan error, 1)
 	o.firstStart = first
 	o.transition(state.Spawning, state.None)
@@ -328,7 +326,7 @@ func (o *owner) startProcess() error {
 		return fmt.Errorf("open worker log: %w", err) // finish removes the cgroup
 	}
 	defer out.Close()
-	p, err := process.Start(process.Spec{
+	p, err := o.d.startProc(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
 		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,
 	})
@@ -339,7 +337,7 @@ func (o *owner) startProcess() error {
 	o.inflight = 0
 	now := o.now()
 	o.spawnedAt = now
-	o.cur.PID = p.PID
+	o.cur.PID = p.ident().PID
 	o.cur.StartedAt = &now
 	o.cur.ReadyAt, o.cur.Exit, o.cur.Reason, o.cur.Detail = nil, nil, state.None, ""
 	o.cur.LastLines, o.cur.EndedAt, o.cur.Progress = nil, nil, nil

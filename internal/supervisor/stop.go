@@ -46,7 +46,7 @@ func (o *owner) askGracefulStop() {
 	sig := prof.StopSig()
 	if prof.Protocol == config.ProtocolRbee {
 		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, sig)
+		go o.requestShutdown(o.proc, o.cur.PID, o.cur.URL, sig)
 		return
 	}
 	o.log.Info("Sending stop signal", "pid", o.cur.PID, "signal", sigName(sig), "reason", o.stopReason)
@@ -56,7 +56,7 @@ func (o *owner) askGracefulStop() {
 // requestShutdown asks an rbee worker to drain and exit; when the request
 // cannot be delivered it falls back to the stop signal. Runs in its own
 // goroutine; it only touches p through its concurrency-safe methods.
-func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal) {
+func (o *owner) requestShutdown(p proc, pid int, url string, sig syscall.Signal) {
 	defer o.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -65,12 +65,12 @@ func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal)
 	if err == nil {
 		resp.Body.Close()
 		if resp.StatusCode < 300 {
-			o.log.Info("Graceful shutdown requested", "pid", p.PID, "via", "POST /v1/shutdown")
+			o.log.Info("Graceful shutdown requested", "pid", pid, "via", "POST /v1/shutdown")
 			return
 		}
 		err = fmt.Errorf("status %d", resp.StatusCode)
 	}
-	o.log.Info("Shutdown request failed, sending stop signal", "pid", p.PID, "error", err, "signal", sigName(sig))
+	o.log.Info("Shutdown request failed, sending stop signal", "pid", pid, "error", err, "signal", sigName(sig))
 	if err := p.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
 		_ = p.Signal(sig)
 	}

@@ -112,6 +112,8 @@ type Deps struct {
 	Observer Observer        // may be nil
 	Now      func() time.Time
 	Metrics  Metrics // may be nil
+
+	seams *seams // tests: fakes for the process, probe and log (seams.go)
 }
 
 // Metrics receives lifecycle measurements. All methods must be cheap.

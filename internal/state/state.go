@@ -75,6 +75,16 @@ var transitions = map[State][]State{
 	Backoff:  {Spawning, Terminated},
 }
 
+// Transitions returns a copy of the table: for each state, the states it
+// may move to.
+func Transitions() map[State][]State {
+	t := make(map[State][]State, len(transitions))
+	for from, tos := range transitions {
+		t[from] = append([]State(nil), tos...)
+	}
+	return t
+}
+
 // ErrInvalidTransition is returned (wrapped in *TransitionError) for a move
 // the state machine does not allow.
 var ErrInvalidTransition = errors.New("invalid state transition")

@@ -31,8 +31,10 @@ type world struct {
 	mu         sync.Mutex
 	procs      []*fakeProc
 	log        *fakeLog
-	healthy    bool // probes succeed
-	ignoreTerm bool // new processes survive SIGTERM
+	healthy    bool  // probes succeed
+	ignoreTerm bool  // new processes survive SIGTERM
+	startErr   error // the next start fails with it
+	metrics    *fakeMetrics
 	probes     []probeCall
 	events     []apiv1.Event
 }
@@ -45,6 +47,10 @@ type probeCall struct {
 func (wd *world) start(process.Spec) (proc, error) {
 	wd.mu.Lock()
 	defer wd.mu.Unlock()
+	if err := wd.startErr; err != nil {
+		wd.startErr = nil
+		return nil, err
+	}
 	p := &fakeProc{pid: 1000 + len(wd.procs), done: make(chan struct{}), ignoreTerm: wd.ignoreTerm}
 	wd.procs = append(wd.procs, p)
 	return p, nil
@@ -265,17 +271,7 @@ func virtualWorker(t *testing.T, s config.Settings, prof config.Profile, wd *wor
 // startVirtual is virtualWorker that returns Start's error.
 func startVirtual(t *testing.T, s config.Settings, prof config.Profile, wd *world) (*Worker, *fakeMetrics, error) {
 	t.Helper()
-	wd.log = &fakeLog{changed: make(chan struct{}, 1)}
-	m := &fakeMetrics{}
-	d := Deps{
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-		Ports:  ports.New(61000, 61100, nil), LogDir: t.TempDir(), Observer: wd, Metrics: m,
-		seams: &seams{
-			start:    wd.start,
-			newProbe: func(addr string) prober { return &fakeProbe{wd: wd, addr: addr} },
-			openLog:  func(string) (workerLog, error) { return wd.log, nil },
-		},
-	}
+	d, m := virtualDeps(t, wd)
 	spec := record.Spec{ID: "w1", ProfileName: "test", Settings: s, Profile: prof, Argv: []string{"/fake/worker"}}
 	if err := d.Ports.Reserve(61000, "w1"); err != nil {
 		t.Fatal(err)
@@ -286,6 +282,23 @@ func startVirtual(t *testing.T, s config.Settings, prof config.Profile, wd *worl
 		<-w.Done()
 	})
 	return w, m, err
+}
+
+// virtualDeps returns Deps on the fakes of wd.
+func virtualDeps(t *testing.T, wd *world) (Deps, *fakeMetrics) {
+	wd.log = &fakeLog{changed: make(chan struct{}, 1)}
+	m := &fakeMetrics{}
+	wd.metrics = m
+	d := Deps{
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Ports:  ports.New(61000, 61100, nil), LogDir: t.TempDir(), Observer: wd, Metrics: m,
+		seams: &seams{
+			start:    wd.start,
+			newProbe: func(addr string) prober { return &fakeProbe{wd: wd, addr: addr} },
+			openLog:  func(string) (workerLog, error) { return wd.log, nil },
+		},
+	}
+	return d, m
 }
 
 // settle lets the bubble run until every goroutine waits, then returns the

@@ -62,7 +62,7 @@ type Metrics struct {
 
 	spawns, restarts, forceKills, healthFails, oomKills, hbTimeouts prometheus.Counter
 
-	exits                              *prometheus.CounterVec
+	exits, refused                     *prometheus.CounterVec
 	ready, stop, crashDetect, shutdown prometheus.Histogram
 	lastShutdown                       prometheus.Gauge
 	apiReqs                            *prometheus.CounterVec
@@ -94,6 +94,10 @@ func New(o Options) *Metrics {
 	for _, r := range state.Reasons {
 		m.exits.WithLabelValues(string(r)) // every reason present from the start, at 0
 	}
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "refused_transitions_total",
+		Help: "Events the worker state machine refused in a worker's state, by state and event (a stop asked of an ended worker is not one: stops are idempotent). Nothing was changed; API callers got 409 INVALID_STATE. Timer or exit events here are bugs.",
+	}, []string{"state", "event"})
 	m.ready = hist("worker_ready_latency_seconds", "Time from process start to ready (spawn → idle).",
 		[]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800})
 	m.stop = hist("worker_stop_latency_seconds", "Time from a stop being asked to the worker's process being reaped.",
@@ -113,7 +117,7 @@ func New(o Options) *Metrics {
 		Help: "Always 1; the version label names the running hive.", ConstLabels: prometheus.Labels{"version": o.Version}})
 	build.Set(1)
 
-	m.reg.MustRegister(m.spawns, m.restarts, m.forceKills, m.healthFails, m.oomKills, m.hbTimeouts, m.exits,
+	m.reg.MustRegister(m.spawns, m.restarts, m.forceKills, m.healthFails, m.oomKills, m.hbTimeouts, m.exits, m.refused,
 		m.ready, m.stop, m.crashDetect, m.shutdown, m.apiReqs, m.apiDur, build, &workerCollector{m: m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if o.StateDir != "" {
@@ -178,6 +182,11 @@ func (m *Metrics) Ended(r state.Reason) {
 	case state.HeartbeatTimeout:
 		m.hbTimeouts.Inc()
 	}
+}
+
+// RefusedTransition implements supervisor.Metrics.
+func (m *Metrics) RefusedTransition(from state.State, event string) {
+	m.refused.WithLabelValues(string(from), event).Inc()
 }
 
 // CrashDetected records the time from an unasked-for exit being observed

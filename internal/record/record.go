@@ -67,8 +67,9 @@ type Record struct {
 	Spec      Spec             `json:"spec"`
 
 	// Recovery timers (supervisor/adopt.go). StopAsked is when the current stop was
-	// asked and Forced whether it has escalated to SIGKILL (state
-	// stopping only); BackoffUntil is when a worker in backoff restarts.
+	// asked and Forced whether it is a forced one (a kill, a ready or
+	// heartbeat timeout) or has escalated to SIGKILL (state stopping only);
+	// BackoffUntil is when a worker in backoff restarts.
 	StopAsked    time.Time `json:"stop_asked,omitzero"`
 	Forced       bool      `json:"forced,omitempty"`
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`

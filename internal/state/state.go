@@ -31,7 +31,7 @@ const (
 	// restart policy allows another try; otherwise terminal.
 	Failed State = "failed"
 	// Backoff: waiting out the restart delay. Next: spawning, terminated (a
-	// stop during backoff), failed.
+	// stop during backoff).
 	Backoff State = "backoff"
 )
 
@@ -72,7 +72,17 @@ var transitions = map[State][]State{
 	Busy:     {Idle, Stopping, Failed},
 	Stopping: {Terminated, Failed, Spawning},
 	Failed:   {Backoff},
-	Backoff:  {Spawning, Terminated, Failed},
+	Backoff:  {Spawning, Terminated},
+}
+
+// Transitions returns a copy of the table: for each state, the states it
+// may move to.
+func Transitions() map[State][]State {
+	t := make(map[State][]State, len(transitions))
+	for from, tos := range transitions {
+		t[from] = append([]State(nil), tos...)
+	}
+	return t
 }
 
 // ErrInvalidTransition is returned (wrapped in *TransitionError) for a move

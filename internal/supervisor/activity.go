@@ -39,14 +39,10 @@ func (w *Worker) EndRequest(ctx context.Context) error {
 func (o *owner) onActivity(begin bool) error {
 	st := o.cur.State
 	if begin {
-		if !st.Ready() {
+		if err := o.on(state.Event{Kind: state.EvBusy}, ""); err != nil {
 			return fmt.Errorf("%w: worker is %s", ErrInvalidState, st)
 		}
 		o.inflight++
-		if st == state.Idle {
-			o.idle.stop()
-			o.transition(state.Busy, state.None)
-		}
 		return nil
 	}
 	if o.inflight == 0 {
@@ -56,14 +52,5 @@ func (o *owner) onActivity(begin bool) error {
 	if o.inflight > 0 || !st.Ready() {
 		return nil
 	}
-	now := o.now()
-	o.cur.LastActivity = &now
-	if st == state.Busy {
-		o.idle.arm(o.s.IdleTimeout.D())
-		o.transition(state.Idle, state.None)
-	} else {
-		o.idle.arm(o.s.IdleTimeout.D())
-		o.publish(nil)
-	}
-	return nil
+	return o.on(state.Event{Kind: state.EvIdle}, "")
 }

@@ -3,14 +3,12 @@ package supervisor
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
-	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -94,11 +92,11 @@ func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 	}
 	a := &Adoption{w: w, o: o}
 
-	lg, err := d.Logs.Open(filepath.Join(d.LogDir, spec.ID+".log"))
+	lg, real, err := d.openLog(filepath.Join(d.LogDir, spec.ID+".log"))
 	if err != nil {
 		return nil, fmt.Errorf("adopt %s: open worker log: %w", spec.ID, err)
 	}
-	o.wlog, w.wlog = lg, lg
+	o.wlog, w.wlog = lg, real
 	st := o.cur.State
 	if st.Ended() {
 		// Kept for the retention window. The log stays readable by path;
@@ -114,7 +112,12 @@ func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 		w.log.Warn("Recorded port is held by another worker", "port", o.cur.Port, "error", err)
 	}
 	if st == state.Backoff {
-		a.resume = o.resumeBackoff(rec)
+		a.resume = func() {
+			o.backoffUntil = rec.BackoffUntil
+			o.resume()
+			o.log.Info("Worker adopted in backoff", "restart_in", o.backoffUntil.Sub(o.now()).String(),
+				"restart_count", o.cur.RestartCount)
+		}
 		a.store()
 		return a, nil
 	}
@@ -122,8 +125,18 @@ func Adopt(d Deps, rec *record.Record) (*Adoption, error) {
 	p, g, why := verify(d, rec)
 	if p != nil {
 		a.alive, a.pid, a.pgid, a.cg = true, p.PID, p.PGID, g
-		o.proc, o.cg = p, g
-		a.resume = func() { o.resumeLive(rec) }
+		o.proc, o.cg = realProc{p}, g
+		a.resume = func() {
+			o.log.Info("Worker adopted", "pid", o.cur.PID, "state", o.cur.State, "port", o.cur.Port,
+				"restart_count", o.cur.RestartCount, "cgroup", o.cg != nil)
+			if o.cur.State == state.Stopping {
+				o.stopReason, o.stopDetail, o.stopAsked, o.stopForce = o.cur.Reason, o.cur.Detail, rec.StopAsked, rec.Forced
+				if o.stopAsked.IsZero() {
+					o.stopAsked = o.now()
+				}
+			}
+			o.resume()
+		}
 		a.store()
 		return a, nil
 	}
@@ -239,66 +252,13 @@ func (a *Adoption) Start() {
 	go a.o.loop(a.resume)
 }
 
-// resumeLive re-arms the timers of a verified live process in the recorded
-// state. Runs in the owner goroutine.
-func (o *owner) resumeLive(rec *record.Record) {
-	now := o.now()
-	o.log.Info("Worker adopted", "pid", o.cur.PID, "state", o.cur.State, "port", o.cur.Port,
-		"restart_count", o.cur.RestartCount, "cgroup", o.cg != nil)
-	switch o.cur.State {
-	case state.Spawning, state.Loading:
-		o.stall.arm(o.s.ReadyStallTimeout.D())
-		o.readyCap.arm(remaining(o.s.ReadyTimeout.D(), o.cur.StartedAt, now))
-		if o.w.spec.Profile.Protocol == config.ProtocolHTTP {
-			o.readyProbeDelay = config.ReadinessFirstInterval.D()
-			o.readyProbeAt = o.now()
-			o.readyProbe.arm(o.readyProbeDelay)
-		}
-	case state.Idle, state.Busy:
-		if o.cur.State == state.Idle {
-			since := o.cur.LastActivity
-			if since == nil {
-				since = o.cur.ReadyAt
-			}
-			o.idle.arm(remaining(o.s.IdleTimeout.D(), since, now))
-		}
-		if o.w.spec.Profile.Protocol == config.ProtocolRbee && o.s.Heartbeat.Timeout > 0 {
-			o.hbStale.arm(o.s.Heartbeat.Timeout.D()) // a full timeout of grace from now
-		}
-		if iv := o.s.Health.Interval.D(); iv > 0 {
-			o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
-		}
-	case state.Stopping:
-		o.resumeStop(rec, now)
-	}
-}
-
-// resumeStop continues a stop the earlier hive began: at once by force when
-// it had escalated, was a forced stop, or its grace is spent; otherwise the
-// graceful request is sent again (it is idempotent for a worker already
-// draining) and the escalation timer gets the remaining grace.
-func (o *owner) resumeStop(rec *record.Record, now time.Time) {
-	o.stopReason, o.stopDetail = o.cur.Reason, o.cur.Detail
-	o.stopAsked = rec.StopAsked
-	if o.stopAsked.IsZero() {
-		o.stopAsked = now
-	}
-	o.restartAfterStop = o.stopReason == state.Restarting
-	left := o.s.StopTimeout.D() - now.Sub(o.stopAsked)
-	// The reasons beginStop uses with force (kill, ready and heartbeat
-	// timeouts) are force stops: the record is written before the kill.
-	forcedReason := o.stopReason == state.Killed || o.stopReason == state.ReadyTimeout ||
-		o.stopReason == state.HeartbeatTimeout
-	if rec.Forced || forcedReason || o.s.StopTimeout <= 0 || left <= 0 {
-		o.log.Warn("Continuing stop of adopted worker by force", "pid", o.cur.PID, "reason", o.stopReason,
-			"signal", "SIGKILL")
-		o.forceKill()
-		return
-	}
-	o.log.Info("Continuing stop of adopted worker", "pid", o.cur.PID, "reason", o.stopReason,
-		"remaining", left.String())
-	o.askGracefulStop()
-	o.stopT.arm(max(left, minRearm))
+// resume enters the recorded state again, in the owner goroutine: its
+// timers from the recorded times (a deadline that passed while the hive was
+// down fires after minRearm), and a stop under way goes on (enter.go).
+func (o *owner) resume() {
+	o.floor = minRearm
+	o.enter("", state.Step{To: o.cur.State, Reason: o.cur.Reason}, state.Event{}, "")
+	o.floor = time.Nanosecond
 }
 
 // resumeGone records a worker whose process died while the hive was down,
@@ -309,14 +269,15 @@ func (o *owner) resumeGone(why string, oom bool) {
 	o.cur.Exit = &apiv1.Exit{Known: false, OOMKilled: oom, At: now}
 	o.log.Warn("Worker died while the hive was down", "pid", o.cur.PID, "state", o.cur.State,
 		"why", why, "oom_killed", oom)
+	reason := state.Crashed
+	if oom {
+		reason = state.OOMKilled
+	}
 	if o.cur.State == state.Stopping {
+		// Restarting starts again; any other stop ends as asked.
 		o.stopReason, o.stopDetail, o.stopAsked = o.cur.Reason, o.cur.Detail, now
 		o.cleanupTree(func() {
-			if o.stopReason == state.Restarting {
-				o.restartNow(state.Restarting)
-				return
-			}
-			o.finish(o.stopReason, o.stopDetail, true)
+			_ = o.on(state.Event{Kind: state.EvExited, Reason: reason}, o.stopDetail)
 		})
 		return
 	}
@@ -324,39 +285,9 @@ func (o *owner) resumeGone(why string, oom bool) {
 		// The hive died while starting the first process: the spawn was
 		// never acknowledged, so nobody expects this worker; it is not
 		// restarted (whatever it started was killed as an orphan).
-		o.finish(state.SpawnFailed, "the hive died while starting the worker", false)
+		o.noRestart = true
+		_ = o.on(state.Event{Kind: state.EvExited, Reason: state.SpawnFailed}, "the hive died while starting the worker")
 		return
 	}
-	reason := state.Crashed
-	if oom {
-		reason = state.OOMKilled
-	}
-	o.finish(reason, diedWhileDown, true)
-}
-
-// resumeBackoff returns the resume of a worker waiting to restart: the
-// restart comes at the recorded time, or at once if that has passed.
-func (o *owner) resumeBackoff(rec *record.Record) func() {
-	return func() {
-		now := o.now()
-		delay := minRearm
-		if !rec.BackoffUntil.IsZero() {
-			delay = max(rec.BackoffUntil.Sub(now), minRearm)
-		}
-		o.backoffUntil = now.Add(delay)
-		o.log.Info("Worker adopted in backoff", "restart_in", delay.String(), "restart_count", o.cur.RestartCount)
-		o.backoff.arm(delay)
-	}
-}
-
-// remaining is what is left of timeout measured from since (at least
-// minRearm); 0 (disabled) when timeout is 0. A nil since counts from now.
-func remaining(timeout time.Duration, since *time.Time, now time.Time) time.Duration {
-	if timeout <= 0 {
-		return 0
-	}
-	if since == nil {
-		return timeout
-	}
-	return max(timeout-now.Sub(*since), minRearm)
+	_ = o.on(state.Event{Kind: state.EvExited, Reason: reason}, diedWhileDown)
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/cgroup"
-	"github.com/rbee/rbee-hive/internal/process"
 )
 
 // treeWait bounds the wait for a killed tree to be gone.
@@ -109,7 +108,7 @@ func (o *owner) cleanupTree(then func()) {
 // waitTreeGone kills what is left of a tree and waits, bounded, until it is
 // gone. It runs in the helper; it uses p and g only through their
 // concurrency-safe methods.
-func waitTreeGone(p *process.Proc, g *cgroup.Group, log *slog.Logger) {
+func waitTreeGone(p proc, g *cgroup.Group, log *slog.Logger) {
 	if g != nil {
 		_ = g.Kill()
 		ctx, cancel := context.WithTimeout(context.Background(), treeWait)
@@ -124,7 +123,7 @@ func waitTreeGone(p *process.Proc, g *cgroup.Group, log *slog.Logger) {
 	deadline := time.Now().Add(treeWait)
 	for d := time.Millisecond; p.GroupAlive(); d = min(2*d, 50*time.Millisecond) {
 		if time.Now().After(deadline) {
-			log.Error("Worker process group still alive after SIGKILL", "pgid", p.PGID)
+			log.Error("Worker process group still alive after SIGKILL", "pgid", p.ident().PGID)
 			return
 		}
 		_ = p.SignalGroup(syscall.SIGKILL)

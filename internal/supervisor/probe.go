@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/rbee/rbee-hive/internal/probe"
-
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/state"
 )
@@ -122,7 +120,7 @@ func (o *owner) startProbe(kind probeKind) {
 	addr := "127.0.0.1:" + strconv.Itoa(o.cur.Port)
 	if o.prober == nil || o.prober.Addr() != addr {
 		o.closeProber()
-		o.prober = probe.New(addr)
+		o.prober = o.d.newProber(addr)
 	}
 	pr, pid := o.prober, o.cur.PID
 	o.wg.Add(1)
@@ -154,7 +152,7 @@ func (o *owner) onProbe(r probeResult) {
 			return
 		}
 		if r.err == nil {
-			o.markReady()
+			_ = o.on(state.Event{Kind: state.EvReady}, "")
 			return
 		}
 		if o.outputSinceProbe {
@@ -182,8 +180,8 @@ func (o *owner) onProbe(r probeResult) {
 			"threshold", o.s.Health.FailureThreshold, "error", r.err)
 		o.publish(nil)
 		if o.cur.FailedHealthChecks >= o.s.Health.FailureThreshold {
-			o.beginStop(state.HealthCheckFailed,
-				fmt.Sprintf("%d consecutive health checks failed: %v", o.cur.FailedHealthChecks, r.err), false)
+			_ = o.on(state.Event{Kind: state.EvHealthFailed},
+				fmt.Sprintf("%d consecutive health checks failed: %v", o.cur.FailedHealthChecks, r.err))
 		}
 	}
 }

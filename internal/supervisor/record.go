@@ -14,14 +14,15 @@ func (o *owner) record(info *apiv1.WorkerInfo) *record.Record {
 	r := &record.Record{Info: *info, TokenHash: o.tokenHash, History: o.hist, Spec: o.w.spec, Cgroup: o.cg != nil}
 	r.Spec.Token = ""
 	if o.proc != nil {
-		r.StartTime, r.BootID, r.PGID = o.proc.StartTime, o.proc.BootID, o.proc.PGID
+		id := o.proc.ident()
+		r.StartTime, r.BootID, r.PGID = id.StartTime, id.BootID, id.PGID
 	}
 	if o.wlog != nil {
 		r.LogPath = o.wlog.Path()
 	}
 	switch info.State {
 	case state.Stopping:
-		r.StopAsked, r.Forced = o.stopAsked, o.forced
+		r.StopAsked, r.Forced = o.stopAsked, o.forced || o.stopForce
 	case state.Backoff:
 		r.BackoffUntil = o.backoffUntil
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -19,10 +18,8 @@ import (
 	"github.com/rbee/rbee-hive/internal/argv"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
-	"github.com/rbee/rbee-hive/internal/logs"
 	"github.com/rbee/rbee-hive/internal/policy"
 	"github.com/rbee/rbee-hive/internal/ports"
-	"github.com/rbee/rbee-hive/internal/probe"
 	"github.com/rbee/rbee-hive/internal/process"
 	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -36,20 +33,24 @@ type owner struct {
 	s   config.Settings
 
 	cur       apiv1.WorkerInfo // the working copy; published as snapshots
-	proc      *process.Proc
+	proc      proc
 	procDone  bool
 	cg        *cgroup.Group
-	wlog      *logs.Log
+	wlog      workerLog
 	tokenHash string
 	hist      policy.History
 	spawnedAt time.Time
 
-	stopReason       state.Reason // why the current stop was asked
-	stopDetail       string
-	stopAsked        time.Time
-	forced           bool
-	restartAfterStop bool
-	backoffUntil     time.Time // when the pending restart is due (state backoff); recorded for adoption
+	stopReason   state.Reason // why the current stop was asked (restarting: a restart follows)
+	stopDetail   string
+	stopAsked    time.Time
+	stopForce    bool      // the stop is a forced one (kill, ready or heartbeat timeout); recorded for adoption
+	forced       bool      // SIGKILL has been sent
+	backoffUntil time.Time // when the pending restart is due (state backoff); recorded for adoption
+	noRestart    bool      // the incarnation ending is a first start nobody was told of: no restart
+	// floor is the shortest delay a timer armed for a deadline gets: 1 ns,
+	// minRearm while an adopted worker's timers are re-armed.
+	floor time.Duration
 
 	grace, stall, readyCap, hbStale, idle, health, stopT, backoff, readyProbe timer
 	// readyProbeDelay is the current gap between readiness probe starts
@@ -64,7 +65,7 @@ type owner struct {
 	firstStart chan error // until the first start grace ends: where Start waits
 	probeRes   chan probeResult
 	probing    bool
-	prober     *probe.Prober // the held probe connection (nil until the first probe)
+	prober     prober // the held probe connection (nil until the first probe)
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
@@ -111,12 +112,12 @@ func Start(d Deps, spec record.Spec, port int, register func(*Worker)) (*Worker,
 	if o.cur.Labels == nil {
 		o.cur.Labels = map[string]string{}
 	}
-	lg, err := d.Logs.Open(filepath.Join(d.LogDir, spec.ID+".log"))
+	lg, real, err := d.openLog(filepath.Join(d.LogDir, spec.ID+".log"))
 	if err != nil {
 		d.Ports.Release(port, spec.ID)
 		return nil, &SpawnError{Err: fmt.Errorf("open worker log: %w", err)}
 	}
-	o.wlog, w.wlog = lg, lg
+	o.wlog, w.wlog = lg, real
 	first := make(chan error, 1)
 	o.firstStart = first
 	o.transition(state.Spawning, state.None)
@@ -139,7 +140,7 @@ func newWorker(d Deps, spec record.Spec) *Worker {
 }
 
 func newOwner(w *Worker) *owner {
-	return &owner{w: w, d: w.d, log: w.log, s: w.spec.Settings, probeRes: make(chan probeResult, 1)}
+	return &owner{w: w, d: w.d, log: w.log, s: w.spec.Settings, probeRes: make(chan probeResult, 1), floor: time.Nanosecond}
 }
 
 func workerURL(port int) string { return "http://127.0.0.1:" + strconv.Itoa(port) }
@@ -187,24 +188,16 @@ func (o *owner) loop(first func()) {
 			o.endGrace(nil)
 		case <-o.stall.C():
 			o.stall.fired()
-			if o.cur.State == state.Loading || o.cur.State == state.Spawning {
-				o.beginStop(state.ReadyTimeout, fmt.Sprintf("no loading progress for %s", o.s.ReadyStallTimeout), true)
-			}
+			_ = o.on(state.Event{Kind: state.EvStallTimeout}, fmt.Sprintf("no loading progress for %s", o.s.ReadyStallTimeout))
 		case <-o.readyCap.C():
 			o.readyCap.fired()
-			if o.cur.State == state.Loading || o.cur.State == state.Spawning {
-				o.beginStop(state.ReadyTimeout, fmt.Sprintf("not ready after %s", o.s.ReadyTimeout), true)
-			}
+			_ = o.on(state.Event{Kind: state.EvReadyTimeout}, fmt.Sprintf("not ready after %s", o.s.ReadyTimeout))
 		case <-o.hbStale.C():
 			o.hbStale.fired()
-			if o.cur.State.Ready() {
-				o.beginStop(state.HeartbeatTimeout, fmt.Sprintf("no heartbeat for %s", o.s.Heartbeat.Timeout), true)
-			}
+			_ = o.on(state.Event{Kind: state.EvHeartbeatTimeout}, fmt.Sprintf("no heartbeat for %s", o.s.Heartbeat.Timeout))
 		case <-o.idle.C():
 			o.idle.fired()
-			if o.cur.State == state.Idle {
-				o.beginStop(state.IdleTimeout, fmt.Sprintf("idle for %s", o.s.IdleTimeout), false)
-			}
+			_ = o.on(state.Event{Kind: state.EvIdleTimeout}, fmt.Sprintf("idle for %s", o.s.IdleTimeout))
 		case <-o.health.C():
 			o.health.fired()
 			o.healthTick()
@@ -213,16 +206,10 @@ func (o *owner) loop(first func()) {
 			o.startProbe(probeReadiness)
 		case <-o.stopT.C():
 			o.stopT.fired()
-			if o.cur.State == state.Stopping && !o.forced {
-				o.log.Warn("Worker did not respond, force-killing", "pid", o.cur.PID, "reason", o.stopReason,
-					"signal", "SIGKILL", "waited", o.s.StopTimeout.String())
-				o.forceKill()
-			}
+			_ = o.on(state.Event{Kind: state.EvStopTimeout}, "")
 		case <-o.backoff.C():
 			o.backoff.fired()
-			if o.cur.State == state.Backoff {
-				o.restartNow(state.Restarting)
-			}
+			_ = o.on(state.Event{Kind: state.EvBackoffDue}, "")
 		}
 	}
 }
@@ -244,12 +231,12 @@ func (o *owner) startIncarnation() {
 	if err := o.startProcess(); err != nil {
 		o.log.Error("Worker failed to start", "error", err)
 		o.cur.Detail = err.Error()
-		if o.firstStart != nil {
-			o.finish(state.SpawnFailed, err.Error(), false)
+		first := o.firstStart != nil
+		o.noRestart = first // nobody was told of this worker yet: the spawn request fails
+		_ = o.on(state.Event{Kind: state.EvStartFailed}, err.Error())
+		if first {
 			o.endGrace(&SpawnError{Err: err, LastLine: o.cur.LastLines})
-			return
 		}
-		o.finish(state.SpawnFailed, err.Error(), true)
 		return
 	}
 	if m := o.d.Metrics; m != nil {
@@ -257,21 +244,7 @@ func (o *owner) startIncarnation() {
 	}
 	o.log.Info("Worker started", "pid", o.cur.PID, "port", o.cur.Port, "model_ref", spec.ModelRef,
 		"profile", spec.ProfileName, "restart_count", o.cur.RestartCount)
-	o.transition(state.Loading, state.None)
-	o.stall.arm(o.s.ReadyStallTimeout.D())
-	o.readyCap.arm(o.s.ReadyTimeout.D())
-	if spec.Profile.Protocol == config.ProtocolHTTP {
-		o.readyProbeDelay = config.ReadinessFirstInterval.D()
-		o.readyProbeAt = o.now()
-		o.readyProbe.arm(o.readyProbeDelay)
-	}
-	if o.firstStart != nil {
-		if o.s.StartGrace <= 0 {
-			o.endGrace(nil)
-		} else {
-			o.grace.arm(o.s.StartGrace.D())
-		}
-	}
+	_ = o.on(state.Event{Kind: state.EvStarted}, "")
 }
 
 func (o *owner) startProcess() error {
@@ -353,7 +326,7 @@ func (o *owner) startProcess() error {
 		return fmt.Errorf("open worker log: %w", err) // finish removes the cgroup
 	}
 	defer out.Close()
-	p, err := process.Start(process.Spec{
+	p, err := o.d.startProc(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
 		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,
 	})
@@ -364,7 +337,7 @@ func (o *owner) startProcess() error {
 	o.inflight = 0
 	now := o.now()
 	o.spawnedAt = now
-	o.cur.PID = p.PID
+	o.cur.PID = p.ident().PID
 	o.cur.StartedAt = &now
 	o.cur.ReadyAt, o.cur.Exit, o.cur.Reason, o.cur.Detail = nil, nil, state.None, ""
 	o.cur.LastLines, o.cur.EndedAt, o.cur.Progress = nil, nil, nil
@@ -384,60 +357,21 @@ func newToken() (string, error) {
 func (o *owner) handle(r request) error {
 	st := o.cur.State
 	switch r.kind {
-	case reqStop:
-		switch {
-		case st == state.Stopping && o.restartAfterStop:
-			// A person's stop wins over a restart in progress: the
-			// worker ends instead of starting again.
-			o.restartAfterStop = false
-			o.stopReason = r.reason
-			o.cur.Reason = r.reason
-			o.publishDurable()
-			return nil
-		case st == state.Stopping || st.Ended():
-			return nil // idempotent
-		case st == state.Backoff:
-			o.endFromBackoff(r.reason)
-		default:
-			o.beginStop(r.reason, "", false)
+	case reqStop, reqKill:
+		kind := state.EvStop
+		if r.kind == reqKill {
+			kind = state.EvKill
 		}
-		return nil
-	case reqKill:
-		switch {
-		case st.Ended():
-		case st == state.Stopping:
-			if o.restartAfterStop {
-				o.restartAfterStop = false
-				o.stopReason = r.reason
-				o.cur.Reason = r.reason
-				o.publishDurable()
-			}
-			if !o.forced {
-				o.log.Warn("Kill asked during stop, force-killing", "pid", o.cur.PID, "signal", "SIGKILL")
-				o.forceKill()
-			}
-		case st == state.Backoff:
-			o.endFromBackoff(r.reason)
-		default:
-			o.beginStop(r.reason, "", true)
-		}
-		return nil
+		return o.on(state.Event{Kind: kind, Reason: r.reason}, "")
 	case reqRestart:
-		switch st {
-		case state.Backoff:
-			o.restartNow(state.Restarting)
-		case state.Loading, state.Idle, state.Busy, state.Spawning:
-			o.restartAfterStop = true
-			o.beginStop(state.Restarting, "restart asked", false)
-		default:
+		if err := o.on(state.Event{Kind: state.EvRestart}, "restart asked"); err != nil {
 			return fmt.Errorf("%w: worker is %s", ErrInvalidState, st)
 		}
 		return nil
 	case reqReady:
-		if st != state.Loading && st != state.Spawning {
+		if err := o.on(state.Event{Kind: state.EvReady}, ""); err != nil {
 			return fmt.Errorf("%w: worker is %s, not loading", ErrInvalidState, st)
 		}
-		o.markReady()
 		return nil
 	case reqHeartbeat:
 		return o.onHeartbeat(r.hb)
@@ -450,33 +384,9 @@ func (o *owner) handle(r request) error {
 	return fmt.Errorf("unknown request %d", r.kind)
 }
 
-func (o *owner) markReady() {
-	now := o.now()
-	o.stall.stop()
-	o.readyCap.stop()
-	o.readyProbe.stop()
-	o.cur.ReadyAt = &now
-	o.cur.LastActivity = &now
-	o.hist.RunningSince = now
-	if m := o.d.Metrics; m != nil {
-		m.ReadyLatency(now.Sub(o.spawnedAt))
-	}
-	o.transition(state.Idle, state.None)
-	o.log.Info("Worker ready", "pid", o.cur.PID, "port", o.cur.Port, "after", now.Sub(o.spawnedAt).String())
-	o.idle.arm(o.s.IdleTimeout.D())
-	if o.w.spec.Profile.Protocol == config.ProtocolRbee && o.s.Heartbeat.Timeout > 0 {
-		o.hbStale.arm(o.s.Heartbeat.Timeout.D())
-	}
-	if iv := o.s.Health.Interval.D(); iv > 0 {
-		// Spread the first probe over one interval so that many workers
-		// made ready together are spread over the grid's slots.
-		o.armHealth(iv/2 + time.Duration(rand.Int64N(int64(iv/2)+1)))
-	}
-}
-
 func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 	st := o.cur.State
-	if st.Ended() || st == state.Backoff {
+	if err := o.on(state.Event{Kind: state.EvHeartbeat}, ""); err != nil {
 		return fmt.Errorf("%w: worker is %s", ErrInvalidState, st)
 	}
 	now := o.now()
@@ -499,16 +409,13 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 		}
 	case state.Idle:
 		if hb.State == "busy" {
-			o.idle.stop()
-			o.transition(state.Busy, state.None)
+			_ = o.on(state.Event{Kind: state.EvBusy}, "")
 		}
 	case state.Busy:
 		// Requests running through the front door keep the worker busy
 		// whatever its own report says (activity.go).
 		if hb.State == "idle" && o.inflight == 0 {
-			o.cur.LastActivity = &now
-			o.idle.arm(o.s.IdleTimeout.D())
-			o.transition(state.Idle, state.None)
+			_ = o.on(state.Event{Kind: state.EvIdle}, "")
 		}
 	}
 	if o.cur.State.Ready() && o.s.Heartbeat.Timeout > 0 {
@@ -570,14 +477,15 @@ func (o *owner) detach() {
 	o.finished = true
 }
 
-// transition moves to state to, publishing an event. Every caller has
-// checked the move; a refused one is a bug, logged loudly, and still applied
-// so that the worker cannot get stuck.
+// transition moves to state to, publishing an event. Only enter calls it,
+// with a step state.Decide returned; a move the table refuses all the same
+// is logged, counted and not applied.
 func (o *owner) transition(to state.State, reason state.Reason) {
 	from := o.cur.State
 	if from != "" {
 		if err := state.Check(from, to); err != nil {
-			o.log.Error("BUG: refused transition applied", "error", err)
+			o.refused(from, "move to "+string(to), err)
+			return
 		}
 	}
 	o.cur.State = to

@@ -26,32 +26,16 @@ func (o *owner) stopLifecycleTimers() {
 	}
 }
 
-// beginStop enters stopping: graceful request (or SIGKILL when force), then
-// the stop timer.
+// beginStop enters stopping for reason: the graceful request (or SIGKILL
+// when force), then the stop timer (enter.go, driveStop).
 func (o *owner) beginStop(reason state.Reason, detail string, force bool) {
-	o.stopLifecycleTimers()
-	o.stopReason, o.stopDetail, o.stopAsked, o.forced = reason, detail, o.now(), false
+	from := o.cur.State
+	o.stopReason, o.stopDetail, o.stopAsked, o.forced, o.stopForce = reason, detail, o.now(), false, force
 	o.cur.Detail = detail
 	o.transition(state.Stopping, reason)
-	pid := o.cur.PID
-	o.log.Info("Shutting down "+o.w.spec.ID, "pid", pid, "reason", reason, "force", force)
-	if o.proc == nil || o.procDone {
-		return // the exit is already being handled
-	}
-	if force {
-		o.log.Warn("Force-killing worker", "pid", pid, "reason", reason, "signal", "SIGKILL")
-		o.forceKill()
-		return
-	}
-	o.askGracefulStop()
-	o.log.Info(fmt.Sprintf("Waiting for graceful shutdown (%s timeout)...", o.s.StopTimeout), "pid", pid, "reason", reason)
-	if o.s.StopTimeout <= 0 {
-		o.forceKill()
-		return
-	}
-	// The deadline counts from the stop's start, not from here: sending
-	// the request or signal took a moment already.
-	o.stopT.arm(max(o.stopAsked.Add(o.s.StopTimeout.D()).Sub(o.now()), time.Nanosecond))
+	o.armTimers(from, state.Stopping)
+	o.log.Info("Shutting down "+o.w.spec.ID, "pid", o.cur.PID, "reason", reason, "force", force)
+	o.driveStop(false)
 }
 
 // askGracefulStop asks the worker to stop: an rbee worker by POST
@@ -62,7 +46,7 @@ func (o *owner) askGracefulStop() {
 	sig := prof.StopSig()
 	if prof.Protocol == config.ProtocolRbee {
 		o.wg.Add(1)
-		go o.requestShutdown(o.proc, o.cur.URL, sig)
+		go o.requestShutdown(o.proc, o.cur.PID, o.cur.URL, sig)
 		return
 	}
 	o.log.Info("Sending stop signal", "pid", o.cur.PID, "signal", sigName(sig), "reason", o.stopReason)
@@ -72,7 +56,7 @@ func (o *owner) askGracefulStop() {
 // requestShutdown asks an rbee worker to drain and exit; when the request
 // cannot be delivered it falls back to the stop signal. Runs in its own
 // goroutine; it only touches p through its concurrency-safe methods.
-func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal) {
+func (o *owner) requestShutdown(p proc, pid int, url string, sig syscall.Signal) {
 	defer o.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -81,12 +65,12 @@ func (o *owner) requestShutdown(p *process.Proc, url string, sig syscall.Signal)
 	if err == nil {
 		resp.Body.Close()
 		if resp.StatusCode < 300 {
-			o.log.Info("Graceful shutdown requested", "pid", p.PID, "via", "POST /v1/shutdown")
+			o.log.Info("Graceful shutdown requested", "pid", pid, "via", "POST /v1/shutdown")
 			return
 		}
 		err = fmt.Errorf("status %d", resp.StatusCode)
 	}
-	o.log.Info("Shutdown request failed, sending stop signal", "pid", p.PID, "error", err, "signal", sigName(sig))
+	o.log.Info("Shutdown request failed, sending stop signal", "pid", pid, "error", err, "signal", sigName(sig))
 	if err := p.SignalGroup(sig); err != nil && !errors.Is(err, process.ErrGone) {
 		_ = p.Signal(sig)
 	}
@@ -135,6 +119,14 @@ func (o *owner) onExit() {
 	o.log.Info("Worker process exited", "pid", o.cur.PID, "exit", ex.String(), "signal", int(ex.Signal),
 		"oom_killed", facts.OOMKilled, "state", o.cur.State)
 
+	reason := state.Crashed
+	switch {
+	case facts.OOMKilled:
+		reason = state.OOMKilled
+	case ex.Known && ex.Code != nil && *ex.Code == 0:
+		reason = state.Exited
+	}
+
 	if o.cur.State == state.Stopping {
 		// `terminated` promises the whole tree is gone (no grandchild
 		// survives a stop), so the tree is checked first — in the common
@@ -148,23 +140,13 @@ func (o *owner) onExit() {
 			o.log.Info("Worker terminated", "pid", o.cur.PID, "reason", o.stopReason,
 				"after", ex.At.Sub(o.stopAsked).String(), "forced", o.forced)
 			o.endGrace(nil)
-			if o.restartAfterStop {
-				o.restartAfterStop = false
-				o.restartNow(state.Restarting)
-				return
-			}
-			o.finish(o.stopReason, o.stopDetail, true)
+			// Restarting (a restart asked) starts again; any other
+			// reason ends the worker as asked.
+			_ = o.on(state.Event{Kind: state.EvExited, Reason: reason}, o.stopDetail)
 		})
 		return
 	}
 
-	reason := state.Crashed
-	switch {
-	case facts.OOMKilled:
-		reason = state.OOMKilled
-	case ex.Known && ex.Code != nil && *ex.Code == 0:
-		reason = state.Exited
-	}
 	detail := "process " + ex.String()
 	if o.firstStart != nil {
 		o.wlog.Sync()
@@ -172,19 +154,22 @@ func (o *owner) onExit() {
 		if facts.OOMKilled {
 			detail += " (OOM-killed)"
 		}
-		o.finish(state.SpawnFailed, detail+" within the start grace", false)
+		o.noRestart = true // nobody was told of this worker yet: the spawn request fails
+		_ = o.on(state.Event{Kind: state.EvExited, Reason: state.SpawnFailed}, detail+" within the start grace")
 		o.endGrace(&SpawnError{Exit: facts, LastLine: o.cur.LastLines})
 		return
 	}
-	o.finish(reason, detail, true)
+	_ = o.on(state.Event{Kind: state.EvExited, Reason: reason}, detail)
 }
 
-// finish ends the current incarnation for reason: it records the end state
-// (first, so a crash is announced at once), makes sure the whole tree is
-// gone, and then either goes to backoff (restart policy) or ends the worker.
-func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
-	o.stopLifecycleTimers()
-	o.stopT.stop()
+// finish ends the current incarnation for reason (entering terminated or
+// failed from state from): it records the end state (first, so a crash is
+// announced at once), makes sure the whole tree is gone, and then either
+// goes to backoff (the restart policy, decided here: the failure that
+// spends the restart budget ends crash_loop) or ends the worker.
+func (o *owner) finish(from state.State, reason state.Reason, detail string) {
+	mayRestart := !o.noRestart
+	o.noRestart = false
 	if o.wlog != nil {
 		o.wlog.Sync()
 		o.cur.LastLines = o.wlog.Tail(20)
@@ -212,6 +197,7 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 		o.d.Ports.Release(o.cur.Port, o.w.spec.ID)
 	}
 	o.transition(end, reason)
+	o.armTimers(from, end)
 	if m := o.d.Metrics; m != nil {
 		m.Ended(reason)
 	}
@@ -224,10 +210,7 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 			}
 			o.log.Info("Restarting worker", "pid", o.cur.PID, "reason", reason, "delay", dec.Delay.String(), "policy", dec.Reason)
 			o.backoffUntil = now.Add(max(dec.Delay, time.Nanosecond)) // recorded by the transition (adoption)
-			o.transition(state.Backoff, reason)
-			// The delay counts from the failure: the tree cleanup above
-			// (a cgroup that takes a while to empty) is part of the wait.
-			o.backoff.arm(max(o.backoffUntil.Sub(o.now()), time.Nanosecond))
+			_ = o.on(state.Event{Kind: state.EvRetry, Reason: reason}, "")
 		})
 	})
 }
@@ -235,32 +218,37 @@ func (o *owner) finish(reason state.Reason, detail string, mayRestart bool) {
 // endFromBackoff ends a worker waiting to restart: a stop cancels the
 // pending restart at once.
 func (o *owner) endFromBackoff(reason state.Reason) {
-	o.backoff.stop()
 	now := o.now()
 	o.cur.EndedAt = &now
 	o.cur.Reason = reason
 	o.cur.Detail = "stopped during backoff; restart cancelled"
 	o.d.Ports.Release(o.cur.Port, o.w.spec.ID) // no process: free it before the event
 	o.transition(reason.End(), reason)
+	o.armTimers(state.Backoff, reason.End())
 	if m := o.d.Metrics; m != nil {
 		m.Ended(reason)
 	}
 	o.release()
 }
 
-// restartNow starts the next incarnation with the same id.
-func (o *owner) restartNow(reason state.Reason) {
-	o.backoff.stop() // a restart asked during backoff: the timer must not start another
+// restartNow enters spawning from state from: the next incarnation, with
+// the same id.
+func (o *owner) restartNow(from state.State, step state.Step) {
+	o.armTimers(from, state.Spawning) // a restart asked during backoff: the timer must not start another
 	// The last incarnation's cgroup goes first; the new one gets a fresh
 	// cgroup of the same name.
 	o.removeCgroup(func() {
-		now := o.now()
-		o.cur.RestartCount++
-		o.cur.LastRestart = &now
-		if m := o.d.Metrics; m != nil {
-			m.Restarted()
+		if step.Actions.Has(state.ActCountRestart) {
+			now := o.now()
+			o.cur.RestartCount++
+			o.cur.LastRestart = &now
+			if m := o.d.Metrics; m != nil {
+				m.Restarted()
+			}
 		}
-		o.transition(state.Spawning, reason)
-		o.startIncarnation()
+		o.transition(state.Spawning, step.Reason)
+		if step.Actions.Has(state.ActStartProcess) {
+			o.startIncarnation()
+		}
 	})
 }

@@ -112,6 +112,8 @@ type Deps struct {
 	Observer Observer        // may be nil
 	Now      func() time.Time
 	Metrics  Metrics // may be nil
+
+	seams *seams // tests: fakes for the process, probe and log (seams.go)
 }
 
 // Metrics receives lifecycle measurements. All methods must be cheap.
@@ -123,6 +125,9 @@ type Metrics interface {
 	HealthCheckFailed()
 	Restarted()
 	Ended(r state.Reason)
+	// RefusedTransition: an event (or a move) the state machine refuses
+	// came in state from; nothing was changed.
+	RefusedTransition(from state.State, event string)
 }
 
 type reqKind int

@@ -15,15 +15,30 @@ import (
 // decode reads a JSON body strictly: bounded size, no unknown fields, no
 // trailing data.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	data, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(data, v)
+}
+
+// readBody reads r's body whole, at most MaxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errorf(http.StatusRequestEntityTooLarge, apiv1.CodeBodyTooLarge, "request body over %d bytes", MaxBodyBytes)
+			return nil, errorf(http.StatusRequestEntityTooLarge, apiv1.CodeBodyTooLarge, "request body over %d bytes", MaxBodyBytes)
 		}
-		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
+		return nil, errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
 	}
+	return data, nil
+}
+
+// decodeJSON decodes data into v strictly: no unknown fields, no trailing
+// data.
+func decodeJSON(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -116,9 +116,15 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
-	var hb apiv1.HeartbeatRequest
-	if err := decode(w, r, &hb); err != nil {
+	data, err := readBody(w, r)
+	if err != nil {
 		return err
+	}
+	hb, ok := parseHeartbeat(data) // what workers send, without reflection
+	if !ok {
+		if err := decodeJSON(data, &hb); err != nil {
+			return err
+		}
 	}
 	wk, err := s.workerAuth(r, hb.WorkerID)
 	if err != nil {
@@ -148,6 +154,16 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := s.h.Heartbeat(r.Context(), wk, &hb); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, apiv1.Message{Message: "Heartbeat received"})
+	// The answer is bytes made once, and has no Date header (formatting
+	// one was a visible share of an idle hive's CPU at 1000 workers).
+	hd := w.Header()
+	hd["Content-Type"] = []string{"application/json"}
+	hd["X-Content-Type-Options"] = []string{"nosniff"}
+	hd["Date"] = nil
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(heartbeatAnswer)
 	return nil
 }
+
+// heartbeatAnswer is what writeJSON writes for the heartbeat's answer.
+var heartbeatAnswer = []byte(`{"message":"Heartbeat received"}` + "\n")

@@ -491,7 +491,7 @@ func (b *Bench) compare() {
 			"time to stop all: SIGTERM → supervisord exit (a fifth ignore SIGTERM)", "")
 		row("supervisor RSS", "MiB", "median", "scale", "hive RSS (VmRSS)", n, "supervisord RSS (VmRSS)", "")
 		row("supervisor CPU, idle", "% of one core", "median", "scale", "hive CPU, idle", n, "supervisord CPU, idle",
-			"the hive probes every worker every 10 s and takes a heartbeat every 5 s; supervisord does neither")
+			"the hive takes a heartbeat from every worker every 10 s (and probes one only when its heartbeats stop vouching for it); supervisord does neither")
 		row("worker RSS", "MiB", "median", "scale", "reference worker RSS (per worker)", n,
 			"reference worker RSS, standalone (per worker)", "same binary; hive mode also heartbeats")
 		row("start N workers", "workers/s", "median", "scale", "spawn throughput (32 concurrent spawns, to idle)", n,

@@ -1,4 +1,4 @@
-package frontdoor
+package relay
 
 import (
 	"bufio"
@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,15 +55,15 @@ func post(t *testing.T, tr http.RoundTripper, ctx context.Context, url, body str
 	return tr.RoundTrip(req)
 }
 
-// The worker transport keeps one connection per sequential client and
+// The transport keeps one connection per sequential client and
 // relays the body and the answer unchanged.
-func TestWorkerTransportReusesConnections(t *testing.T) {
+func TestTransportReusesConnections(t *testing.T) {
 	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Echo", r.Header.Get("X-Test"))
 		_, _ = w.Write(append([]byte("got "), b...))
 	}))
-	tr := newWorkerTransport()
+	tr := New(5 * time.Second)
 	defer tr.Close()
 	for i := 0; i < 5; i++ {
 		req, _ := http.NewRequest("POST", srv.URL+"/v1/x", strings.NewReader(`{"model":"m"}`))
@@ -84,7 +85,7 @@ func TestWorkerTransportReusesConnections(t *testing.T) {
 
 // A kept-alive connection the worker has closed (its idle timeout, a
 // restart) is not used: the next request dials anew instead of failing.
-func TestWorkerTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
+func TestTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
 	var mu sync.Mutex
 	var conns []net.Conn
 	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +97,7 @@ func TestWorkerTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	tr := newWorkerTransport()
+	tr := New(5 * time.Second)
 	defer tr.Close()
 	get := func() {
 		t.Helper()
@@ -147,7 +148,7 @@ func TestWorkerTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
 // A client that goes away mid-stream closes the connection to the worker
 // at once (the worker's request context ends), and the connection is not
 // pooled.
-func TestWorkerTransportCancelClosesWorkerConnection(t *testing.T) {
+func TestTransportCancelClosesWorkerConnection(t *testing.T) {
 	cancelled := make(chan struct{})
 	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -156,7 +157,7 @@ func TestWorkerTransportCancelClosesWorkerConnection(t *testing.T) {
 		<-r.Context().Done()
 		close(cancelled)
 	}))
-	tr := newWorkerTransport()
+	tr := New(5 * time.Second)
 	defer tr.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	resp, err := post(t, tr, ctx, srv.URL, "x")
@@ -184,7 +185,7 @@ func TestWorkerTransportCancelClosesWorkerConnection(t *testing.T) {
 
 // A body closed before its end (the relay to the client failed) closes
 // the connection rather than draining a stream that may not end.
-func TestWorkerTransportCloseBeforeEndDoesNotDrain(t *testing.T) {
+func TestTransportCloseBeforeEndDoesNotDrain(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -196,7 +197,7 @@ func TestWorkerTransportCloseBeforeEndDoesNotDrain(t *testing.T) {
 		case <-release:
 		}
 	}))
-	tr := newWorkerTransport()
+	tr := New(5 * time.Second)
 	defer tr.Close()
 	resp, err := post(t, tr, context.Background(), srv.URL, "x")
 	if err != nil {
@@ -216,11 +217,11 @@ func TestWorkerTransportCloseBeforeEndDoesNotDrain(t *testing.T) {
 
 // Idle connections to a worker that ended are closed with CloseIdle, and
 // ones idle past the timeout by the sweep.
-func TestWorkerTransportClosesIdleConnections(t *testing.T) {
+func TestTransportClosesIdleConnections(t *testing.T) {
 	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	}))
-	tr := newWorkerTransport()
+	tr := New(5 * time.Second)
 	defer tr.Close()
 	resp, err := post(t, tr, context.Background(), srv.URL, "x")
 	if err != nil {
@@ -249,5 +250,111 @@ func TestWorkerTransportClosesIdleConnections(t *testing.T) {
 	tr.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d idle connections after CloseIdle", n)
+	}
+}
+
+// The hop-by-hop headers, and those the Connection header names, are not
+// relayed; the rest are, less the ones the caller skips.
+func TestCopyHeaderDropsHopByHop(t *testing.T) {
+	src := http.Header{
+		"Connection":        {"keep-alive, X-Private"},
+		"X-Private":         {"1"},
+		"Keep-Alive":        {"timeout=5"},
+		"Transfer-Encoding": {"chunked"},
+		"Authorization":     {"Bearer client"},
+		"Content-Type":      {"application/json"},
+		"X-Request-Id":      {"r1"},
+	}
+	dst := http.Header{}
+	CopyHeader(dst, src, "Authorization")
+	want := http.Header{"Content-Type": {"application/json"}, "X-Request-Id": {"r1"}}
+	if len(dst) != len(want) || dst.Get("Content-Type") != "application/json" || dst.Get("X-Request-Id") != "r1" {
+		t.Fatalf("copied %v, want %v", dst, want)
+	}
+}
+
+func TestTargetJoinsPathAndQuery(t *testing.T) {
+	for _, c := range []struct{ base, in, want string }{
+		{"http://h:1", "/v1/chat/completions", "http://h:1/v1/chat/completions"},
+		{"http://h:1/", "/v1/x?a=1", "http://h:1/v1/x?a=1"},
+		{"http://h:1/pre", "/v1/x", "http://h:1/pre/v1/x"},
+		{"http://h:1/pre/?k=v", "/v1/x?a=1", "http://h:1/pre/v1/x?k=v&a=1"},
+	} {
+		b, _ := url.Parse(c.base)
+		in, _ := url.Parse(c.in)
+		if got := Target(b, in).String(); got != c.want {
+			t.Errorf("Target(%s, %s) = %s, want %s", c.base, c.in, got, c.want)
+		}
+	}
+}
+
+// An event stream is relayed chunk by chunk: the client reads the first
+// event before the next hop writes the second.
+func TestWriteResponseFlushesEachChunkOfAStream(t *testing.T) {
+	second := make(chan struct{})
+	hop, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-second:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: 2\n\n")
+	}))
+	tr := New(5 * time.Second)
+	defer tr.Close()
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, _ := url.Parse(hop.URL)
+		resp, _, err := tr.Do(NewRequest(r.Context(), "POST", Target(u, r.URL), http.Header{}, []byte("x")))
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		if _, err := WriteResponse(w, resp); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+	}))
+	defer front.Close()
+	type read struct {
+		resp *http.Response
+		rd   *bufio.Reader
+		line string
+		err  error
+	}
+	first := make(chan read, 1)
+	go func() {
+		resp, err := http.Post(front.URL+"/v1/chat/completions", "application/json", strings.NewReader("x"))
+		if err != nil {
+			first <- read{err: err}
+			return
+		}
+		rd := bufio.NewReader(resp.Body)
+		l, err := rd.ReadString('\n')
+		first <- read{resp, rd, l, err}
+	}()
+	var r read
+	select {
+	case r = <-first:
+	case <-time.After(5 * time.Second):
+		close(second)
+		t.Fatal("the first event was not relayed before the second was written (held in a buffer)")
+	}
+	if r.resp != nil {
+		defer r.resp.Body.Close()
+	}
+	if r.err != nil || r.line != "data: 1\n" {
+		close(second)
+		t.Fatalf("first line %q, %v", r.line, r.err)
+	}
+	resp, rd := r.resp, r.rd
+	close(second)
+	rest, _ := io.ReadAll(rd)
+	if string(rest) != "\ndata: 2\n\n" {
+		t.Fatalf("rest %q", rest)
+	}
+	if resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("Content-Type %q", resp.Header.Get("Content-Type"))
 	}
 }

@@ -1,8 +1,7 @@
-package frontdoor
+package relay
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,23 +13,25 @@ import (
 	"time"
 )
 
-// workerTransport is the reverse proxy's round tripper to the workers:
-// HTTP/1.1 over kept-alive loopback connections, the request written and
-// the answer's head read in the calling goroutine. net/http's Transport
-// runs two goroutines per connection and hands every request and answer
-// between them and the caller over channels: under load those hand-offs
-// (and the wake-ups of idle threads they cause) were a sixth of the hive's
-// CPU per proxied request, which on a machine whose cores the client and
-// the worker share is added latency. What the reverse proxy does above it
-// (headers, hop-by-hop removal, flushing, trailers, aborts) is unchanged.
+// Transport is the relay's round tripper to the next hop (a hive's
+// workers, a queen's hives): HTTP/1.1 over kept-alive connections, the
+// request written and the answer's head read in the calling goroutine.
+// net/http's Transport runs two goroutines per connection and hands every
+// request and answer between them and the caller over channels: under load
+// those hand-offs (and the wake-ups of idle threads they cause) were a
+// sixth of the hive's CPU per proxied request, which on a machine whose
+// cores the client and the worker share is added latency.
 //
 // A request whose context ends (the client went away) closes its
-// connection at once: the worker sees the cancel. A connection goes back to
-// the pool only after its answer was read to the end.
-type workerTransport struct {
+// connection at once: the next hop sees the cancel. A connection goes back
+// to the pool only after its answer was read to the end. URLs other than
+// http:// go through Fallback (net/http's Transport unless set).
+type Transport struct {
 	dialer      net.Dialer
-	maxIdle     int           // kept-alive connections per worker address
+	maxIdle     int           // kept-alive connections per address
 	idleTimeout time.Duration // an idle connection older than this is closed
+	// Fallback carries what is not plain http:// (an https:// hive URL).
+	Fallback http.RoundTripper
 
 	mu        sync.Mutex
 	idle      map[string][]*wconn // by host:port, most recently used last
@@ -38,7 +39,7 @@ type workerTransport struct {
 	closed    bool
 }
 
-// wconn is one connection to a worker.
+// wconn is one connection to the next hop.
 type wconn struct {
 	c    net.Conn
 	br   *bufio.Reader
@@ -46,19 +47,38 @@ type wconn struct {
 	used time.Time // when it went idle
 }
 
-func newWorkerTransport() *workerTransport {
-	return &workerTransport{
-		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+// New returns a Transport whose dials time out after dialTimeout.
+func New(dialTimeout time.Duration) *Transport {
+	return &Transport{
+		dialer:      net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
 		maxIdle:     1024,
 		idleTimeout: 90 * time.Second,
 		idle:        map[string][]*wconn{},
 	}
 }
 
-// RoundTrip implements http.RoundTripper for plain-HTTP worker URLs.
-func (t *workerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, _, err := t.Do(req)
+	return resp, err
+}
+
+// Do sends req and returns the answer with its head read; reused tells
+// whether it went out on a kept-alive connection (one the next hop may
+// have dropped since: a failure on it says nothing about the hop being
+// down). An in-memory body (bytes.Reader, strings.Reader, io.NopCloser of
+// one) leaves with the head in one write.
+func (t *Transport) Do(req *http.Request) (resp *http.Response, reused bool, err error) {
 	if req.URL.Scheme != "http" {
-		return nil, fmt.Errorf("frontdoor: worker URL scheme %q is not http", req.URL.Scheme)
+		if req.URL.Scheme == "https" {
+			fb := t.Fallback
+			if fb == nil {
+				fb = http.DefaultTransport
+			}
+			resp, err := fb.RoundTrip(req)
+			return resp, false, err
+		}
+		return nil, false, fmt.Errorf("relay: URL scheme %q is not http or https", req.URL.Scheme)
 	}
 	addr := req.URL.Host
 	if req.URL.Port() == "" {
@@ -66,34 +86,22 @@ func (t *workerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	wc, reused, err := t.get(ctx, addr)
 	if err != nil {
-		return nil, err
-	}
-	if a := attemptOf(req); a != nil {
-		a.reused = reused
-		if req.Body != nil && int64(len(a.body)) == req.ContentLength {
-			// The reverse proxy wraps the body in a reader of its own,
-			// which req.Write does not know to be in memory: it would
-			// write the head and the body in two writes (two segments,
-			// two wake-ups of the worker) instead of one.
-			out := *req // a round tripper must not change the request it was given
-			out.Body = io.NopCloser(bytes.NewReader(a.body))
-			req = &out
-		}
+		return nil, false, err
 	}
 	// The client going away closes the connection, whatever it is doing:
 	// writing, waiting for the head, or (through the body) streaming.
 	stop := context.AfterFunc(ctx, func() { wc.c.Close() })
-	fail := func(err error) (*http.Response, error) {
+	fail := func(err error) (*http.Response, bool, error) {
 		stop()
 		wc.c.Close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
+			return nil, reused, cerr
 		}
-		return nil, err
+		return nil, reused, err
 	}
 	// The head and an in-memory body leave in one write.
 	if err := req.Write(wc.bw); err != nil {
@@ -102,7 +110,6 @@ func (t *workerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := wc.bw.Flush(); err != nil {
 		return fail(err)
 	}
-	var resp *http.Response
 	for {
 		resp, err = http.ReadResponse(wc.br, req)
 		if err != nil {
@@ -114,16 +121,16 @@ func (t *workerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			break
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return fail(errors.New("frontdoor: the worker switched protocols"))
+			return fail(errors.New("relay: the next hop switched protocols"))
 		}
 	}
 	resp.Body = &wbody{t: t, wc: wc, src: resp.Body, stop: stop, addr: addr, keep: !resp.Close && !req.Close}
-	return resp, nil
+	return resp, reused, nil
 }
 
 // get returns a kept-alive connection to addr that is still open, or a new
 // one (reused false).
-func (t *workerTransport) get(ctx context.Context, addr string) (*wconn, bool, error) {
+func (t *Transport) get(ctx context.Context, addr string) (*wconn, bool, error) {
 	for {
 		t.mu.Lock()
 		list := t.idle[addr]
@@ -148,9 +155,9 @@ func (t *workerTransport) get(ctx context.Context, addr string) (*wconn, bool, e
 	return &wconn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
 }
 
-// open reports whether an idle connection is still usable: the worker has
-// not closed it (a restarted or stopped worker, or its own idle timeout)
-// and sent nothing unasked. One non-blocking peek, no wait.
+// open reports whether an idle connection is still usable: the next hop
+// has not closed it (a restarted or stopped worker, or its own idle
+// timeout) and sent nothing unasked. One non-blocking peek, no wait.
 func (wc *wconn) open() bool {
 	if wc.br.Buffered() > 0 {
 		return false
@@ -174,7 +181,7 @@ func (wc *wconn) open() bool {
 }
 
 // put returns a connection whose answer was read to the end to the pool.
-func (t *workerTransport) put(addr string, wc *wconn) {
+func (t *Transport) put(addr string, wc *wconn) {
 	now := time.Now()
 	wc.used = now
 	t.mu.Lock()
@@ -197,7 +204,7 @@ func (t *workerTransport) put(addr string, wc *wconn) {
 
 // sweepLocked takes the connections idle longer than idleTimeout out of the
 // pool (the oldest are first in each list) and returns them to be closed.
-func (t *workerTransport) sweepLocked(now time.Time) []*wconn {
+func (t *Transport) sweepLocked(now time.Time) []*wconn {
 	var stale []*wconn
 	for addr, list := range t.idle {
 		i := 0
@@ -217,9 +224,9 @@ func (t *workerTransport) sweepLocked(now time.Time) []*wconn {
 	return stale
 }
 
-// CloseIdle closes the idle connections to addr ("" for every address); a
-// worker that ended leaves none behind.
-func (t *workerTransport) CloseIdle(addr string) {
+// CloseIdle closes the idle connections to addr (host:port; "" for every
+// address): a worker that ended leaves none behind.
+func (t *Transport) CloseIdle(addr string) {
 	t.mu.Lock()
 	var all []*wconn
 	for a, list := range t.idle {
@@ -235,7 +242,7 @@ func (t *workerTransport) CloseIdle(addr string) {
 }
 
 // Close closes every idle connection and keeps none from then on.
-func (t *workerTransport) Close() {
+func (t *Transport) Close() {
 	t.mu.Lock()
 	t.closed = true
 	t.mu.Unlock()
@@ -244,9 +251,9 @@ func (t *workerTransport) Close() {
 
 // wbody is an answer's body: read to the end, its connection goes back to
 // the pool; closed before that (the client went away, or the relay failed),
-// the connection is closed, which the worker sees as the cancel.
+// the connection is closed, which the next hop sees as the cancel.
 type wbody struct {
-	t    *workerTransport
+	t    *Transport
 	wc   *wconn
 	src  io.ReadCloser
 	stop func() bool
@@ -267,7 +274,7 @@ func (b *wbody) Read(p []byte) (int, error) {
 }
 
 // Close does not drain what is left (net/http's body would, up to 256 KiB,
-// from a worker still streaming): it closes the connection.
+// from a hop still streaming): it closes the connection.
 func (b *wbody) Close() error {
 	if !b.done {
 		b.finish(false)

@@ -42,7 +42,11 @@ func (b *Bench) queenBench() error {
 	}
 	defer etcd.Close()
 	const prefix = "/bench/"
-	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n  stop_timeout: 2s\n", Ports: 32, Extra: "profiles:\n" +
+	hargs, hivePprof, err := b.pprofArgs()
+	if err != nil {
+		return err
+	}
+	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n  stop_timeout: 2s\n", Ports: 32, Args: hargs, Extra: "profiles:\n" +
 		fdGeneric(b.o.Bins.Generic, "gen", map[string]string{"GENERIC_TOKENS": "1"}) +
 		"models:\n  m: {model_ref: file:stories260K.gguf, profile: gen, min_workers: 1}\n" +
 		fmt.Sprintf("cluster: {etcd: [%s], node: bench, prefix: %s}\n", endpoint, prefix)})
@@ -81,7 +85,7 @@ func (b *Bench) queenBench() error {
 		}
 	}
 	if b.wantPart("queen", "overhead") {
-		if err := b.queenOverhead(h, endpoint, prefix, dir); err != nil {
+		if err := b.queenOverhead(h, hivePprof, endpoint, prefix, dir); err != nil {
 			return err
 		}
 	}
@@ -219,7 +223,7 @@ func (b *Bench) queenReady(h *Hive, view *cluster.View) error {
 // queenOverhead: the same requests through a real rbee-queen process and
 // straight to the hive's front door, interleaved in rounds; then the CPU
 // per request of the queen and of the hive at 10 clients.
-func (b *Bench) queenOverhead(h *Hive, endpoint, prefix, dir string) error {
+func (b *Bench) queenOverhead(h *Hive, hivePprof, endpoint, prefix, dir string) error {
 	bin := filepath.Join(filepath.Dir(b.o.Bins.Hive), "rbee-queen")
 	args, pprofURL, err := b.pprofArgs()
 	if err != nil {
@@ -282,8 +286,15 @@ func (b *Bench) queenOverhead(h *Hive, endpoint, prefix, dir string) error {
 			r.Note += "; judged missed: the added median is over the limit"
 		}
 	}
+	// The hive here registers in etcd (its in_flight changes are written
+	// there): its own figure straight, for comparison with the one through
+	// the queen.
+	if err := b.cpuPerRequest("queen", "client → hive → worker (registered)", h.URL, "m", "queen-direct",
+		[]proc{{name: "hive", pid: h.PID, pprof: hivePprof}}); err != nil {
+		return err
+	}
 	return b.cpuPerRequest("queen", "client → queen → hive → worker", queenURL, "m", "queen",
-		[]proc{{name: "rbee-queen", pid: qp.cmd.Process.Pid, pprof: pprofURL}, {name: "hive", pid: h.PID}})
+		[]proc{{name: "rbee-queen", pid: qp.cmd.Process.Pid, pprof: pprofURL}, {name: "hive", pid: h.PID, pprof: hivePprof}})
 }
 
 // queenSteadyWrites counts the hive's etcd transactions (the revision: it

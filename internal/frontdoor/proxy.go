@@ -77,14 +77,11 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 		}
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
 	}
-	var head struct {
-		Model json.RawMessage `json:"model"`
-	}
-	if err := json.Unmarshal(body, &head); err != nil {
+	name, err := relay.Model(body)
+	if err != nil {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must be a JSON object with a \"model\": %s", clip.String(err.Error(), 200))
 	}
-	var name string
-	if err := json.Unmarshal(head.Model, &name); err != nil || name == "" {
+	if name == "" {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must name a \"model\" (a string)")
 	}
 	m := fd.lookup(name)

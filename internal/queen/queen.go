@@ -243,14 +243,12 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: "+err.Error())
 		return
 	}
-	var head struct {
-		Model string `json:"model"`
-	}
-	if err := json.Unmarshal(body, &head); err != nil || head.Model == "" {
+	model, err := relay.Model(body)
+	if err != nil || model == "" {
 		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, `the body must be a JSON object naming a "model" (a string)`)
 		return
 	}
-	cands := q.Route(head.Model)
+	cands := q.Route(model)
 	if len(cands) == 0 {
 		names := []string{}
 		for _, m := range q.ClusterState().Models {
@@ -259,7 +257,7 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		writeError(w, http.StatusNotFound, apiv1.CodeModelNotFound,
-			fmt.Sprintf("model %q is served by no live hive; models: %s", head.Model, strings.Join(names, ", ")))
+			fmt.Sprintf("model %q is served by no live hive; models: %s", model, strings.Join(names, ", ")))
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -277,9 +275,9 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		last = err
-		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", head.Model, "error", err)
+		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", model, "error", err)
 	}
-	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", head.Model, last))
+	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", model, last))
 }
 
 // relayHeaders are the client's headers a hive gets (its own credentials

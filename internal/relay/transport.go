@@ -42,6 +42,7 @@ type Transport struct {
 // wconn is one connection to the next hop.
 type wconn struct {
 	c    net.Conn
+	cr   countReader // what br reads through
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time // when it went idle
@@ -68,6 +69,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // have dropped since: a failure on it says nothing about the hop being
 // down). An in-memory body (bytes.Reader, strings.Reader, io.NopCloser of
 // one) leaves with the head in one write.
+//
+// A pooled connection that went idle under freshIdle ago is used without
+// the peek that checks it is still open (a syscall per request, 1–5 % of
+// the CPU of a relay under load); if the hop had closed it after all (it
+// restarted, or its own idle timeout), the exchange fails before any byte
+// of an answer and the request, whose body can be read again, goes once
+// more on a new connection.
 func (t *Transport) Do(req *http.Request) (resp *http.Response, reused bool, err error) {
 	if req.URL.Scheme != "http" {
 		if req.URL.Scheme == "https" {
@@ -88,20 +96,45 @@ func (t *Transport) Do(req *http.Request) (resp *http.Response, reused bool, err
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
 	}
-	wc, reused, err := t.get(ctx, addr)
+	wc, reused, checked, err := t.get(ctx, addr, true)
 	if err != nil {
 		return nil, false, err
 	}
+	read := wc.cr.n
+	resp, err = t.exchange(req, wc, addr)
+	if err == nil || !reused || checked || wc.cr.n != read || ctx.Err() != nil {
+		return resp, reused, err
+	}
+	again := *req // a round tripper must not change the request it was given
+	switch {
+	case req.Body == nil || req.Body == http.NoBody:
+	case req.GetBody != nil:
+		if again.Body, err = req.GetBody(); err != nil {
+			return nil, reused, err
+		}
+	default:
+		return nil, reused, err // the body is gone: not sent again
+	}
+	if wc, _, _, err = t.get(ctx, addr, false); err != nil {
+		return nil, false, err
+	}
+	resp, err = t.exchange(&again, wc, addr)
+	return resp, false, err
+}
+
+// exchange writes req on wc and reads the answer's head.
+func (t *Transport) exchange(req *http.Request, wc *wconn, addr string) (*http.Response, error) {
+	ctx := req.Context()
 	// The client going away closes the connection, whatever it is doing:
 	// writing, waiting for the head, or (through the body) streaming.
 	stop := context.AfterFunc(ctx, func() { wc.c.Close() })
-	fail := func(err error) (*http.Response, bool, error) {
+	fail := func(err error) (*http.Response, error) {
 		stop()
 		wc.c.Close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, reused, cerr
+			return nil, cerr
 		}
-		return nil, reused, err
+		return nil, err
 	}
 	// The head and an in-memory body leave in one write.
 	if err := req.Write(wc.bw); err != nil {
@@ -111,27 +144,33 @@ func (t *Transport) Do(req *http.Request) (resp *http.Response, reused bool, err
 		return fail(err)
 	}
 	for {
-		resp, err = http.ReadResponse(wc.br, req)
+		resp, err := http.ReadResponse(wc.br, req)
 		if err != nil {
 			return fail(err)
 		}
 		// 1xx answers (100 Continue) are informational: the final one
 		// follows. 101 is not for inference routes.
-		if resp.StatusCode >= 200 {
-			break
-		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			return fail(errors.New("relay: the next hop switched protocols"))
 		}
+		if resp.StatusCode >= 200 {
+			resp.Body = &wbody{t: t, wc: wc, src: resp.Body, stop: stop, addr: addr, keep: !resp.Close && !req.Close}
+			return resp, nil
+		}
 	}
-	resp.Body = &wbody{t: t, wc: wc, src: resp.Body, stop: stop, addr: addr, keep: !resp.Close && !req.Close}
-	return resp, reused, nil
 }
 
-// get returns a kept-alive connection to addr that is still open, or a new
-// one (reused false).
-func (t *Transport) get(ctx context.Context, addr string) (*wconn, bool, error) {
-	for {
+// freshIdle is how long a pooled connection is used without checking it is
+// still open: under a hop's keep-alive timeout (llama-server's is 5 s, Go
+// servers' none), so a close by the hop in that time is a restart or a
+// crash, which the redial in Do covers.
+const freshIdle = time.Second
+
+// get returns a kept-alive connection to addr (pooled: from the pool when
+// there is one) or a new one (reused false); checked tells whether a
+// pooled one was seen to be still open.
+func (t *Transport) get(ctx context.Context, addr string, pooled bool) (wc *wconn, reused, checked bool, err error) {
+	for pooled {
 		t.mu.Lock()
 		list := t.idle[addr]
 		n := len(list)
@@ -143,16 +182,22 @@ func (t *Transport) get(ctx context.Context, addr string) (*wconn, bool, error) 
 		list[n-1] = nil
 		t.idle[addr] = list[:n-1]
 		t.mu.Unlock()
+		if time.Since(wc.used) < freshIdle && wc.br.Buffered() == 0 {
+			return wc, true, false, nil
+		}
 		if wc.open() {
-			return wc, true, nil
+			return wc, true, true, nil
 		}
 		wc.c.Close()
 	}
 	c, err := t.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
-	return &wconn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	wc = &wconn{c: c, bw: bufio.NewWriterSize(c, 4<<10)}
+	wc.cr.r = c
+	wc.br = bufio.NewReaderSize(&wc.cr, 4<<10)
+	return wc, false, false, nil
 }
 
 // open reports whether an idle connection is still usable: the next hop
@@ -292,4 +337,17 @@ func (b *wbody) finish(complete bool) {
 		return
 	}
 	b.wc.c.Close()
+}
+
+// countReader counts the bytes read from a connection: a failed exchange
+// that read none got no answer at all.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

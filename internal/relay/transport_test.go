@@ -84,11 +84,14 @@ func TestTransportReusesConnections(t *testing.T) {
 }
 
 // A kept-alive connection the worker has closed (its idle timeout, a
-// restart) is not used: the next request dials anew instead of failing.
-func TestTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
+// restart) does not fail the next request: used within a second of going
+// idle, the request goes again on a new connection; the hop sees it once.
+func TestTransportRecoversFromAConnectionTheWorkerClosed(t *testing.T) {
 	var mu sync.Mutex
 	var conns []net.Conn
+	var seen atomic.Int64
 	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
 		_, _ = io.WriteString(w, "ok")
 	}), func(c net.Conn, st http.ConnState) {
 		if st == http.StateIdle {
@@ -142,6 +145,9 @@ func TestTransportSkipsConnectionTheWorkerClosed(t *testing.T) {
 	get()
 	if n := cl.n.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2 (the closed one replaced)", n)
+	}
+	if n := seen.Load(); n != 2 {
+		t.Fatalf("the hop saw %d requests, want 2", n)
 	}
 }
 
@@ -356,5 +362,93 @@ func TestWriteResponseFlushesEachChunkOfAStream(t *testing.T) {
 	}
 	if resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("Content-Type %q", resp.Header.Get("Content-Type"))
+	}
+}
+
+// A pooled connection idle for a second or more is peeked at before use:
+// one the hop closed is dropped and a new one dialled (not reused).
+func TestTransportPeeksAtAConnectionIdleOverASecond(t *testing.T) {
+	var mu sync.Mutex
+	var conns []net.Conn
+	srv, cl := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), func(c net.Conn, st http.ConnState) {
+		if st == http.StateIdle {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	tr := New(5 * time.Second)
+	defer tr.Close()
+	resp, err := post(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(conns)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never went idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	conns[0].Close()
+	mu.Unlock()
+	addr := srv.Listener.Addr().String()
+	tr.mu.Lock()
+	wc := tr.idle[addr][0]
+	wc.used = time.Now().Add(-2 * freshIdle)
+	tr.mu.Unlock()
+	for wc.open() {
+		if time.Now().After(deadline) {
+			t.Fatal("the closed connection still looks open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got, reused, _, err := tr.get(context.Background(), addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.c.Close()
+	if reused || got == wc {
+		t.Fatalf("reused %v, same %v: want a new connection", reused, got == wc)
+	}
+	for cl.n.Load() != 2 { // the server's accept may come after the dial returns
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections accepted, want 2", cl.n.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A request whose connection was new is not sent again when the hop
+// closes it without an answer (it may have acted on it): the error goes
+// to the caller, and the hop saw the request once.
+func TestTransportDoesNotResendOnANewConnection(t *testing.T) {
+	var seen atomic.Int64
+	srv, _ := newCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		_, _ = io.ReadAll(r.Body)
+		c, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	tr := New(5 * time.Second)
+	defer tr.Close()
+	if _, err := post(t, tr, context.Background(), srv.URL, "x"); err == nil {
+		t.Fatal("no error from a hop that closed without answering")
+	}
+	if n := seen.Load(); n != 1 {
+		t.Fatalf("the hop saw the request %d times, want 1", n)
 	}
 }

@@ -18,6 +18,7 @@ import (
 func main() {
 	path := flag.String("config", "/etc/rbee/queen.yaml", "queen config file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this loopback `ADDRESS` (debugging)")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("rbee-queen", version.Version)
@@ -29,6 +30,14 @@ func main() {
 		os.Exit(2)
 	}
 	log := daemon.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
+	if *pprofAddr != "" {
+		stopPprof, err := daemon.ServePprof(*pprofAddr, log)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "rbee-queen:", err)
+			os.Exit(2)
+		}
+		defer stopPprof()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := queen.Run(ctx, cfg, log); err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/testutil/daemonkit"
 )
 
 // frontdoor measures the front door (SPEC §10) side by side with requests
@@ -24,17 +25,35 @@ import (
 // launch → ready); 1000 concurrent idle SSE streams held through the hive
 // (hive RSS); and a swap (evicting one idle reference worker and cold
 // starting another).
+// Parts: frontdoor:latency (with the hive's CPU per request), :cold,
+// :streams, :swap.
 func (b *Bench) frontdoor() error {
-	if err := b.fdLatency(); err != nil {
-		return err
+	for _, part := range []struct {
+		name string
+		f    func() error
+	}{{"latency", b.fdLatency}, {"cold", b.fdColdStart}, {"streams", b.fdIdleStreams}, {"swap", b.fdSwap}} {
+		if !b.wantPart("frontdoor", part.name) {
+			continue
+		}
+		if err := part.f(); err != nil {
+			return fmt.Errorf("%s: %w", part.name, err)
+		}
 	}
-	if err := b.fdColdStart(); err != nil {
-		return err
+	return nil
+}
+
+// pprofArgs returns the daemon flag that serves pprof on a free loopback
+// port, and its base URL, when the run saves profiles.
+func (b *Bench) pprofArgs() ([]string, string, error) {
+	if b.o.ProfileDir == "" {
+		return nil, "", nil
 	}
-	if err := b.fdIdleStreams(); err != nil {
-		return err
+	port, err := daemonkit.FreeRange(1)
+	if err != nil {
+		return nil, "", err
 	}
-	return b.fdSwap()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	return []string{"--pprof", addr}, "http://" + addr + "/debug/pprof/", nil
 }
 
 func fdGeneric(bin, name string, env map[string]string) string {
@@ -73,7 +92,11 @@ func fdWorker(h *Hive, model string) (*apiv1.WorkerInfo, error) {
 // worker and through the hive, interleaved in rounds so that both see the
 // same machine load.
 func (b *Bench) fdLatency() error {
-	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Extra: "profiles:\n" +
+	args, pprofURL, err := b.pprofArgs()
+	if err != nil {
+		return err
+	}
+	h, err := b.startHive(HiveOptions{Settings: "  idle_timeout: 0s\n", Args: args, Extra: "profiles:\n" +
 		fdGeneric(b.o.Bins.Generic, "gen", map[string]string{"GENERIC_TOKENS": "1"}) +
 		fdGeneric(b.o.Bins.Generic, "stream", map[string]string{"GENERIC_TOKENS": "8", "GENERIC_TOKEN_MS": "2", "GENERIC_CHUNK_TS": "1"}) +
 		"models:\n  m: {model_ref: file:stories260K.gguf, profile: gen, min_workers: 1}\n  s: {model_ref: file:stories260K.gguf, profile: stream, min_workers: 1}\n"})
@@ -136,7 +159,7 @@ func (b *Bench) fdLatency() error {
 		b.add(sec, "SSE chunk written → read, through the front door", hchunk, nil, "")
 		b.addDiff(sec, "SSE chunk: added by the front door", hchunk, dchunk, t)
 	}
-	return nil
+	return b.cpuPerRequest("frontdoor", "client → hive → worker", h.URL, "m", "frontdoor", []proc{{name: "hive", pid: h.PID, pprof: pprofURL}})
 }
 
 // addDiff records a - b as a figure: its median and p99 are the

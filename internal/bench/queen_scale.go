@@ -173,7 +173,7 @@ type queenProc struct {
 	log  *bytes.Buffer
 }
 
-func startQueen(bin, dir, endpoint, prefix string) (*queenProc, error) {
+func startQueen(bin, dir, endpoint, prefix string, args ...string) (*queenProc, error) {
 	port, err := daemonkit.FreeRange(1)
 	if err != nil {
 		return nil, err
@@ -184,7 +184,7 @@ func startQueen(bin, dir, endpoint, prefix string) (*queenProc, error) {
 		return nil, err
 	}
 	q := &queenProc{url: fmt.Sprintf("http://127.0.0.1:%d", port), done: make(chan struct{}), log: &bytes.Buffer{}}
-	q.cmd = exec.Command(bin, "--config", cfg)
+	q.cmd = exec.Command(bin, append([]string{"--config", cfg}, args...)...)
 	q.cmd.Stdout, q.cmd.Stderr = q.log, q.log
 	if err := q.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)

@@ -349,7 +349,7 @@ func Run(ctx context.Context, o Options) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	if o.PprofAddr != "" {
-		stop, err := servePprof(o.PprofAddr, log)
+		stop, err := ServePprof(o.PprofAddr, log)
 		if err != nil {
 			log.Error("pprof not served", "addr", o.PprofAddr, "error", err)
 		} else {
@@ -434,10 +434,10 @@ func callbackAddr(a *net.TCPAddr) string {
 	return a.String()
 }
 
-// servePprof serves net/http/pprof on addr, which must be a loopback
+// ServePprof serves net/http/pprof on addr, which must be a loopback
 // address, and only to requests whose Host is loopback (a web page cannot
 // reach it through DNS rebinding). The returned func stops it.
-func servePprof(addr string, log *slog.Logger) (func(), error) {
+func ServePprof(addr string, log *slog.Logger) (func(), error) {
 	if !IsLoopback(addr) {
 		return nil, fmt.Errorf("--pprof %s: only a loopback address is allowed", addr)
 	}

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httputil"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/relay"
 	"github.com/rbee/rbee-hive/internal/state"
 )
 
@@ -109,8 +109,7 @@ type FrontDoor struct {
 	budget  int64
 	metrics *Metrics
 	created int64
-	proxy   *httputil.ReverseProxy
-	tr      *workerTransport
+	tr      *relay.Transport // the relay to the workers
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -237,23 +236,12 @@ func New(o Options) (*FrontDoor, error) {
 			fd.names[a] = m
 		}
 	}
-	fd.tr = newWorkerTransport()
-	fd.proxy = &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: fd.tr,
-		// 0: the reverse proxy flushes every write of an event stream and
-		// of a body of unknown length (chunked) at once, chunk by chunk; a
-		// body of known length goes through the server's write buffer and
-		// leaves in as few writes as it fills (never buffered whole). -1
-		// (flush every write of every answer) cost a timer goroutine and
-		// a separate write for the head of each non-streaming answer:
-		// about an eighth of the hive's CPU per request under load.
-		FlushInterval:  0,
-		BufferPool:     copyBuffers{},
-		ErrorHandler:   proxyError,
-		ModifyResponse: gotResponse,
-		ErrorLog:       slog.NewLogLogger(fd.log.Handler(), slog.LevelDebug),
-	}
+	// The relay to the workers: the request written and the answer's head
+	// read in the handler's goroutine; an event stream (or a body of
+	// unknown length) relayed chunk by chunk with a flush per chunk, a
+	// body of known length through the server's write buffer (flushing
+	// every write cost a separate write for the head of each answer).
+	fd.tr = relay.New(5 * time.Second)
 	fd.ctx, fd.cancel = context.WithCancel(context.Background())
 	return fd, nil
 }

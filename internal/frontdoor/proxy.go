@@ -1,7 +1,6 @@
 package frontdoor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,43 +8,29 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/relay"
 
 	"github.com/rbee/rbee-hive/internal/clip"
 )
 
-// attempt is one try of relaying a request to one worker; the reverse
-// proxy's hooks find it in the request's context.
+// attempt is one try of relaying a request to one worker.
 type attempt struct {
 	target   *url.URL
 	err      error // the round trip's error (nothing was relayed)
-	reused   bool  // the request went out on a kept-alive connection (set by workerTransport)
+	reused   bool  // the request went out on a kept-alive connection
 	header   bool  // the worker's response head was received
 	sse      bool  // the response is an event stream
 	at       time.Time
 	firstAt  time.Time
 	workerID string
-	body     []byte // the request body, sent as is
 }
-
-type attemptKey struct{}
-
-// copyBuffers lends the reverse proxy its 32 KiB copy buffers: without a
-// pool it allocates one per answer, the largest allocation on the path.
-type copyBuffers struct{}
-
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (copyBuffers) Get() []byte  { return *copyBufPool.Get().(*[]byte) }
-func (copyBuffers) Put(b []byte) { copyBufPool.Put(&b) }
 
 // target is a worker URL, parsed once per URL (a restart may move the
 // worker to another port).
@@ -67,34 +52,10 @@ func targetOf(s *slot, raw string) (*url.URL, error) {
 	return u, nil
 }
 
-func attemptOf(r *http.Request) *attempt {
-	a, _ := r.Context().Value(attemptKey{}).(*attempt)
-	return a
-}
-
-// rewrite points the outgoing request at the attempt's worker. The
-// client's credentials are the hive's business, not the worker's.
-func rewrite(pr *httputil.ProxyRequest) {
-	a := attemptOf(pr.In)
-	pr.SetURL(a.target)
-	pr.Out.Host = a.target.Host
-	pr.Out.Header.Del("Authorization")
-}
-
-func proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if a := attemptOf(r); a != nil {
-		a.err = err
-	}
-}
-
-func gotResponse(resp *http.Response) error {
-	if a := attemptOf(resp.Request); a != nil {
-		a.header = true
-		a.firstAt = time.Now()
-		a.sse = strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	}
-	return nil
-}
+// notRelayed are the client's headers a worker does not get besides the
+// hop-by-hop ones: the client's credentials are the hive's business, and
+// forwarding headers are not set by this hop (as httputil's Rewrite).
+var notRelayed = []string{"Authorization", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // ServeInference serves POST /v1/chat/completions, /v1/completions and
 // /v1/embeddings: the body goes unchanged to a worker of its "model" and
@@ -116,14 +77,11 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 		}
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: %v", err)
 	}
-	var head struct {
-		Model json.RawMessage `json:"model"`
-	}
-	if err := json.Unmarshal(body, &head); err != nil {
+	name, err := relay.Model(body)
+	if err != nil {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must be a JSON object with a \"model\": %s", clip.String(err.Error(), 200))
 	}
-	var name string
-	if err := json.Unmarshal(head.Model, &name); err != nil || name == "" {
+	if name == "" {
 		return errorf(http.StatusBadRequest, apiv1.CodeInvalidRequest, "the body must name a \"model\" (a string)")
 	}
 	m := fd.lookup(name)
@@ -225,7 +183,7 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 	if perr != nil {
 		return res, errRefused
 	}
-	a := &attempt{target: u, at: time.Now(), workerID: s.id, body: body}
+	a := &attempt{target: u, at: time.Now(), workerID: s.id}
 	res.attempt = a
 	if err := s.w.BeginRequest(r.Context()); err != nil {
 		if r.Context().Err() != nil {
@@ -235,62 +193,53 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		a.err = err
 		return res, errNotReady
 	}
-	sw := &statusRecorder{ResponseWriter: w}
+	wrote := false
 	defer func() {
 		// The answer is complete (or cut): flush it before telling the
 		// owner, so that the client does not wait for the bookkeeping.
 		// (Nothing written yet: the caller writes an error.)
-		if sw.status != 0 {
+		if wrote {
 			_ = http.NewResponseController(w).Flush()
 		}
 		_ = s.w.EndRequest(context.Background())
 	}()
-	ctx := context.WithValue(r.Context(), attemptKey{}, a)
-	out := r.WithContext(ctx)
-	out.Body = io.NopCloser(bytes.NewReader(body))
-	out.ContentLength = int64(len(body))
-	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	defer func() {
-		p := recover()
-		if p == nil {
-			return
-		}
-		if p != http.ErrAbortHandler {
-			panic(p)
-		}
-		// The worker's answer broke off after its head was relayed.
-		res.status = sw.status
-		if r.Context().Err() != nil {
-			err = r.Context().Err()
-			return
-		}
-		fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name)
-		if a.sse {
-			// Cut the stream with an error event the client can read.
-			b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeWorkerCrashed,
-				Message: fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name),
-				Type:    apiv1.ErrorType(http.StatusBadGateway, apiv1.CodeWorkerCrashed)}})
-			_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
-			err = nil
-			return
-		}
-		panic(p) // nothing else to say: the connection is cut
-	}()
-	fd.proxy.ServeHTTP(sw, out)
-	res.status = sw.status
-	if a.err != nil {
+	h := make(http.Header, len(r.Header))
+	relay.CopyHeader(h, r.Header, notRelayed...)
+	resp, reused, rerr := fd.tr.Do(relay.NewRequest(r.Context(), r.Method, relay.Target(u, r.URL), h, body))
+	if rerr != nil {
+		a.err, a.reused = rerr, reused
 		if r.Context().Err() != nil {
 			return res, r.Context().Err()
 		}
 		// Refused, or a kept-alive connection the worker had already
 		// dropped (it died or restarted since): the request never reached
 		// a worker that could answer it.
-		if isRefused(a.err) || (!a.header && (a.reused || errors.Is(a.err, syscall.ECONNRESET))) {
+		if isRefused(rerr) || reused || errors.Is(rerr, syscall.ECONNRESET) {
 			return res, errRefused
 		}
 		return res, errCrashed
 	}
-	return res, nil
+	a.header, a.firstAt, a.sse = true, time.Now(), relay.IsEventStream(resp)
+	res.status = resp.StatusCode
+	wrote, err = relay.WriteResponse(w, resp)
+	if err == nil {
+		return res, nil
+	}
+	// The worker's answer broke off after its head was relayed, or the
+	// client went away.
+	if r.Context().Err() != nil {
+		return res, r.Context().Err()
+	}
+	fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name, "error", err)
+	if a.sse {
+		// Cut the stream with an error event the client can read.
+		b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeWorkerCrashed,
+			Message: fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name),
+			Type:    apiv1.ErrorType(http.StatusBadGateway, apiv1.CodeWorkerCrashed)}})
+		_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+		return res, nil
+	}
+	panic(http.ErrAbortHandler) // nothing else to say: the connection is cut
 }
 
 // wentDown waits up to d for the hive to see s's worker stop being ready
@@ -323,26 +272,3 @@ func statusOf(err error, r *http.Request) int {
 	}
 	return http.StatusInternalServerError
 }
-
-// statusRecorder remembers the status relayed to the client.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusRecorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusRecorder) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush.
-func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,7 +1,6 @@
 package queen
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -11,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +20,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/console"
+	"github.com/rbee/rbee-hive/internal/relay"
 	"github.com/rbee/rbee-hive/internal/version"
 )
 
@@ -31,11 +32,12 @@ type Queen struct {
 	cfg  Config
 	view *cluster.View
 	log  *slog.Logger
-	hc   *http.Client
+	tr   *relay.Transport
 	open bool // no inference tokens on loopback: dev mode
 
 	mu      sync.Mutex
-	pending map[string]int // requests this queen has in flight, by node
+	pending map[string]int      // requests this queen has in flight, by node
+	urls    map[string]*url.URL // hive URLs, parsed once
 }
 
 // New returns a queen over view. open: no client auth (dev mode).
@@ -43,14 +45,17 @@ func New(cfg Config, view *cluster.View, log *slog.Logger, open bool) *Queen {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tr := &http.Transport{
+	// The hives' front doors over the relay's own HTTP/1.1 round tripper
+	// (an https:// hive URL goes through net/http's Transport).
+	tr := relay.New(3 * time.Second)
+	tr.Fallback = &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		ForceAttemptHTTP2:   false,
 	}
-	return &Queen{cfg: cfg, view: view, log: log, hc: &http.Client{Transport: tr}, open: open, pending: map[string]int{}}
+	return &Queen{cfg: cfg, view: view, log: log, tr: tr, open: open, pending: map[string]int{}, urls: map[string]*url.URL{}}
 }
 
 // Handler is the queen's HTTP API and its web console (SPEC §13) at /ui/,
@@ -85,7 +90,12 @@ func (q *Queen) Handler() http.Handler {
 }
 
 // Close releases idle connections.
-func (q *Queen) Close() { q.hc.CloseIdleConnections() }
+func (q *Queen) Close() {
+	q.tr.CloseIdle("")
+	if fb, ok := q.tr.Fallback.(*http.Transport); ok {
+		fb.CloseIdleConnections()
+	}
+}
 
 func (q *Queen) health(w http.ResponseWriter, r *http.Request) {
 	// role tells the web console that it is on a queen (a hive's /health
@@ -233,14 +243,12 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, "reading body: "+err.Error())
 		return
 	}
-	var head struct {
-		Model string `json:"model"`
-	}
-	if err := json.Unmarshal(body, &head); err != nil || head.Model == "" {
+	model, err := relay.Model(body)
+	if err != nil || model == "" {
 		writeError(w, http.StatusBadRequest, apiv1.CodeInvalidRequest, `the body must be a JSON object naming a "model" (a string)`)
 		return
 	}
-	cands := q.Route(head.Model)
+	cands := q.Route(model)
 	if len(cands) == 0 {
 		names := []string{}
 		for _, m := range q.ClusterState().Models {
@@ -249,7 +257,7 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		writeError(w, http.StatusNotFound, apiv1.CodeModelNotFound,
-			fmt.Sprintf("model %q is served by no live hive; models: %s", head.Model, strings.Join(names, ", ")))
+			fmt.Sprintf("model %q is served by no live hive; models: %s", model, strings.Join(names, ", ")))
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -267,16 +275,23 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		last = err
-		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", head.Model, "error", err)
+		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", model, "error", err)
 	}
-	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", head.Model, last))
+	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", model, last))
 }
 
+// relayHeaders are the client's headers a hive gets (its own credentials
+// replace the client's).
+var relayHeaders = []string{"Content-Type", "Accept", "User-Agent", "Openai-Organization", "X-Request-Id"}
+
 // relay sends body to hive c and streams its answer back. An error wrapping
-// errBeforeResponse means nothing was written to w.
+// errBeforeResponse means nothing was written to w. An answer that breaks
+// off after its head cuts the client's connection (http.ErrAbortHandler):
+// returning would end a chunked answer as if it were complete.
 func (q *Queen) relay(w http.ResponseWriter, r *http.Request, body []byte, c candidate) error {
 	q.mu.Lock()
 	q.pending[c.node]++
+	base := q.urls[c.url]
 	q.mu.Unlock()
 	defer func() {
 		q.mu.Lock()
@@ -285,51 +300,41 @@ func (q *Queen) relay(w http.ResponseWriter, r *http.Request, body []byte, c can
 		}
 		q.mu.Unlock()
 	}()
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, c.url+r.URL.Path, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("%w: %v", errBeforeResponse, err)
+	if base == nil {
+		u, err := url.Parse(c.url)
+		if err != nil {
+			return fmt.Errorf("%w: hive URL %q: %v", errBeforeResponse, c.url, err)
+		}
+		base = u
+		q.mu.Lock()
+		if len(q.urls) > 4096 { // hives come and go: keep the cache bounded
+			clear(q.urls)
+		}
+		q.urls[c.url] = u
+		q.mu.Unlock()
 	}
-	for _, h := range []string{"Content-Type", "Accept", "User-Agent", "OpenAI-Organization", "X-Request-Id"} {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
+	h := make(http.Header, len(relayHeaders)+1)
+	for _, k := range relayHeaders {
+		if v := r.Header[k]; len(v) > 0 && v[0] != "" {
+			h[k] = v[:1]
 		}
 	}
 	if tok := q.cfg.tokenFor(c.node); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
+		h["Authorization"] = []string{"Bearer " + tok}
 	}
-	resp, err := q.hc.Do(req)
+	resp, _, err := q.tr.Do(relay.NewRequest(r.Context(), http.MethodPost, relay.Target(base, &url.URL{Path: r.URL.Path}), h, body))
 	if err != nil {
 		return fmt.Errorf("%w: %v", errBeforeResponse, err)
 	}
-	defer resp.Body.Close()
-	for k, vs := range resp.Header {
-		if k == "Connection" || k == "Keep-Alive" || k == "Transfer-Encoding" || k == "Content-Length" {
-			continue
+	w.Header()[HiveHeader] = []string{c.node}
+	if _, err := relay.WriteResponse(w, resp); err != nil {
+		if r.Context().Err() != nil {
+			return err // the client went away
 		}
-		w.Header()[k] = vs
+		q.log.Warn("Hive's answer broke off mid-stream", "node", c.node, "error", err)
+		panic(http.ErrAbortHandler)
 	}
-	w.Header().Set(HiveHeader, c.node)
-	if resp.ContentLength >= 0 {
-		w.Header().Set("Content-Length", fmt.Sprint(resp.ContentLength))
-	}
-	w.WriteHeader(resp.StatusCode)
-	fl := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return werr
-			}
-			_ = fl.Flush()
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr // mid-stream: the client sees the stream cut
-		}
-	}
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -17,58 +17,44 @@ import (
 func parseHeartbeat(data []byte) (apiv1.HeartbeatRequest, bool) {
 	var hb apiv1.HeartbeatRequest
 	p := hbParser{b: data}
-	if !p.byte('{') {
-		return hb, false
-	}
-	var seen uint8
-	for first := true; ; first = false {
-		if p.byte('}') {
-			return hb, p.i == len(p.b)
-		}
-		if !first && !p.byte(',') {
-			return hb, false
-		}
-		key, ok := p.str()
-		if !ok || !p.byte(':') {
-			return hb, false
-		}
-		var bit uint8
+	ok := p.object(func(key string) (bit uint8, ok bool) {
 		switch key {
 		case "worker_id":
-			bit = 1
 			hb.WorkerID, ok = p.str()
+			return 1, ok
 		case "timestamp":
-			bit = 2
 			hb.Timestamp, ok = p.str()
+			return 2, ok
 		case "health_status":
-			bit = 4
 			hb.HealthStatus, ok = p.str()
+			return 4, ok
 		case "state":
-			bit = 8
 			hb.State, ok = p.str()
+			return 8, ok
 		case "slots_total":
-			bit = 16
-			var n int64
-			n, ok = p.int()
-			v := int(n)
-			hb.SlotsTotal = &v
+			hb.SlotsTotal, ok = p.intPtr()
+			return 16, ok
 		case "slots_available":
-			bit = 32
-			var n int64
-			n, ok = p.int()
-			v := int(n)
-			hb.SlotsAvailable = &v
+			hb.SlotsAvailable, ok = p.intPtr()
+			return 32, ok
 		case "progress":
-			bit = 64
-			hb.Progress, ok = p.progress()
-		default:
-			return hb, false
+			pr := &apiv1.Progress{}
+			hb.Progress = pr
+			return 64, p.object(func(key string) (bit uint8, ok bool) {
+				switch key {
+				case "done":
+					pr.Done, ok = p.int()
+					return 1, ok
+				case "total":
+					pr.Total, ok = p.int()
+					return 2, ok
+				}
+				return 0, false
+			})
 		}
-		if !ok || seen&bit != 0 {
-			return hb, false
-		}
-		seen |= bit
-	}
+		return 0, false
+	})
+	return hb, ok && p.i == len(p.b)
 }
 
 type hbParser struct {
@@ -119,36 +105,34 @@ func (p *hbParser) int() (int64, bool) {
 	return n, true
 }
 
-func (p *hbParser) progress() (*apiv1.Progress, bool) {
-	pr := &apiv1.Progress{}
+func (p *hbParser) intPtr() (*int, bool) {
+	n, ok := p.int()
+	v := int(n)
+	return &v, ok
+}
+
+// object reads {"key":value,...}: field reads key's value and says which
+// bit names the key; each key may come once, and an unknown key (bit 0)
+// ends the fast path.
+func (p *hbParser) object(field func(key string) (bit uint8, ok bool)) bool {
 	if !p.byte('{') {
-		return nil, false
+		return false
 	}
 	var seen uint8
 	for first := true; ; first = false {
 		if p.byte('}') {
-			return pr, true
+			return true
 		}
 		if !first && !p.byte(',') {
-			return nil, false
+			return false
 		}
 		key, ok := p.str()
 		if !ok || !p.byte(':') {
-			return nil, false
+			return false
 		}
-		var bit uint8
-		switch key {
-		case "done":
-			bit = 1
-			pr.Done, ok = p.int()
-		case "total":
-			bit = 2
-			pr.Total, ok = p.int()
-		default:
-			return nil, false
-		}
-		if !ok || seen&bit != 0 {
-			return nil, false
+		bit, ok := field(key)
+		if !ok || bit == 0 || seen&bit != 0 {
+			return false
 		}
 		seen |= bit
 	}

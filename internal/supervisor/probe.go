@@ -31,12 +31,13 @@ func (o *owner) healthTick() {
 }
 
 // armHealth arms the health timer to fire d from now, rounded up to the
-// health grid: half the interval, at most 5 s, on the wall clock, the same
-// for every worker. Workers' probes then come in two shared wake-ups per
-// interval rather than one each: an idle hive's CPU goes mostly to waking
-// up (a wake-up of the Go runtime costs more context switches than the
-// probe it serves), not to the probes themselves. Each worker is still
-// probed every interval; only the phase is rounded.
+// health grid on the wall clock, the same for every worker: the interval
+// itself up to 10 s (the default), 5 s above. Workers' probes then come in
+// one shared wake-up per interval rather than one each: an idle hive's CPU
+// goes mostly to waking up (a wake-up of the Go runtime costs more context
+// switches, and sysmon's spinning, than the probe it serves), not to the
+// probes themselves. Each worker is still probed every interval; only the
+// phase is rounded.
 func (o *owner) armHealth(d time.Duration) {
 	if d <= 0 {
 		o.health.stop()
@@ -52,8 +53,16 @@ func (o *owner) armHealth(d time.Duration) {
 	o.health.arm(at.Sub(now))
 }
 
-// healthGrid is the rounding of health probe times for interval iv.
-func healthGrid(iv time.Duration) time.Duration { return min(iv/2, 5*time.Second) }
+// healthGrid is the rounding of health probe times for interval iv. Up to
+// 10 s it is iv (one wake-up per interval for every worker, probed exactly
+// every iv); a longer interval keeps a 5 s grid, so that its first probe is
+// not up to a whole long interval late.
+func healthGrid(iv time.Duration) time.Duration {
+	if iv <= 10*time.Second {
+		return iv
+	}
+	return 5 * time.Second
+}
 
 // heartbeatVouches reports whether the last heartbeat is fresh and said
 // healthy. Fresh: at most two heartbeat intervals old (one late heartbeat

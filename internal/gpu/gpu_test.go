@@ -328,3 +328,17 @@ func TestTreeOwnerAndAttribute(t *testing.T) {
 		t.Fatalf("got %v", got)
 	}
 }
+
+// The fuzzer found it: a memory figure too large for int64 bytes (1e300
+// MiB) converted to a negative total, and NaN to anything.
+func TestParseGPUsMemoryTooLargeOrNaNIsZeroNotNegative(t *testing.T) {
+	gs, err := ParseGPUs([]byte("0, GPU-a, x, 1e300, NaN, 5\n1, GPU-b, y, 9007199254740992, +Inf, 5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gs {
+		if g.MemoryTotal != 0 || g.MemoryUsed != 0 {
+			t.Errorf("GPU %d: total %d used %d, want 0 and 0", g.Index, g.MemoryTotal, g.MemoryUsed)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os/exec"
 	"sort"
 	"strconv"
@@ -157,10 +158,12 @@ func splitCSV(line string) []string {
 	return f
 }
 
-// mibField reads a MiB count; what is not a number ("[N/A]") is 0.
+// mibField reads a MiB count; what is not a number ("[N/A]", "NaN") or
+// does not fit in an int64 of bytes is 0: a float too large for int64
+// converts to a negative number, which the fuzzer found.
 func mibField(s string) int64 {
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 {
+	if err != nil || !(v >= 0) || v*mib >= math.MaxInt64 {
 		return 0
 	}
 	return int64(v * mib)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rbee/rbee-hive/internal/wallgrid"
 )
 
 // DefaultInterval is how often a Refresher reads its source.
@@ -85,14 +87,14 @@ func (r *Refresher) loop() {
 	// Reads fall on a wall-clock grid of the interval, like the hive's
 	// health probes (internal/supervisor: armHealth), so that an idle hive
 	// wakes up for both at once.
-	t := time.NewTimer(time.Until(time.Now().Truncate(r.interval).Add(r.interval)))
+	t := time.NewTimer(wallgrid.Until(r.interval))
 	defer t.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
-			t.Reset(time.Until(time.Now().Truncate(r.interval).Add(r.interval)))
+			t.Reset(wallgrid.Until(r.interval))
 		case <-r.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/supervisor"
+	"github.com/rbee/rbee-hive/internal/wallgrid"
 )
 
 // pruneEvery is how often ended workers past retention are dropped: rare,
@@ -15,8 +16,7 @@ const pruneEvery = 30 * time.Second
 func (h *Hive) pruneLoop() {
 	defer close(h.pruneDone)
 	// On a wall-clock grid, as the health probes are: one wake-up for both.
-	next := func() time.Duration { return time.Until(time.Now().Truncate(pruneEvery).Add(pruneEvery)) }
-	t := time.NewTimer(next())
+	t := time.NewTimer(wallgrid.Until(pruneEvery))
 	defer t.Stop()
 	for {
 		select {
@@ -24,7 +24,7 @@ func (h *Hive) pruneLoop() {
 			return
 		case <-t.C:
 			h.prune(time.Now())
-			t.Reset(next())
+			t.Reset(wallgrid.Until(pruneEvery))
 		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rbee/rbee-hive/internal/wallgrid"
 )
 
 // Orphan reaping.
@@ -191,7 +193,7 @@ func (r *Reaper) run(interval time.Duration) {
 	defer close(r.done)
 	// The backstop rounds fall on a wall-clock grid of the interval, as the
 	// hive's health probes do, so an idle hive wakes up once for both.
-	tick := time.NewTimer(time.Until(time.Now().Truncate(interval).Add(interval)))
+	tick := time.NewTimer(wallgrid.Until(interval))
 	defer tick.Stop()
 	retry := time.NewTimer(time.Hour) // armed only after a deferred reap
 	retry.Stop()
@@ -205,7 +207,7 @@ func (r *Reaper) run(interval time.Duration) {
 			return
 		case <-r.sigs:
 		case <-tick.C:
-			tick.Reset(time.Until(time.Now().Truncate(interval).Add(interval)))
+			tick.Reset(wallgrid.Until(interval))
 		case <-retry.C:
 		}
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/state"
+	"github.com/rbee/rbee-hive/internal/wallgrid"
 )
 
 // healthTick runs on the health interval while the worker is ready. The
@@ -46,9 +47,7 @@ func (o *owner) armHealth(d time.Duration) {
 	now := o.now()
 	at := now.Add(d)
 	if g := healthGrid(o.s.Health.Interval.D()); g > 0 {
-		if t := at.Truncate(g); t.Before(at) {
-			at = t.Add(g)
-		}
+		at = wallgrid.Ceil(at, g)
 	}
 	o.health.arm(at.Sub(now))
 }

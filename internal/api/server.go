@@ -31,12 +31,16 @@ import (
 
 // Limits of the HTTP surface.
 const (
-	MaxBodyBytes         = 1 << 20
-	MaxAuthHeaderBytes   = 8 << 10
-	MaxStreamsPerClient  = 16
-	maxLogTail           = 10000
-	defaultLogTail       = 100
-	sseKeepAliveInterval = 15 * time.Second
+	MaxBodyBytes        = 1 << 20
+	MaxAuthHeaderBytes  = 8 << 10
+	MaxStreamsPerClient = 16
+	maxLogTail          = 10000
+	defaultLogTail      = 100
+	// sseKeepAliveInterval: an event stream gets a comment line at the
+	// multiples of it on the wall clock (internal/wallgrid), the ticks of
+	// the default health interval: an idle hive with a stream open (the
+	// console, `rbee-hive events`) wakes up once for both.
+	sseKeepAliveInterval = 10 * time.Second
 )
 
 // Options configure the API server.

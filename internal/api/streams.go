@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/wallgrid"
 )
 
 // acquireStream counts a long-lived stream against the client's bound.
@@ -45,7 +46,7 @@ func (s *Server) eventsStream(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, ": rbee-hive events\n\n")
 	_ = rc.Flush()
-	keep := time.NewTicker(sseKeepAliveInterval)
+	keep := time.NewTimer(wallgrid.Until(sseKeepAliveInterval))
 	defer keep.Stop()
 	var buf []byte
 	for {
@@ -57,6 +58,7 @@ func (s *Server) eventsStream(w http.ResponseWriter, r *http.Request) error {
 				return nil
 			}
 			_ = rc.Flush()
+			keep.Reset(wallgrid.Until(sseKeepAliveInterval))
 		case ev, ok := <-sub.C:
 			// Every event already queued goes out in the same write: a
 			// front-door request flips its worker busy and idle again

@@ -55,6 +55,7 @@ func run(args []string) error {
 	pyTrials := fs.Int("py-trials", 0, "trials per figure of the silent Python worker scenario (default 40; smoke 3)")
 	pyLong := fs.Int("py-long-trials", 0, "trials of its 30 s load, all at once (default 10; smoke 2)")
 	pyIdle := fs.Duration("py-idle", 0, "its idle CPU window (default 30s; smoke 1s)")
+	pyIdleWindows := fs.Int("py-idle-windows", 0, "its idle CPU windows, one after the other (default 4; smoke 1)")
 	pyIdleN := fs.Int("py-idle-n", 0, "its idle workers (default 20; smoke 3)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,6 +105,9 @@ func run(args []string) error {
 	}
 	if *pyIdle > 0 {
 		o.PyIdleWindow = *pyIdle
+	}
+	if *pyIdleWindows > 0 {
+		o.PyIdleWindows = *pyIdleWindows
 	}
 	if *pyIdleN > 0 {
 		o.PyIdleN = *pyIdleN

@@ -42,9 +42,10 @@ type Options struct {
 	SupervisordStopTimeout time.Duration
 	// PyTrials is the number of trials of each figure of the silent
 	// Python worker scenario ("python"); PyLongTrials those of its 30 s
-	// load (all at once). PyIdleN workers idle for PyIdleWindow.
-	PyTrials, PyLongTrials, PyIdleN int
-	PyIdleWindow                    time.Duration
+	// load (all at once). PyIdleN workers idle for PyIdleWindows
+	// consecutive windows of PyIdleWindow (one figure per window).
+	PyTrials, PyLongTrials, PyIdleN, PyIdleWindows int
+	PyIdleWindow                                   time.Duration
 	// Only, when not empty, runs only the named scenarios (crash, probe,
 	// forcekill, shutdown, scale, supervisord, model, frontdoor, python, queen).
 	Only []string
@@ -67,7 +68,7 @@ func Full(bins Bins) Options {
 		ScaleN: []int{100, 500, 1000}, ScaleCrashTrials: 200, ListCalls: 200, ListGap: 50 * time.Millisecond,
 		Settle: 10 * time.Second, IdleWindow: 60 * time.Second, SupervisordN: []int{100, 1000},
 		SupervisordStopTimeout: 3 * time.Minute,
-		PyTrials:               40, PyLongTrials: 10, PyIdleN: 20, PyIdleWindow: 30 * time.Second,
+		PyTrials:               40, PyLongTrials: 10, PyIdleN: 20, PyIdleWindows: 4, PyIdleWindow: 30 * time.Second,
 	}
 }
 
@@ -79,7 +80,7 @@ func Smoke(bins Bins) Options {
 		ScaleN: []int{5, 10}, ScaleCrashTrials: 3, ListCalls: 10, ListGap: 10 * time.Millisecond,
 		Settle: 200 * time.Millisecond, IdleWindow: time.Second, SupervisordN: []int{5},
 		SupervisordStopTimeout: time.Minute,
-		PyTrials:               3, PyLongTrials: 2, PyIdleN: 3, PyIdleWindow: time.Second,
+		PyTrials:               3, PyLongTrials: 2, PyIdleN: 3, PyIdleWindows: 1, PyIdleWindow: time.Second,
 	}
 }
 

@@ -52,7 +52,7 @@ func run(args []string) error {
 	tmp := fs.String("tmp", "", "directory for the hives' state dirs (default $TMPDIR or /tmp; e.g. /dev/shm to leave the disk out)")
 	keep := fs.Bool("keep", false, "keep each hive's temporary directory (config, state, hive.log)")
 	only := fs.String("only", "", "comma-separated scenarios to run: crash,probe,forcekill,shutdown,scale,supervisord,model,frontdoor,python,queen; python:PART runs one part of python (idle, launch, ready, restart, stop), frontdoor:PART of frontdoor (latency, cold, streams, swap), queen:PART of queen (ready, overhead, writes, scale)")
-	pyTrials := fs.Int("py-trials", 0, "trials per figure of the silent Python worker scenario (default 40; smoke 3)")
+	pyTrials := fs.Int("py-trials", 0, "trials per figure of the silent Python worker scenario (default 100: a p99 of fewer is about the slowest trial; smoke 3)")
 	pyLong := fs.Int("py-long-trials", 0, "trials of its 30 s load, all at once (default 10; smoke 2)")
 	pyIdle := fs.Duration("py-idle", 0, "its idle CPU window (default 30s; smoke 1s)")
 	pyIdleWindows := fs.Int("py-idle-windows", 0, "its idle CPU windows, one after the other (default 4; smoke 1)")

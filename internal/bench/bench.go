@@ -68,7 +68,7 @@ func Full(bins Bins) Options {
 		ScaleN: []int{100, 500, 1000}, ScaleCrashTrials: 200, ListCalls: 200, ListGap: 50 * time.Millisecond,
 		Settle: 10 * time.Second, IdleWindow: 60 * time.Second, SupervisordN: []int{100, 1000},
 		SupervisordStopTimeout: 3 * time.Minute,
-		PyTrials:               40, PyLongTrials: 10, PyIdleN: 20, PyIdleWindows: 4, PyIdleWindow: 30 * time.Second,
+		PyTrials:               100, PyLongTrials: 10, PyIdleN: 20, PyIdleWindows: 4, PyIdleWindow: 30 * time.Second,
 	}
 }
 

@@ -132,7 +132,10 @@ func (o *owner) onExit() {
 		// survives a stop), so the tree is checked first — in the common
 		// case one read per hierarchy finds the cgroup empty — and the
 		// cgroup's removal comes after the announcement. Stop latency
-		// ends when the process was reaped.
+		// ends when the process was reaped. The stop timer has nothing
+		// left to escalate: the cleanup SIGKILLs whatever is left of the
+		// tree itself, and a worker that obeyed is not a force kill.
+		o.stopT.stop()
 		o.cleanupTree(func() {
 			if m := o.d.Metrics; m != nil {
 				m.StopLatency(ex.At.Sub(o.stopAsked))

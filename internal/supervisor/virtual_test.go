@@ -616,6 +616,36 @@ func TestVirtualStopEscalation(t *testing.T) {
 	}
 }
 
+// The bug: the stop timer stayed armed while the tree's cleanup ran after
+// the process had exited, and when it fired it SIGKILLed the group and the
+// cgroup again and counted a force kill, though the worker had obeyed
+// SIGTERM (the cleanup kills what is left by itself).
+func TestVirtualStopTimerDisarmedOnceTheProcessExited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		entered, release := holdCleanups(t)
+		s := quietSettings()
+		s.StopTimeout = config.Duration(10 * time.Second)
+		wd := &world{healthy: true}
+		t0 := time.Now()
+		w, m := virtualWorker(t, s, httpProfile, wd)
+		sleepTo(t0, time.Minute)
+		if err := w.Stop(context.Background(), state.Stopped); err != nil {
+			t.Fatal(err)
+		}
+		<-entered
+		sleepTo(t0, 2*time.Minute) // far past stop_timeout, the cleanup still held
+		settle(w)
+		release()
+		if st := settle(w); st != state.Terminated {
+			t.Fatalf("state %s after the cleanup, want terminated", st)
+		}
+		if sigs := wd.proc().got(); !slices.Equal(sigs, []syscall.Signal{syscall.SIGTERM}) || m.n(&m.forceKills) != 0 {
+			t.Fatalf("signals %v, %d force kills: a worker that obeyed SIGTERM was force-killed during its cleanup",
+				sigs, m.n(&m.forceKills))
+		}
+	})
+}
+
 // The start grace: a process that dies within it fails the spawn itself
 // (spawn_failed, never restarted); one that dies after it is a crash.
 func TestVirtualStartGrace(t *testing.T) {

@@ -28,7 +28,8 @@
 #   CGV2_RUN      the -test.run regexp (default: the tests listed below)
 #   CGV2_FULL=1   the longer list below
 #   CGV2_ACCEL    kvm or tcg to skip the probe
-#   CGV2_TIMEOUT  the whole VM run's limit in seconds (default 600)
+#   CGV2_TIMEOUT  the whole VM run's limit in seconds (default 300, 900 with
+#                 CGV2_FULL; a run that hits it with no verdict is booted once more)
 # Exit status 0 only when the guest reported that every test passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,9 @@ if [ "${CGV2_FULL:-}" = 1 ]; then
 	ADOPTION+='|TestRecordedPIDReusedByAnotherProcessIsNeverSignalled|TestAdoptionNeedsTheMarkerNotJustTheStartTime'
 fi
 RUN=${CGV2_RUN:-"^($LIMITS|$TREEKILL|$RESTART|$ADOPTION)\$"}
-TIMEOUT=${CGV2_TIMEOUT:-600}
+DEFAULT_TIMEOUT=300
+[ "${CGV2_FULL:-}" = 1 ] && DEFAULT_TIMEOUT=900
+TIMEOUT=${CGV2_TIMEOUT:-$DEFAULT_TIMEOUT}
 
 say() { echo "cgroupv2-vm: $*"; }
 die() { echo "cgroupv2-vm: FAIL: $*" >&2; exit 1; }
@@ -168,6 +171,15 @@ fi
 say "booting ($accel), limit ${TIMEOUT}s"
 rc=0
 vm "$accel" "$TIMEOUT" || rc=$?
+if [ $rc -eq 124 ]; then
+	# The guest hung without a word: the test binary's own timeout (60 s
+	# earlier) would have printed its goroutines and failed. Seen once in
+	# many runs under emulation (tcg), with two CPU-limited busy loops
+	# spinning on both virtual CPUs. Not a verdict on the code: once more.
+	say "the VM hung past ${TIMEOUT}s with no verdict from the tests (an emulation hang): booting it once more"
+	rc=0
+	vm "$accel" "$TIMEOUT" || rc=$?
+fi
 case $rc in
 33) say "PASS (pure cgroup v2 guest)"; exit 0 ;;
 35) die "the tests failed in the guest" ;;

@@ -121,7 +121,10 @@ func (h *hiveClient) ready(busy bool, slotsTotal, slotsAvailable int, change boo
 
 func (h *hiveClient) enqueue(b apiv1.HeartbeatRequest, mergeable bool) {
 	h.mu.Lock()
-	if n := len(h.queue); mergeable && n > 0 && h.queue[n-1].mergeable {
+	// A heartbeat replaces a queued one of the same state only: the last
+	// loading one (progress at the total) is not lost to the first idle
+	// one when the hive is slow to take them.
+	if n := len(h.queue); mergeable && n > 0 && h.queue[n-1].mergeable && h.queue[n-1].body.State == b.State {
 		h.queue[n-1].body = b
 	} else {
 		h.queue = append(h.queue, queuedHB{b, mergeable})

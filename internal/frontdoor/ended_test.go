@@ -27,11 +27,10 @@ func (w *fakeWorker) Info() *apiv1.WorkerInfo {
 	i := w.info
 	return &i
 }
-func (w *fakeWorker) Done() <-chan struct{}                    { return w.done }
-func (w *fakeWorker) Stop(context.Context, state.Reason) error { return nil }
-func (w *fakeWorker) BeginRequest(context.Context) error       { return nil }
-func (w *fakeWorker) EndRequest(context.Context) error         { return nil }
-func (w *fakeWorker) set(st state.State)                       { w.mu.Lock(); w.info.State = st; w.mu.Unlock() }
+func (w *fakeWorker) Done() <-chan struct{}                        { return w.done }
+func (w *fakeWorker) Stop(context.Context, state.Reason) error     { return nil }
+func (w *fakeWorker) BeginRequest(context.Context) (func(), error) { return func() {}, nil }
+func (w *fakeWorker) set(st state.State)                           { w.mu.Lock(); w.info.State = st; w.mu.Unlock() }
 
 // fakeSource is a Source that records spawns and sends the events the test
 // gives it.

@@ -50,10 +50,10 @@ type Worker interface {
 	// Done is closed once the worker has ended and its processes are gone.
 	Done() <-chan struct{}
 	Stop(ctx context.Context, reason state.Reason) error
-	// BeginRequest and EndRequest bracket every request relayed through
-	// the worker: busy while any runs, idle (and last_activity) after.
-	BeginRequest(ctx context.Context) error
-	EndRequest(ctx context.Context) error
+	// BeginRequest and the end it returns bracket every request relayed
+	// through the worker: busy while any runs, idle (and last_activity)
+	// after.
+	BeginRequest(ctx context.Context) (end func(), err error)
 }
 
 // Source is the hive as the front door sees it.

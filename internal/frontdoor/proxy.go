@@ -1,7 +1,6 @@
 package frontdoor
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -185,7 +184,8 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 	}
 	a := &attempt{target: u, at: time.Now(), workerID: s.id}
 	res.attempt = a
-	if err := s.w.BeginRequest(r.Context()); err != nil {
+	end, err := s.w.BeginRequest(r.Context())
+	if err != nil {
 		if r.Context().Err() != nil {
 			return res, r.Context().Err()
 		}
@@ -201,7 +201,7 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 		if wrote {
 			_ = http.NewResponseController(w).Flush()
 		}
-		_ = s.w.EndRequest(context.Background())
+		end()
 	}()
 	h := make(http.Header, len(r.Header))
 	relay.CopyHeader(h, r.Header, notRelayed...)

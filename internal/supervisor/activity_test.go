@@ -27,10 +27,13 @@ func TestRequestsKeepAWorkerBusyAndTheIdleTimeoutCountsFromTheLastEnd(t *testing
 	a.Start()
 	w := a.Worker()
 	ctx := context.Background()
+	var ends []func()
 	for i := 0; i < 2; i++ {
-		if err := w.BeginRequest(ctx); err != nil {
+		end, err := w.BeginRequest(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
+		ends = append(ends, end)
 	}
 	if st := w.Info().State; st != state.Busy {
 		t.Fatalf("state %s with requests running", st)
@@ -45,30 +48,21 @@ func TestRequestsKeepAWorkerBusyAndTheIdleTimeoutCountsFromTheLastEnd(t *testing
 	if st := w.Info().State; st != state.Busy {
 		t.Fatalf("state %s after an idle heartbeat with requests running", st)
 	}
-	if err := w.EndRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ends[0]()
 	if st := w.Info().State; st != state.Busy {
 		t.Fatalf("state %s with one request still running", st)
 	}
-	if err := w.EndRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ends[1]()
 	end := time.Now()
 	info := w.Info()
 	if info.State != state.Idle || info.LastActivity == nil || info.LastActivity.Before(end.Add(-50*time.Millisecond)) {
 		t.Fatalf("after the last request: %s, last_activity %v (ended %v)", info.State, info.LastActivity, end)
 	}
-	// An end with none running (a request of an earlier incarnation) is
-	// ignored.
-	if err := w.EndRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
 	info = waitState(t, w, 5*time.Second, state.Terminated)
 	if took := info.EndedAt.Sub(end); info.Reason != state.IdleTimeout || took < 350*time.Millisecond || took > 1500*time.Millisecond {
 		t.Fatalf("ended %s %s after the last request", info.Reason, took)
 	}
-	if err := w.BeginRequest(ctx); !errors.Is(err, ErrInvalidState) {
+	if _, err := w.BeginRequest(ctx); !errors.Is(err, ErrInvalidState) {
 		t.Fatalf("BeginRequest on an ended worker: %v", err)
 	}
 }

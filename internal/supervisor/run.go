@@ -69,7 +69,6 @@ type owner struct {
 	// outputSinceProbe: the worker wrote output while a readiness probe
 	// was in flight; a failed probe is then retried at once.
 	outputSinceProbe bool
-	inflight         int // front-door requests running through this incarnation (activity.go)
 	// helperDone is closed by the helper goroutine doing the slow part of
 	// a cleanup (cleanup.go); nil while none runs. afterHelper is what the
 	// owner does then; lifecycle requests wait in deferred meanwhile.
@@ -334,7 +333,7 @@ func (o *owner) startProcess() error {
 		return err // finish removes the cgroup
 	}
 	o.proc, o.procDone = p, false
-	o.inflight = 0
+	o.dropSpan()
 	now := o.now()
 	o.spawnedAt = now
 	o.cur.PID = p.ident().PID
@@ -379,7 +378,7 @@ func (o *owner) handle(r request) error {
 		o.detach()
 		return nil
 	case reqActivity:
-		return o.onActivity(r.begin)
+		return o.onActivity(r)
 	}
 	return fmt.Errorf("unknown request %d", r.kind)
 }
@@ -414,7 +413,7 @@ func (o *owner) onHeartbeat(hb *apiv1.HeartbeatRequest) error {
 	case state.Busy:
 		// Requests running through the front door keep the worker busy
 		// whatever its own report says (activity.go).
-		if hb.State == "idle" && o.inflight == 0 {
+		if hb.State == "idle" && o.w.span.Load() == nil {
 			_ = o.on(state.Event{Kind: state.EvIdle}, "")
 		}
 	}
@@ -489,6 +488,9 @@ func (o *owner) transition(to state.State, reason state.Reason) {
 		}
 	}
 	o.cur.State = to
+	if !to.Ready() {
+		o.dropSpan()
+	}
 	if to == state.Stopping || to.Ended() || to == state.Backoff {
 		o.cur.Reason = reason
 	}

@@ -99,9 +99,9 @@ func TestVirtualOwnerTakesEveryEdge(t *testing.T) {
 		{"busy crash, backoff, idle crash, stop in backoff", func(t *testing.T, wd *world) {
 			w, _ := virtualWorker(t, s, rbeeProfile, wd)
 			must(t, w.Ready(ctx, &apiv1.ReadyRequest{})) // spawning → loading → idle
-			must(t, w.BeginRequest(ctx))                 // idle → busy
-			must(t, w.EndRequest(ctx))                   // busy → idle
-			must(t, w.BeginRequest(ctx))
+			end := begin(t, w)                           // idle → busy
+			end()                                        // busy → idle
+			begin(t, w)
 			want(t, w, state.Busy)
 			wd.proc().crash() // busy → failed → backoff
 			want(t, w, state.Backoff)
@@ -121,7 +121,7 @@ func TestVirtualOwnerTakesEveryEdge(t *testing.T) {
 			want(t, w, state.Loading)
 			must(t, w.Heartbeat(ctx, &apiv1.HeartbeatRequest{HealthStatus: "healthy"}))
 			must(t, w.Ready(ctx, &apiv1.ReadyRequest{}))
-			must(t, w.BeginRequest(ctx))
+			begin(t, w)
 			must(t, w.Stop(ctx, state.Stopped)) // busy → stopping → terminated
 			want(t, w, state.Terminated)
 		}},
@@ -228,4 +228,14 @@ func TestVirtualAdoptedStopGoesOn(t *testing.T) {
 			})
 		})
 	}
+}
+
+// begin begins a front-door request on w and returns its end.
+func begin(t *testing.T, w *Worker) func() {
+	t.Helper()
+	end, err := w.BeginRequest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return end
 }

@@ -497,16 +497,15 @@ func TestVirtualIdleTimeout(t *testing.T) {
 		w, _ := virtualWorker(t, s, httpProfile, wd)
 		ctx := context.Background()
 		sleepTo(t0, 4*time.Minute)
-		if err := w.BeginRequest(ctx); err != nil {
+		end, err := w.BeginRequest(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
 		sleepTo(t0, 10*time.Minute) // busy: no idle clock
 		if st := settle(w); st != state.Busy {
 			t.Fatalf("state %s during a request, want busy", st)
 		}
-		if err := w.EndRequest(ctx); err != nil {
-			t.Fatal(err)
-		}
+		end()
 		sleepTo(t0, 15*time.Minute-time.Millisecond)
 		if st := settle(w); st != state.Idle {
 			t.Fatalf("state %s 1 ms before the idle deadline, want idle", st)
@@ -684,4 +683,59 @@ func TestVirtualStartGrace(t *testing.T) {
 			})
 		})
 	}
+}
+
+// Requests that begin while others run join their span: the worker stays
+// busy until the last of them ends, in whatever order they end, and its
+// last_activity is that end. The end of a request that began before a
+// crash does not make the restarted worker idle while a request of its
+// own runs (it did: the owner counted requests, not incarnations, so the
+// old end took the count of the new one to zero).
+func TestVirtualRequestSpanEndsWithItsLastRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := quietSettings()
+		s.Restart = config.Restart{Policy: config.RestartAlways, BaseDelay: config.Duration(time.Second),
+			MaxDelay: config.Duration(time.Second), MaxFailures: 100, Window: config.Duration(time.Hour)}
+		wd := &world{healthy: true}
+		w, _ := virtualWorker(t, s, rbeeProfile, wd)
+		ctx := context.Background()
+		if err := w.Ready(ctx, &apiv1.ReadyRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		a, b, c := begin(t, w), begin(t, w), begin(t, w)
+		if w.span.Load() == nil || w.span.Load().n.Load() != 3 {
+			t.Fatalf("three requests running: span %v", w.span.Load())
+		}
+		a()
+		c()
+		time.Sleep(time.Second)
+		if st := settle(w); st != state.Busy {
+			t.Fatalf("state %s with a request still running, want busy", st)
+		}
+		b()
+		if st := settle(w); st != state.Idle {
+			t.Fatalf("state %s after the last request, want idle", st)
+		}
+		if la := w.Info().LastActivity; la == nil || !la.Equal(time.Now()) {
+			t.Fatalf("last_activity %v, want the last end (%v)", la, time.Now())
+		}
+		old := begin(t, w)
+		wd.proc().crash() // busy → failed → backoff: the span is dropped
+		if st := settle(w); st != state.Backoff {
+			t.Fatalf("state %s after the crash, want backoff", st)
+		}
+		time.Sleep(2 * time.Second) // backoff → spawning → loading
+		if err := w.Ready(ctx, &apiv1.ReadyRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		now := begin(t, w)
+		old()
+		if st := settle(w); st != state.Busy {
+			t.Fatalf("state %s after an end from before the crash, with a request running, want busy", st)
+		}
+		now()
+		if st := settle(w); st != state.Idle {
+			t.Fatalf("state %s after the last request, want idle", st)
+		}
+	})
 }

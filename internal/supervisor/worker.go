@@ -147,7 +147,9 @@ type request struct {
 	reason state.Reason
 	ready  *apiv1.ReadyRequest
 	hb     *apiv1.HeartbeatRequest
-	begin  bool // reqActivity: a request starts (true) or ends
+	begin  bool   // reqActivity: a request starts (true) or ends
+	span   *span  // reqActivity, an end: the span it leaves
+	got    **span // reqActivity, a begin: where the owner puts the span joined
 	reply  chan error
 }
 
@@ -159,7 +161,8 @@ type Worker struct {
 
 	reqs chan request
 	info atomic.Pointer[apiv1.WorkerInfo]
-	done chan struct{} // closed when the owner goroutine has returned
+	span atomic.Pointer[span] // the open span of front-door requests (activity.go); stored by the owner
+	done chan struct{}        // closed when the owner goroutine has returned
 
 	rec  atomic.Pointer[record.Record]
 	wlog *logs.Log // set before the owner starts; never changes

@@ -111,8 +111,8 @@ func NewRequest(ctx context.Context, method string, u *url.URL, header http.Head
 		Host:          u.Host,
 	}
 	if len(body) > 0 {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		r.Body = memBody{bytes.NewReader(body), body}
+		r.GetBody = func() (io.ReadCloser, error) { return memBody{bytes.NewReader(body), body}, nil }
 	}
 	return r.WithContext(ctx)
 }

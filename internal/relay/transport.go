@@ -137,14 +137,26 @@ func (t *Transport) exchange(req *http.Request, wc *wconn, addr string) (*http.R
 		return nil, err
 	}
 	// The head and an in-memory body leave in one write.
-	if err := req.Write(wc.bw); err != nil {
-		return fail(err)
+	switch b := req.Body.(type) {
+	case memBody:
+		writeRequest(wc.bw, req, b.b)
+	case nil:
+		writeRequest(wc.bw, req, nil)
+	default:
+		if b == http.NoBody {
+			writeRequest(wc.bw, req, nil)
+		} else if err := req.Write(wc.bw); err != nil {
+			return fail(err)
+		}
 	}
 	if err := wc.bw.Flush(); err != nil {
 		return fail(err)
 	}
 	for {
-		resp, err := http.ReadResponse(wc.br, req)
+		resp, err := readResponse(wc.br, req)
+		if errors.Is(err, errUnusual) {
+			resp, err = http.ReadResponse(wc.br, req)
+		}
 		if err != nil {
 			return fail(err)
 		}

@@ -110,9 +110,19 @@ func (c *Conns) victimLocked() net.Conn {
 	return best
 }
 
+// accepted is the connection Listener accepted: conn, or the one it wraps
+// (a connection the lean server of internal/h1 handed to net/http).
+func accepted(conn net.Conn) net.Conn {
+	if u, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		return u.NetConn()
+	}
+	return conn
+}
+
 // ConnContext is http.Server.ConnContext: it lets a handler mark its
 // connection authenticated (markAuthenticated).
 func (c *Conns) ConnContext(ctx context.Context, conn net.Conn) context.Context {
+	conn = accepted(conn)
 	c.mu.Lock()
 	ci := c.open[conn]
 	c.mu.Unlock()
@@ -124,6 +134,7 @@ func (c *Conns) ConnContext(ctx context.Context, conn net.Conn) context.Context 
 
 // ConnState is http.Server.ConnState.
 func (c *Conns) ConnState(conn net.Conn, st http.ConnState) {
+	conn = accepted(conn)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ci := c.open[conn]

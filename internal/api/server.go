@@ -107,9 +107,9 @@ func New(o Options) *Server {
 	s.handle("DELETE /v1/models", op(s.modelRemove))
 	inf := s.inference
 	s.handle("GET /v1/models", inf(s.openaiModels))
-	s.handle("POST /v1/chat/completions", inf(s.infer))
-	s.handle("POST /v1/completions", inf(s.infer))
-	s.handle("POST /v1/embeddings", inf(s.infer))
+	for _, p := range apiv1.InferenceRoutes {
+		s.handle("POST "+p, inf(s.infer))
+	}
 	s.handle("POST /v1/workers/ready", wk(s.ready))
 	s.handle("POST /v1/heartbeat", wk(s.heartbeat))
 	// The web console (SPEC §13): static pages, public; what they show

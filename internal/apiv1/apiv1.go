@@ -21,6 +21,10 @@ type Health struct {
 }
 
 // Error codes (SPEC §4). Validation codes name the field: INVALID_<FIELD>.
+// InferenceRoutes are the paths of the OpenAI-compatible POST routes of the
+// hive's front door and of rbee-queen (SPEC §10).
+var InferenceRoutes = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+
 const (
 	CodeInvalidRequest      = "INVALID_REQUEST"
 	CodeWorkerNotFound      = "WORKER_NOT_FOUND"

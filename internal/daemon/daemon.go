@@ -20,12 +20,14 @@ import (
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/api"
+	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/config"
 	"github.com/rbee/rbee-hive/internal/console"
 	"github.com/rbee/rbee-hive/internal/frontdoor"
+	"github.com/rbee/rbee-hive/internal/h1"
 	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/metrics"
 	"github.com/rbee/rbee-hive/internal/process"
@@ -346,8 +348,16 @@ func Run(ctx context.Context, o Options) error {
 	defer endStreams()
 	srv.BaseContext = func(net.Listener) context.Context { return streams }
 	srv.RegisterOnShutdown(endStreams)
+	// The inference routes are read by the lean server; everything else
+	// (and anything unusual on those routes) by srv.
+	fast := &h1.Server{
+		Handler: srv.Handler, Routes: apiv1.InferenceRoutes, Fallback: srv,
+		BaseContext: streams, ConnContext: conns.ConnContext, ConnState: conns.ConnState,
+		ReadHeaderTimeout: srv.ReadHeaderTimeout, ReadTimeout: srv.ReadTimeout,
+		WriteTimeout: srv.WriteTimeout, IdleTimeout: srv.IdleTimeout, Log: log,
+	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- fast.Serve(ln) }()
 	if o.PprofAddr != "" {
 		stop, err := ServePprof(o.PprofAddr, log)
 		if err != nil {
@@ -416,7 +426,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	shutCtx, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel2()
-	_ = srv.Shutdown(shutCtx)
+	_ = fast.Shutdown(shutCtx)
 	took := time.Since(start)
 	if err := mx.ShutdownDone(took); err != nil {
 		log.Warn("Recording the shutdown duration failed", "error", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cluster"
 	"github.com/rbee/rbee-hive/internal/console"
+	"github.com/rbee/rbee-hive/internal/h1"
 	"github.com/rbee/rbee-hive/internal/relay"
 	"github.com/rbee/rbee-hive/internal/version"
 )
@@ -69,7 +70,7 @@ func (q *Queen) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/health", q.health)
 	mux.HandleFunc("GET /v1/models", q.auth(q.models))
 	mux.HandleFunc("GET /v1/cluster", q.auth(q.clusterView))
-	for _, p := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
+	for _, p := range apiv1.InferenceRoutes {
 		mux.HandleFunc("POST "+p, q.auth(q.infer))
 	}
 	// The console's pages are public; what they show comes from
@@ -373,8 +374,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer q.Close()
 	srv := &http.Server{Handler: q.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	// The inference routes are read by the lean server; the rest by srv.
+	fast := &h1.Server{Handler: srv.Handler, Routes: apiv1.InferenceRoutes, Fallback: srv,
+		ReadHeaderTimeout: srv.ReadHeaderTimeout, IdleTimeout: srv.IdleTimeout, Log: log}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- fast.Serve(ln) }()
 	log.Info("rbee-queen listening", "addr", ln.Addr().String(), "version", version.Version, "etcd", strings.Join(cfg.Etcd.Endpoints, ","),
 		"prefix", cfg.Prefix, "dev_mode", open)
 	select {
@@ -384,7 +388,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = srv.Shutdown(sctx)
+	_ = fast.Shutdown(sctx)
 	log.Info("rbee-queen stopped")
 	return nil
 }

@@ -68,7 +68,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 	if limit <= 0 {
 		limit = 16 << 20
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(w, r, limit)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -156,6 +156,22 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 		}
 		return err
 	}
+}
+
+// readBody reads r's body, at most limit bytes (*http.MaxBytesError past
+// that): into a buffer of its declared length when it has one.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	switch n := r.ContentLength; {
+	case n > limit:
+		return nil, &http.MaxBytesError{Limit: limit}
+	case n > 0:
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 }
 
 var (

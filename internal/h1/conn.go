@@ -38,6 +38,8 @@ type conn struct {
 	wtimer *time.Timer
 	wdone  chan struct{}
 	cancel context.CancelFunc // the current request's
+
+	wdl time.Time // the write deadline set on rw
 }
 
 // States of the watch.
@@ -93,7 +95,11 @@ func (c *conn) serve(base context.Context) {
 			c.idle.Store(false)
 			c.mu.Unlock()
 			start = time.Now()
-			c.deadline(start, c.s.ReadHeaderTimeout)
+			// A head that came whole (the usual case) needs no timer of
+			// its own: no read waits for it.
+			if !c.headBuffered() {
+				c.deadline(start, c.s.ReadHeaderTimeout)
+			}
 		}
 		n, err := c.readHead()
 		if err != nil {
@@ -155,8 +161,24 @@ func (c *conn) closeIfIdle() {
 // to Fallback.
 func (c *conn) handOff() bool {
 	_ = c.rw.SetReadDeadline(time.Time{})
-	_ = c.rw.SetWriteDeadline(time.Time{})
+	_ = c.setWriteDeadline(time.Time{})
 	return c.s.handoff.give(&replayConn{Conn: c.rw, br: c.br})
+}
+
+// headBuffered reports whether the end of a head is already buffered.
+func (c *conn) headBuffered() bool {
+	buf, _ := c.br.Peek(c.br.Buffered())
+	return bytes.Contains(buf, []byte("\n\r\n")) || bytes.Contains(buf, []byte("\n\n"))
+}
+
+// setWriteDeadline sets the connection's write deadline unless it is set
+// to t already (a handler that streams lifts it on every request).
+func (c *conn) setWriteDeadline(t time.Time) error {
+	if t.Equal(c.wdl) {
+		return nil
+	}
+	c.wdl = t
+	return c.rw.SetWriteDeadline(t)
 }
 
 // readHead waits until the head of a request is buffered and returns its
@@ -283,11 +305,11 @@ func (s *Server) parse(head []byte) *http.Request {
 // serveRequest runs the handler for r (its head read at start) and writes
 // the end of its answer; false when the connection is to be closed.
 func (c *conn) serveRequest(r *http.Request, start time.Time) (keep bool) {
-	if d := c.s.ReadTimeout; d > 0 {
+	// The body's reads are timed only if it has not all come with the
+	// head; the write deadline is set when the head goes out (see
+	// response.wdl).
+	if d := c.s.ReadTimeout; d > 0 && int64(c.br.Buffered()) < r.ContentLength {
 		_ = c.rw.SetReadDeadline(start.Add(d))
-	}
-	if d := c.s.WriteTimeout; d > 0 {
-		_ = c.rw.SetWriteDeadline(time.Now().Add(d))
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.wmu.Lock()
@@ -301,6 +323,9 @@ func (c *conn) serveRequest(r *http.Request, start time.Time) (keep bool) {
 	r.RemoteAddr = c.remote
 	r = r.WithContext(ctx)
 	w := &response{c: c, req: r, header: make(http.Header, 8), cl: -1}
+	if d := c.s.WriteTimeout; d > 0 {
+		w.wdl = time.Now().Add(d)
+	}
 	defer func() {
 		cancel()
 		c.stopWatch()

@@ -29,6 +29,11 @@ type response struct {
 	err      error  // a write failed: the connection is lost
 	noBody   bool   // the status has no body (1xx, 204, 304)
 	overflow bool   // the handler wrote past its Content-Length
+	// wdl is the answer's write deadline: WriteTimeout after the head was
+	// read, unless the handler set another. It is applied when the head
+	// goes out (nothing reaches the connection before), so the usual
+	// streaming handler, which lifts it first, costs no timer.
+	wdl time.Time
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -130,12 +135,19 @@ func (w *response) FlushError() error {
 
 // SetWriteDeadline lets a handler whose answer streams lift the server's
 // write timeout (http.ResponseController).
-func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rw.SetWriteDeadline(t) }
+func (w *response) SetWriteDeadline(t time.Time) error {
+	w.wdl = t
+	if !w.sent {
+		return nil
+	}
+	return w.c.setWriteDeadline(t)
+}
 
 // sendHead writes the status line and the headers to the buffer, with
 // pending bytes after them.
 func (w *response) sendHead(chunked bool) {
 	w.sent, w.chunked = true, chunked
+	_ = w.c.setWriteDeadline(w.wdl)
 	bw := w.c.bw
 	bw.WriteString(statusLine(w.status))
 	h := w.header

@@ -418,3 +418,33 @@ func TestConnStateHooks(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// The write timeout counts from the request's head; a handler that streams
+// lifts it (http.ResponseController), one that does not is cut.
+func TestWriteTimeoutAndItsLifting(t *testing.T) {
+	ts := startServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Lift") != "" {
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		}
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(400 * time.Millisecond)
+		io.WriteString(w, "data: 2\n\n")
+	}, func(s *Server) { s.WriteTimeout = 200 * time.Millisecond })
+	for _, lift := range []bool{true, false} {
+		c, br := ts.dial(t)
+		extra := ""
+		if lift {
+			extra = "X-Lift: 1\r\n"
+		}
+		io.WriteString(c, post("/v1/chat/completions", "{}", extra))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if complete := err == nil && strings.HasSuffix(string(b), "data: 2\n\n"); complete != lift {
+			t.Fatalf("lifted %v: body %q, %v", lift, b, err)
+		}
+	}
+}

@@ -208,18 +208,26 @@ func TestFrontDoorOpenAIClientShapesPassUnchanged(t *testing.T) {
 		Config: "profiles:\n" + genericProfile(t, "gen", map[string]string{"GENERIC_REQUEST_LOG": logf}) +
 			"models:\n  gpt-local:\n    model_ref: file:stories260K.gguf\n    profile: gen\ninference_tokens: [inference-secret-1]\n",
 	})
-	bodies := []struct{ path, body string }{
+	bodies := []struct {
+		path, body string
+		chunked    bool // sent without a length: net/http reads it, not internal/h1
+	}{
 		// openai-python 1.x: client.chat.completions.create(model=…, messages=[…])
-		{"/v1/chat/completions", `{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi"}],"model":"gpt-local","max_tokens":16,"temperature":0.2}`},
+		{"/v1/chat/completions", `{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi"}],"model":"gpt-local","max_tokens":16,"temperature":0.2}`, false},
 		// … with stream=True and stream_options
-		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Say hi"}],"model":"gpt-local","stream":true,"stream_options":{"include_usage":true}}`},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"Say hi"}],"model":"gpt-local","stream":true,"stream_options":{"include_usage":true}}`, false},
 		// client.completions.create(model=…, prompt=…)
-		{"/v1/completions", `{"model":"gpt-local","prompt":"Once upon a time","max_tokens":8}`},
+		{"/v1/completions", `{"model":"gpt-local","prompt":"Once upon a time","max_tokens":8}`, false},
 		// client.embeddings.create(model=…, input=…)
-		{"/v1/embeddings", `{"input":"hello","model":"gpt-local","encoding_format":"float"}`},
+		{"/v1/embeddings", `{"input":"hello","model":"gpt-local","encoding_format":"float"}`, false},
+		// a client that streams its body (Transfer-Encoding: chunked)
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"chunked"}],"model":"gpt-local"}`, true},
 	}
 	for _, c := range bodies {
 		req, _ := http.NewRequest("POST", h.URL+c.path, strings.NewReader(c.body))
+		if c.chunked {
+			req.Body, req.ContentLength = io.NopCloser(strings.NewReader(c.body)), -1
+		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer inference-secret-1")
 		req.Header.Set("User-Agent", "OpenAI/Python 1.54.0")

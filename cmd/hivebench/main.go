@@ -31,6 +31,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == bench.RelayFloorArg {
+		if err := bench.RelayFloor(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "hivebench relay floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "hivebench:", err)
 		os.Exit(1)

@@ -112,6 +112,11 @@ func (b *Bench) fdLatency() error {
 	if err != nil {
 		return err
 	}
+	floorURL, stopFloor, err := relayFloor(w.URL)
+	if err != nil {
+		return err
+	}
+	defer stopFloor()
 	sec := Result{Section: "frontdoor", Unit: "ms"}
 	perClient := max(b.o.Trials/2, 5)
 	for _, conc := range []int{1, 10, 100} {
@@ -124,8 +129,13 @@ func (b *Bench) fdLatency() error {
 		// same (shared, noisy) machine; the same total as before.
 		const rounds = 6
 		n = max(2*n/rounds, 1)
-		var direct, hive, dchunk, hchunk []float64
+		var direct, hive, floor, dchunk, hchunk []float64
 		for round := 0; round < rounds; round++ {
+			lat, err := fdLoad(cl, floorURL, "m", conc, n, false)
+			if err != nil {
+				return fmt.Errorf("relay floor: %w", err)
+			}
+			floor = append(floor, lat...)
 			for _, straight := range []bool{true, false} {
 				via, svia := h.URL, h.URL
 				if straight {
@@ -155,6 +165,7 @@ func (b *Bench) fdLatency() error {
 		b.add(sec, "non-streaming request, straight to the worker", direct, nil, "a one-token answer, no generation delay")
 		b.add(sec, "non-streaming request, through the front door", hive, nil, "")
 		b.addDiff(sec, "non-streaming request: added by the front door", hive, direct, t)
+		b.addDiff(sec, "non-streaming request: added by a bare relay (this machine's floor)", floor, direct, nil)
 		b.add(sec, "SSE chunk written → read, straight to the worker", dchunk, nil, "8 chunks 2 ms apart; the worker stamps each")
 		b.add(sec, "SSE chunk written → read, through the front door", hchunk, nil, "")
 		b.addDiff(sec, "SSE chunk: added by the front door", hchunk, dchunk, t)

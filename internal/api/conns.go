@@ -24,6 +24,7 @@ const IdleUnauthenticated = 10 * time.Second
 // Listener, ConnContext and ConnState. Safe for concurrent use.
 type Conns struct {
 	max, reserve int
+	idleUnauth   time.Duration // IdleUnauthenticated (tests shorten it)
 	log          *slog.Logger
 	refused      rateLog
 
@@ -34,8 +35,14 @@ type Conns struct {
 type connInfo struct {
 	authed    atomic.Bool
 	probation bool
-	since     time.Time   // accepted at
-	timer     *time.Timer // closes the idle unauthenticated connection
+	since     time.Time // accepted at
+	// active: a request is being served; idleSince: when the last one
+	// ended. timer checks, IdleUnauthenticated after it went idle, whether
+	// it still is (and re-arms for the rest if it was used meanwhile): one
+	// timer per connection, not a stop and a start per request.
+	active    bool
+	idleSince time.Time
+	timer     *time.Timer
 }
 
 type connKey struct{}
@@ -48,7 +55,7 @@ func NewConns(limit int, log *slog.Logger) *Conns {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Conns{max: limit, reserve: max(8, limit/8), log: log, open: map[net.Conn]*connInfo{}}
+	return &Conns{max: limit, reserve: max(8, limit/8), idleUnauth: IdleUnauthenticated, log: log, open: map[net.Conn]*connInfo{}}
 }
 
 // Listener wraps ln: a connection beyond the bound is closed at once.
@@ -143,11 +150,9 @@ func (c *Conns) ConnState(conn net.Conn, st http.ConnState) {
 	}
 	switch st {
 	case http.StateActive:
-		if ci.timer != nil {
-			ci.timer.Stop()
-			ci.timer = nil
-		}
+		ci.active = true
 	case http.StateIdle:
+		ci.active = false
 		if ci.authed.Load() {
 			return
 		}
@@ -155,12 +160,9 @@ func (c *Conns) ConnState(conn net.Conn, st http.ConnState) {
 			conn.Close()
 			return
 		}
+		ci.idleSince = time.Now()
 		if ci.timer == nil {
-			ci.timer = time.AfterFunc(IdleUnauthenticated, func() {
-				if !ci.authed.Load() {
-					conn.Close()
-				}
-			})
+			ci.timer = time.AfterFunc(c.idleUnauth, func() { c.idleCheck(conn, ci) })
 		}
 	case http.StateHijacked, http.StateClosed:
 		if ci.timer != nil {
@@ -168,6 +170,26 @@ func (c *Conns) ConnState(conn net.Conn, st http.ConnState) {
 		}
 		delete(c.open, conn)
 	}
+}
+
+// idleCheck closes conn if it has been idle without authenticating for
+// idleUnauth, else looks again when it would have been.
+func (c *Conns) idleCheck(conn net.Conn, ci *connInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.open[conn] != ci || ci.authed.Load() {
+		return
+	}
+	next := c.idleUnauth
+	if !ci.active {
+		idle := time.Since(ci.idleSince)
+		if idle >= c.idleUnauth {
+			conn.Close()
+			return
+		}
+		next -= idle
+	}
+	ci.timer.Reset(next)
 }
 
 // Open returns the number of open connections.

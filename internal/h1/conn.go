@@ -76,6 +76,11 @@ func (c *conn) serve(base context.Context) {
 	if c.s.ConnContext != nil {
 		ctx = c.s.ConnContext(ctx, c.rw)
 	}
+	// The requests' contexts hang off one of the connection's own: each
+	// request's registers with it, not with the server-wide parent whose
+	// lock every connection would share.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	c.ctx = ctx
 	for first := true; ; first = false {
 		start := time.Now()

@@ -87,6 +87,12 @@ type Hive struct {
 
 	stopPrune chan struct{}
 	pruneDone chan struct{}
+
+	// order keeps each worker's record writes in order (id →
+	// *recordOrder; recover.go); writes counts the background ones, which
+	// close waits for.
+	order  sync.Map
+	writes sync.WaitGroup
 }
 
 // New prepares the state directory and the shared services. It starts no
@@ -200,7 +206,11 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	// as asked), and a slow fsync must not delay the news of a crash or of
 	// a stop.
 	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
-	if durable && !failed {
+	// The first ready state of a start is written after the news, off the
+	// owner (persistLater): requests waiting for the worker go to it
+	// without waiting on the disk.
+	later := durable && ev != nil && firstReady(ev)
+	if durable && !failed && !later {
 		h.persist(w, ev)
 	}
 	if ev != nil {
@@ -219,7 +229,10 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	if durable && failed {
 		h.persist(w, ev)
 	}
-	if durable && ev != nil {
+	switch {
+	case later:
+		h.persistLater(w)
+	case durable && ev != nil:
 		h.syncSoon(w, ev)
 	}
 }

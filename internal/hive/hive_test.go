@@ -2,6 +2,7 @@ package hive_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -87,4 +88,58 @@ func TestShutdownLeavesNothingBehind(t *testing.T) {
 		}
 	}
 	srv.Close()
+}
+
+// The first ready record of a start is written in the background, after
+// its event (persistLater): it still reaches the store, and the hive's
+// shutdown waits for it.
+func TestFirstReadyRecordReachesTheStore(t *testing.T) {
+	worker := buildbin.Build(t, "cmd/llm-worker-rbee")
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.MemoryReserveBytes = -1
+	p := cfg.Profiles["rbee"]
+	p.Command = []string{worker}
+	cfg.Profiles["rbee"] = p
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: "http://" + ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: api.New(api.Options{Hive: h, Logger: log})}}
+	srv.Start()
+	defer srv.Close()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		h.Shutdown(ctx)
+	}()
+	model, err := builtinmodel.WriteTo(filepath.Join(dir, "models"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := h.Spawn(context.Background(), &apiv1.SpawnRequest{ModelRef: "file:" + model})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := filepath.Join(dir, "workers", w.ID()+".json")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var r struct {
+			Info apiv1.WorkerInfo `json:"info"`
+		}
+		b, err := os.ReadFile(rec)
+		if err == nil && json.Unmarshal(b, &r) == nil && r.Info.State == state.Idle && r.Info.ReadyAt != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record of %s after 20s: %s (worker %s)", w.ID(), b, w.Info().State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

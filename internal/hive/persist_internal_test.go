@@ -40,3 +40,31 @@ func TestStartAndRestartStepsAreWrittenWithoutFsync(t *testing.T) {
 		}
 	}
 }
+
+// The first ready record is written in the background; a later change
+// written meanwhile (a stop, say) must not be overwritten by it, and one
+// written after it must land after it.
+func TestBackgroundRecordWriteNeverOverwritesALaterChange(t *testing.T) {
+	var o recordOrder
+	var got []string
+	put := func(s string) func() { return func() { got = append(got, s) } }
+
+	write := o.later() // idle, written later
+	o.now(put("stopping"))
+	if write(put("idle")) {
+		t.Fatal("the background write ran after a later change was written")
+	}
+	if len(got) != 1 || got[0] != "stopping" {
+		t.Fatalf("written %v, want [stopping]", got)
+	}
+
+	got = nil
+	write = o.later()
+	if !write(put("idle")) {
+		t.Fatal("the background write, still the latest, did not run")
+	}
+	o.now(put("stopping"))
+	if len(got) != 2 || got[0] != "idle" || got[1] != "stopping" {
+		t.Fatalf("written %v, want [idle stopping]", got)
+	}
+}

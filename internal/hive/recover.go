@@ -13,11 +13,13 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/process"
+	"github.com/rbee/rbee-hive/internal/record"
 	"github.com/rbee/rbee-hive/internal/state"
 	"github.com/rbee/rbee-hive/internal/supervisor"
 
@@ -56,8 +58,17 @@ type Recovery struct {
 // (the page cache outlives it; SPEC §7's SIGKILLed hive loses nothing); only
 // a crash of the whole machine, which takes the process with it, could
 // lose them, and the first ready record is fsynced in the background right
-// after its event (syncSoon), so that a worker that was ready before such a
-// crash is restarted by policy after it.
+// after it is written, so that a worker that was ready before such a crash
+// is restarted by policy after it.
+//
+// The first ready record itself is written after its event, in the
+// background (persistLater): replacing the loading record waits for the
+// disk (ext4 starts writing a file renamed over another at once, and
+// replacing that one in turn waits for the write: 0.5–2 ms here), and the
+// requests waiting for the worker need not wait for it. A hive that dies
+// before that write re-adopts the worker from its loading record (PID,
+// start time, port, token are all there) and finds it ready again at its
+// next readiness probe: no worker is lost.
 //
 // The steps of a restart (failed, then backoff) are written the same way,
 // each fsynced in the background right after it is written: with
@@ -83,21 +94,99 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 		return
 	}
 	sync := ev == nil || !unsynced(ev)
+	h.recordOrder(w.ID()).now(func() { h.put(w.ID(), rec, sync) })
+}
+
+func (h *Hive) put(id string, rec *record.Record, sync bool) {
 	if err := h.store.Put(rec, sync); err != nil {
 		h.log.Error("Writing worker state failed; a hive restart may not recover this change",
-			"worker_id", w.ID(), "state", rec.Info.State, "error", err)
+			"worker_id", id, "state", rec.Info.State, "error", err)
+	}
+}
+
+// persistLater writes the worker's current record (its first ready state)
+// in the background, then fsyncs it, unless a later change of the worker
+// has been written meanwhile (recordOrder).
+func (h *Hive) persistLater(w *supervisor.Worker) {
+	if h.store == nil {
+		return
+	}
+	rec := w.Record()
+	if rec == nil {
+		return
+	}
+	id := w.ID()
+	write := h.recordOrder(id).later()
+	h.writes.Add(1)
+	go func() {
+		defer h.writes.Done()
+		if !write(func() { h.put(id, rec, false) }) {
+			return
+		}
+		if err := h.store.Sync(id); err != nil {
+			h.log.Warn("Writing worker state failed; a machine crash may lose this change",
+				"worker_id", id, "error", err)
+		}
+	}()
+}
+
+// recordOrder returns worker id's write order.
+func (h *Hive) recordOrder(id string) *recordOrder {
+	if o, ok := h.order.Load(id); ok {
+		return o.(*recordOrder)
+	}
+	o, _ := h.order.LoadOrStore(id, &recordOrder{})
+	return o.(*recordOrder)
+}
+
+// recordOrder keeps one worker's record writes in the order of its
+// changes when some are written in the background: each write takes a
+// turn when its change happens (in the owner), and a background write
+// whose turn has been passed by a later write is dropped (the store holds
+// the newer record already, or is about to).
+type recordOrder struct {
+	mu   sync.Mutex
+	turn uint64 // the last turn given
+}
+
+// now writes at once (put, under the lock), in its turn.
+func (o *recordOrder) now(put func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.turn++
+	put()
+}
+
+// later takes a turn now for a write done later: the returned function
+// runs put, under the lock, unless a later turn has been taken since, and
+// reports whether it did.
+func (o *recordOrder) later() func(put func()) bool {
+	o.mu.Lock()
+	o.turn++
+	mine := o.turn
+	o.mu.Unlock()
+	return func(put func()) bool {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.turn != mine {
+			return false
+		}
+		put()
+		return true
 	}
 }
 
 // syncSoon makes the record written for ev durable in the background when
-// persist wrote it without fsync as the last step of a start (its first
-// ready state) or as a step of a restart.
+// persist wrote it without fsync as a step of a restart (the first ready
+// state of a start is fsynced by persistLater).
 func (h *Hive) syncSoon(w *supervisor.Worker, ev *apiv1.Event) {
 	if h.store == nil || !syncedSoon(ev) {
 		return
 	}
 	id := w.ID()
+	h.writes.Add(1)
 	go func() {
+		defer h.writes.Done()
 		if err := h.store.Sync(id); err != nil {
 			h.log.Warn("Writing worker state failed; a machine crash may lose this change",
 				"worker_id", id, "error", err)
@@ -116,6 +205,10 @@ func startStep(ev *apiv1.Event) bool {
 	}
 	return false
 }
+
+// firstReady reports whether ev is the first ready state of a start,
+// written in the background (persistLater).
+func firstReady(ev *apiv1.Event) bool { return ev.To.Ready() && startStep(ev) }
 
 // unsynced reports whether persist writes ev's record without fsync: a
 // step of a start or of a restart.
@@ -137,6 +230,7 @@ func (h *Hive) forget(id string) {
 		h.forgetHook(id)
 		return
 	}
+	h.order.Delete(id)
 	if h.store == nil {
 		return
 	}

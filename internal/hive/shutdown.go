@@ -142,6 +142,7 @@ func (h *Hive) Detach(ctx context.Context) {
 }
 
 func (h *Hive) close() {
+	h.writes.Wait() // records still being written in the background
 	close(h.stopPrune)
 	<-h.pruneDone
 	h.lstats.close()

@@ -93,6 +93,8 @@ type Hive struct {
 	// close waits for.
 	order  sync.Map
 	writes sync.WaitGroup
+
+	spare spare // the next worker's id and cgroup, made ahead (spare.go)
 }
 
 // New prepares the state directory and the shared services. It starts no

@@ -316,6 +316,8 @@ func (h *Hive) Recover(ctx context.Context) (Recovery, error) {
 	for _, a := range adopted {
 		a.Start()
 	}
+	// The orphan cleanup is done: the first cold start's cgroup may be made.
+	h.refillSpare()
 	r.Took = time.Since(start)
 	if len(recs) > 0 || r.Corrupt > 0 || len(r.OrphanPIDs) > 0 || len(r.OrphanCgroups) > 0 {
 		h.log.Info(fmt.Sprintf("Recovered %d workers", len(adopted)), "adopted", r.Adopted, "died_while_down", r.Died,

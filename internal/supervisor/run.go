@@ -250,8 +250,10 @@ func (o *owner) startIncarnation() {
 func (o *owner) startProcess() error {
 	spec := o.w.spec
 	port := o.cur.Port
-	// A restart keeps its port when it is still ours and free; else a new one.
-	if !o.d.Ports.Holds(port, spec.ID) || !ports.Bindable(port) {
+	// A restart keeps its port when it is still ours and free; else a new
+	// one. The first start's port was checked by its Acquire just before.
+	first := o.firstStart != nil
+	if !o.d.Ports.Holds(port, spec.ID) || (!first && !ports.Bindable(port)) {
 		o.d.Ports.Release(port, spec.ID)
 		p, err := o.d.Ports.Acquire(spec.ID)
 		if err != nil {

@@ -210,8 +210,10 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
 	// The first ready state of a start is written after the news, off the
 	// owner (persistLater): requests waiting for the worker go to it
-	// without waiting on the disk.
-	later := durable && ev != nil && firstReady(ev)
+	// without waiting on the disk. So is the spawning state, while the
+	// owner prepares the process (cgroup, token), which waits for it
+	// before the process starts (WaitWritten).
+	later := durable && ev != nil && (firstReady(ev) || ev.To == state.Spawning)
 	if durable && !failed && !later {
 		h.persist(w, ev)
 	}
@@ -233,7 +235,7 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	}
 	switch {
 	case later:
-		h.persistLater(w)
+		h.persistLater(w, ev.To != state.Spawning)
 	case durable && ev != nil:
 		h.syncSoon(w, ev)
 	}

@@ -2,6 +2,7 @@ package hive
 
 import (
 	"testing"
+	"time"
 
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/state"
@@ -67,4 +68,26 @@ func TestBackgroundRecordWriteNeverOverwritesALaterChange(t *testing.T) {
 	if len(got) != 2 || got[0] != "idle" || got[1] != "stopping" {
 		t.Fatalf("written %v, want [idle stopping]", got)
 	}
+}
+
+// The owner waits for the spawning record, written in the background,
+// before its process starts (WaitWritten): the wait returns only once the
+// write is done.
+func TestWaitingForBackgroundWritesWaitsForTheWrite(t *testing.T) {
+	var o recordOrder
+	write := o.later()
+	done := false
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		write(func() { done = true })
+	}()
+	o.pending.Wait()
+	if !done {
+		t.Fatal("the wait returned before the background write was done")
+	}
+	// A write dropped because a later one came first ends the wait too.
+	write = o.later()
+	o.now(func() {})
+	go write(func() { t.Error("a superseded write ran") })
+	o.pending.Wait()
 }

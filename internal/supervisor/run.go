@@ -328,6 +328,9 @@ func (o *owner) startProcess() error {
 		return fmt.Errorf("open worker log: %w", err) // finish removes the cgroup
 	}
 	defer out.Close()
+	if ww, ok := o.d.Observer.(WrittenWaiter); ok {
+		ww.WaitWritten(o.w) // the spawning record, written meanwhile
+	}
 	p, err := o.d.startProc(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
 		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,

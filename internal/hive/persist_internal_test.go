@@ -19,7 +19,7 @@ func TestStartAndRestartStepsAreWrittenWithoutFsync(t *testing.T) {
 	}{
 		{"", state.Spawning, true, false},
 		{state.Backoff, state.Spawning, true, false},
-		{state.Spawning, state.Loading, true, false},
+		{state.Spawning, state.Loading, true, true}, // the first record with the PID
 		{state.Loading, state.Idle, true, true},
 		{state.Spawning, state.Idle, true, true}, // an rbee worker's ready callback before the exec was seen
 		{state.Idle, state.Busy, false, false},   // not written at all (persist)

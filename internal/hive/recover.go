@@ -57,9 +57,13 @@ type Recovery struct {
 // costs milliseconds on a busy disk. A crash of the hive alone keeps them
 // (the page cache outlives it; SPEC §7's SIGKILLed hive loses nothing); only
 // a crash of the whole machine, which takes the process with it, could
-// lose them, and the first ready record is fsynced in the background right
-// after it is written, so that a worker that was ready before such a crash
-// is restarted by policy after it.
+// lose them, and the loading record (the first with the process's PID) and
+// the first ready record are fsynced in the background right after they
+// are written, so that a worker that was loading or ready before such a
+// crash is restarted by policy after it. (The store exchanges a record
+// with its replacement, so nothing else starts writing it to the disk
+// early: without that fsync a model that loads for minutes would have its
+// loading record in the page cache only.)
 //
 // The spawning record is written in the background while the owner
 // prepares the process (token, cgroup, log), and the owner waits for it
@@ -68,10 +72,9 @@ type Recovery struct {
 // this ext4) no longer comes before that preparation.
 //
 // The first ready record itself is written after its event, in the
-// background (persistLater): replacing the loading record waits for the
-// disk (ext4 starts writing a file renamed over another at once, and
-// replacing that one in turn waits for the write: 0.5–2 ms here), and the
-// requests waiting for the worker need not wait for it. A hive that dies
+// background (persistLater): the requests waiting for the worker need not
+// wait for the disk (replacing the loading record took 0.5–2 ms here when
+// records were renamed over each other, see atomicfile.Replace). A hive that dies
 // before that write re-adopts the worker from its loading record (PID,
 // start time, port, token are all there) and finds it ready again at its
 // next readiness probe: no worker is lost.
@@ -194,8 +197,9 @@ func (o *recordOrder) later() func(put func()) bool {
 }
 
 // syncSoon makes the record written for ev durable in the background when
-// persist wrote it without fsync as a step of a restart (the first ready
-// state of a start is fsynced by persistLater).
+// persist wrote it without fsync as the loading step of a start or as a
+// step of a restart (the first ready state of a start is fsynced by
+// persistLater).
 func (h *Hive) syncSoon(w *supervisor.Worker, ev *apiv1.Event) {
 	if h.store == nil || !syncedSoon(ev) {
 		return
@@ -232,10 +236,12 @@ func firstReady(ev *apiv1.Event) bool { return ev.To.Ready() && startStep(ev) }
 func unsynced(ev *apiv1.Event) bool { return startStep(ev) || restartStep(ev) }
 
 // syncedSoon reports whether ev's record, written without fsync, is
-// fsynced in the background right after (syncSoon): the last step of a
-// start (its first ready state) and each step of a restart. The others are
-// followed by one that is.
-func syncedSoon(ev *apiv1.Event) bool { return ev.To.Ready() && startStep(ev) || restartStep(ev) }
+// fsynced in the background right after: the loading step and the last
+// step of a start (its first ready state), and each step of a restart. The
+// spawning step is followed by the loading one.
+func syncedSoon(ev *apiv1.Event) bool {
+	return ev.To == state.Loading || ev.To.Ready() && startStep(ev) || restartStep(ev)
+}
 
 // restartStep reports whether ev may be a step of a restart: to failed
 // (a restart may follow) or to backoff.

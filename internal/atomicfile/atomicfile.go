@@ -98,6 +98,30 @@ func Kept(path string) string {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+keptSuffix)
 }
 
+// next is the second temporary file Prepare makes for path: it becomes
+// the kept one once the first Replace has renamed that into place.
+func next(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+TempMarker+"next")
+}
+
+// Prepare makes, ahead of need, the two (empty) temporary files that the
+// first Replaces of a path that does not exist yet would create, so that
+// they create no file: the first renames one into place, the second
+// exchanges with it the other. Remove what a path never used with
+// RemoveWithKept.
+func Prepare(path string) error {
+	for _, p := range []string{Kept(path), next(path)} {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Replace is Write for a file that is replaced again and again (the hive's
 // worker records): the same guarantees (a reader, or a crash at any
 // instant, sees the old content or the new; with sync, both the file and
@@ -153,6 +177,7 @@ func Replace(path string, data []byte, perm fs.FileMode, sync bool) (err error) 
 		if err := os.Rename(tmp, path); err != nil {
 			return err
 		}
+		_ = os.Rename(next(path), tmp) // a prepared second file, if any, is the next kept one
 	default:
 		return &os.LinkError{Op: "renameat2", Old: tmp, New: path, Err: err}
 	}
@@ -165,15 +190,14 @@ func Replace(path string, data []byte, perm fs.FileMode, sync bool) (err error) 
 	return nil
 }
 
-// RemoveWithKept removes path and the temporary file Replace keeps for
-// it. Missing files are fine.
+// RemoveWithKept removes path and the temporary files Replace keeps (and
+// Prepare makes) for it. Missing files are fine.
 func RemoveWithKept(path string) error {
-	err := os.Remove(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
-	if kerr := os.Remove(Kept(path)); kerr != nil && !errors.Is(kerr, fs.ErrNotExist) && err == nil {
-		err = kerr
+	var err error
+	for _, p := range []string{path, Kept(path), next(path)} {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+			err = rerr
+		}
 	}
 	return err
 }

@@ -110,3 +110,53 @@ func TestReplaceKeepsTheOldFileForTheNextReplacement(t *testing.T) {
 		}
 	}
 }
+
+// Prepare makes the two files the first Replaces of a new path would
+// create: those Replaces then create none (the path and the kept file are
+// the prepared inodes).
+func TestPreparedPathIsReplacedWithoutCreatingFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "w.json")
+	if err := Prepare(path); err != nil {
+		t.Fatal(err)
+	}
+	prepared := map[uint64]bool{}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !IsTemp(e.Name()) {
+			t.Fatalf("Prepare made %s, not a temporary file", e.Name())
+		}
+		fi, _ := e.Info()
+		prepared[fi.Sys().(*syscall.Stat_t).Ino] = true
+	}
+	if len(prepared) != 2 {
+		t.Fatalf("Prepare made %v, want two files", ents)
+	}
+	for _, content := range []string{"spawning", "loading", "idle"} {
+		if err := Replace(path, []byte(content), 0o600, false); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(path); string(b) != content {
+			t.Fatalf("content %q, want %q", b, content)
+		}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			fi, _ := e.Info()
+			if !prepared[fi.Sys().(*syscall.Stat_t).Ino] {
+				t.Fatalf("after Replace(%q): %s is a new file", content, e.Name())
+			}
+		}
+	}
+	if err := RemoveWithKept(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := Prepare(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveWithKept(path); err != nil { // never used
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left after RemoveWithKept: %v", ents)
+	}
+}

@@ -117,6 +117,7 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 	if err := os.Chmod(logDir, 0o700); err != nil {
 		return nil, fmt.Errorf("hive: %w", err)
 	}
+	removeSpareLogs(logDir)
 	roots := cfg.ModelRoots
 	if len(roots) == 0 {
 		def := filepath.Join(cfg.StateDir, "models")

@@ -1,6 +1,11 @@
 package hive
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/google/uuid"
@@ -8,28 +13,37 @@ import (
 	"github.com/rbee/rbee-hive/internal/cgroup"
 )
 
-// The spare: the id of the next worker, with its cgroup made ahead of
-// need (cgroup.Manager.Reserve), so that a spawn — a front-door cold start
-// above all — does not wait for the cgroup's mkdirs (a few hundred
-// microseconds, milliseconds in the tail). The spawn that takes the spare's
-// id writes the limits into those directories before its process starts,
-// as into new ones. A new spare is made in the background once a spawn has
-// its worker (or gave up), and after Recover; Shutdown and Detach remove
-// it, and a hive that dies with one leaves it to the next hive's orphan
-// cleanup.
+// The spare: the id of the next worker, with what its start would create
+// made ahead of need, so that a spawn — a front-door cold start above all
+// — does not wait for it: its cgroup (cgroup.Manager.Reserve: the mkdirs
+// cost a few hundred microseconds, milliseconds in the tail), its log file
+// and the files of its record (store.Prepare: creating a file costs 0.3–1
+// ms on this journal-less ext4, which scans past every inode deleted in
+// the last minutes). The spawn that takes the spare's id writes the limits
+// into those cgroup directories before its process starts, as into new
+// ones. A new spare is made in the background once a spawn has its worker
+// (or gave up), and after Recover; Shutdown and Detach remove it. A hive
+// that dies with one leaves its cgroup to the next hive's orphan cleanup,
+// its record files to the store's Load and its log file to New.
 type spare struct {
 	mu      sync.Mutex
-	id      string // reserved, not yet taken; "" none
-	filling bool   // a Reserve is under way
+	id      string // made, not yet taken; "" none
+	filling bool   // one is being made
 	closed  bool   // shutting down: no more spares
 	off     bool   // Reserve failed (no cgroup access): not tried again
 	wg      sync.WaitGroup
 }
 
+// spareLogSuffix ends the name of a spare's log file, "."+id+spareLogSuffix
+// in the log directory, renamed to <id>.log when the spare is taken.
+const spareLogSuffix = ".log.spare"
+
 func newWorkerID() string { return "worker-" + uuid.NewString() }
 
-// workerID returns the id for a new worker: the spare's, whose cgroup
-// exists already, when there is one (spared), else a new one.
+func (h *Hive) spareLog(id string) string { return filepath.Join(h.logDir, "."+id+spareLogSuffix) }
+
+// workerID returns the id for a new worker: the spare's, whose cgroup and
+// files exist already, when there is one (spared), else a new one.
 func (h *Hive) workerID() (id string, spared bool) {
 	s := &h.spare
 	s.mu.Lock()
@@ -42,14 +56,18 @@ func (h *Hive) workerID() (id string, spared bool) {
 	return id, true
 }
 
-// spawned ends a spawn that took the spare's id: when the spawn gave up
-// before its worker created the cgroup, the reserved directories go. Then
-// a new spare is made.
+// useSpareLog makes the spare's log file the worker's, right before its
+// start opens it; failing that, the start creates it.
+func (h *Hive) useSpareLog(id string) {
+	_ = os.Rename(h.spareLog(id), filepath.Join(h.logDir, id+".log"))
+}
+
+// spawned ends a spawn that took the spare's id: what the spawn did not
+// use (it gave up before its worker created it) goes. Then a new spare is
+// made.
 func (h *Hive) spawned(id string, spared bool) {
 	if spared {
-		if err := h.cgroups.Unreserve(id); err != nil {
-			h.log.Warn("Removing an unused spare cgroup failed", "cgroup", id, "error", err)
-		}
+		h.dropSpare(id)
 		h.spare.wg.Done()
 	}
 	h.refillSpare()
@@ -57,36 +75,58 @@ func (h *Hive) spawned(id string, spared bool) {
 
 // refillSpare makes a new spare in the background when there is none.
 func (h *Hive) refillSpare() {
-	if h.cgroups == nil || h.cgroups.Mode() == cgroup.ModeNone {
-		return
-	}
 	s := &h.spare
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.id != "" || s.filling || s.closed || s.off {
+	if s.id != "" || s.filling || s.closed {
 		return
 	}
+	cg := h.cgroups != nil && h.cgroups.Mode() != cgroup.ModeNone && !s.off
 	s.filling = true
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		id := newWorkerID()
-		err := h.cgroups.Reserve(id)
+		if cg {
+			if err := h.cgroups.Reserve(id); err != nil {
+				s.mu.Lock()
+				s.off = true
+				s.mu.Unlock()
+				h.log.Info("No spare cgroup: each worker's cgroup is made when it spawns", "error", err)
+			}
+		}
+		if f, err := os.OpenFile(h.spareLog(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+			f.Close()
+		}
+		if h.store != nil {
+			_ = h.store.Prepare(id) // failing that, the first Puts create the files
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.filling = false
-		switch {
-		case err != nil:
-			s.off = true
-			h.log.Info("No spare cgroup: each worker's cgroup is made when it spawns", "error", err)
-		case s.closed:
-			if err := h.cgroups.Unreserve(id); err != nil {
-				h.log.Warn("Removing the spare cgroup failed", "cgroup", id, "error", err)
-			}
-		default:
-			s.id = id
+		if s.closed {
+			h.dropSpare(id)
+			return
 		}
+		s.id = id
 	}()
+}
+
+// dropSpare removes what was made for spare id and is not used: its
+// cgroup unless its worker created it, its log file unless it became the
+// worker's, its record files unless a record was written.
+func (h *Hive) dropSpare(id string) {
+	if h.cgroups != nil {
+		if err := h.cgroups.Unreserve(id); err != nil {
+			h.log.Warn("Removing an unused spare cgroup failed", "cgroup", id, "error", err)
+		}
+	}
+	_ = os.Remove(h.spareLog(id))
+	if h.store != nil {
+		if _, err := os.Lstat(h.store.Path(id)); errors.Is(err, fs.ErrNotExist) {
+			_ = h.store.Delete(id)
+		}
+	}
 }
 
 // closeSpare removes the spare, and makes no more (Shutdown, Detach).
@@ -97,13 +137,21 @@ func (h *Hive) closeSpare() {
 	id := s.id
 	s.id = ""
 	s.mu.Unlock()
-	// A Reserve under way removes its own; a spawn that took the spare
-	// removes it unless its worker has it.
+	// A spare being made removes itself; a spawn that took the spare
+	// removes what it did not use.
 	s.wg.Wait()
-	if id == "" {
-		return
+	if id != "" {
+		h.dropSpare(id)
 	}
-	if err := h.cgroups.Unreserve(id); err != nil {
-		h.log.Warn("Removing the spare cgroup failed", "cgroup", id, "error", err)
+}
+
+// removeSpareLogs removes the log files of the spares of an earlier hive
+// that died with one (New).
+func removeSpareLogs(logDir string) {
+	ents, _ := os.ReadDir(logDir)
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, ".") && strings.HasSuffix(n, spareLogSuffix) {
+			_ = os.Remove(filepath.Join(logDir, n))
+		}
 	}
 }

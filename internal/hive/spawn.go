@@ -146,6 +146,9 @@ func (h *Hive) spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker, Credential: wu.Credential,
 		GPUUUID: gpuUUID, Estimate: &est,
 	}
+	if spared {
+		h.useSpareLog(id)
+	}
 	w, err := supervisor.Start(h.deps(), spec, port, func(w *supervisor.Worker) {
 		registered = true
 		h.mu.Lock()

@@ -133,6 +133,20 @@ func (s *Store) Sync(id string) error {
 	return nil
 }
 
+// Prepare makes, ahead of need, the temporary files that the first Puts of
+// worker id's record would create (atomicfile.Prepare), so that they
+// create none: for the id of a worker about to be spawned. Load drops them
+// like any temporary file; Delete removes them.
+func (s *Store) Prepare(id string) error {
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	if err := atomicfile.Prepare(s.Path(id)); err != nil {
+		return fmt.Errorf("store: prepare %s: %w", id, err)
+	}
+	return nil
+}
+
 // Delete removes worker id's record. A missing record is not an error.
 func (s *Store) Delete(id string) error {
 	if !idRe.MatchString(id) {

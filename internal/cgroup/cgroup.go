@@ -430,8 +430,11 @@ func (m *Manager) Create(id string, l config.Limits) (*Group, error) {
 	}
 	taken := m.take(id)
 	for _, d := range g.Paths() {
-		if taken && exists(d) {
-			made = append(made, d) // made ahead by Reserve: ours
+		if taken {
+			// Made ahead by Reserve: ours. (Removed by someone else since,
+			// the limits cannot be written or the start cannot open it,
+			// and the start fails.)
+			made = append(made, d)
 			continue
 		}
 		err := m.mkdirAll(filepath.Dir(d))

@@ -22,7 +22,10 @@ import (
 // the last minutes). The spawn that takes the spare's id writes the limits
 // into those cgroup directories before its process starts, as into new
 // ones. A new spare is made in the background once a spawn has its worker
-// (or gave up), and after Recover; Shutdown and Detach remove it. A hive
+// (or gave up), and after Recover; Shutdown and Detach remove it. (Made as
+// soon as the taking worker's process had started, while it loads, it
+// slowed that worker's start and the detection of its readiness in the
+// cold-start benchmark: ready → idle p99 2.2 → 7.2 ms.) A hive
 // that dies with one leaves its cgroup to the next hive's orphan cleanup,
 // its record files to the store's Load and its log file to New.
 type spare struct {

@@ -240,6 +240,11 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	case durable && ev != nil:
 		h.syncSoon(w, ev)
 	}
+	if ev != nil && ev.From == state.Busy && ev.To == state.Idle {
+		// A request has been served: a good moment to make the next
+		// worker's spare if there is none (spare.go).
+		h.refillSpare()
+	}
 }
 
 func (h *Hive) deps() supervisor.Deps {

@@ -21,11 +21,13 @@ import (
 // ms on this journal-less ext4, which scans past every inode deleted in
 // the last minutes). The spawn that takes the spare's id writes the limits
 // into those cgroup directories before its process starts, as into new
-// ones. A new spare is made in the background once a spawn has its worker
-// (or gave up), and after Recover; Shutdown and Detach remove it. (Made as
-// soon as the taking worker's process had started, while it loads, it
-// slowed that worker's start and the detection of its readiness in the
-// cold-start benchmark: ready → idle p99 2.2 → 7.2 ms.) A hive
+// ones. A new spare is made in the background after Recover, once a spawn
+// has its worker (or gave up), and when a worker has served a request
+// (busy → idle) and there is none: after a cold start's first answer
+// rather than on the way to the next one's. Shutdown and Detach remove
+// it. (Made as soon as the taking worker's process had started, while it
+// loads, it slowed that worker's start and the detection of its readiness
+// in the cold-start benchmark: ready → idle p99 2.2 → 7.2 ms.) A hive
 // that dies with one leaves its cgroup to the next hive's orphan cleanup,
 // its record files to the store's Load and its log file to New.
 type spare struct {

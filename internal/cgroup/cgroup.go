@@ -400,10 +400,12 @@ func (m *Manager) dirsFor(rel string) (unified string, v1 map[string]string) {
 }
 
 // Create makes the worker's cgroup in every hierarchy in use and writes the
-// limits in l (a zero limit is left at the kernel's "max"). It fails with an
-// *UnsupportedError when Supports(l) does, with ErrExists when the cgroup is
-// already there (unless Reserve made it), and with ErrNoCgroups on ModeNone. On any error it removes
-// what it created. On v2 the first Create enables the memory, cpu and pids
+// limits in l (a zero limit is left at the kernel's "max"); a cgroup
+// Reserve made for id is taken as it is, and only the limits are written.
+// It fails with an *UnsupportedError when Supports(l) does, with ErrExists
+// when the cgroup is already there (and not reserved), and with
+// ErrNoCgroups on ModeNone. On any error it removes what it created (or
+// took). On v2 the first Create enables the memory, cpu and pids
 // controllers from the hive's own cgroup down to the scope, first moving the
 // hive into the leaf "<own>/hive" when its own cgroup holds processes (the
 // no-internal-processes rule). Blocks only on file system calls.

@@ -16,13 +16,23 @@ import (
 	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
 )
 
-// workerCgroupDirs lists the worker directories left under the hive's scope.
-func workerCgroupDirs(marker string) []string {
+// workerCgroupDirs lists the worker directories left under the hive's
+// scope: those named after a worker the hive lists (the others are its
+// spare, the next worker's cgroup made ahead, which goes at its exit).
+func workerCgroupDirs(h *hivetest.Hive) []string {
+	ws, err := h.Client.List(context.Background(), true)
+	if err != nil {
+		return []string{"(list: " + err.Error() + ")"}
+	}
+	known := map[string]bool{}
+	for _, w := range ws {
+		known[w.ID] = true
+	}
 	var left []string
-	for _, d := range hivetest.ScopeDirs(marker) {
+	for _, d := range hivetest.ScopeDirs(h.Marker) {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
-			if e.IsDir() {
+			if e.IsDir() && known[e.Name()] {
 				left = append(left, filepath.Join(d, e.Name()))
 			}
 		}
@@ -42,7 +52,7 @@ func startLimitsHive(t *testing.T, o hivetest.Options) *hivetest.Hive {
 func assertNoWorkerCgroups(t *testing.T, h *hivetest.Hive) {
 	t.Helper()
 	var left []string
-	if !hivetest.Eventually(t, 5*time.Second, func() bool { left = workerCgroupDirs(h.Marker); return len(left) == 0 }) {
+	if !hivetest.Eventually(t, 5*time.Second, func() bool { left = workerCgroupDirs(h); return len(left) == 0 }) {
 		t.Fatalf("worker cgroup directories left: %v", left)
 	}
 }

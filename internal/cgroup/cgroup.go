@@ -160,7 +160,8 @@ type Manager struct {
 	v1      map[string]*hierarchy // controller → hierarchy (cpu and cpuacct may share)
 
 	mu       sync.Mutex
-	prepared bool // v2: controllers enabled down to the scope
+	prepared bool            // v2: controllers enabled down to the scope
+	reserved map[string]bool // ids whose directories Reserve made and Create has not taken
 }
 
 var idRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,256}$`)
@@ -399,10 +400,12 @@ func (m *Manager) dirsFor(rel string) (unified string, v1 map[string]string) {
 }
 
 // Create makes the worker's cgroup in every hierarchy in use and writes the
-// limits in l (a zero limit is left at the kernel's "max"). It fails with an
-// *UnsupportedError when Supports(l) does, with ErrExists when the cgroup is
-// already there, and with ErrNoCgroups on ModeNone. On any error it removes
-// what it created. On v2 the first Create enables the memory, cpu and pids
+// limits in l (a zero limit is left at the kernel's "max"); a cgroup
+// Reserve made for id is taken as it is, and only the limits are written.
+// It fails with an *UnsupportedError when Supports(l) does, with ErrExists
+// when the cgroup is already there (and not reserved), and with
+// ErrNoCgroups on ModeNone. On any error it removes what it created (or
+// took). On v2 the first Create enables the memory, cpu and pids
 // controllers from the hive's own cgroup down to the scope, first moving the
 // hive into the leaf "<own>/hive" when its own cgroup holds processes (the
 // no-internal-processes rule). Blocks only on file system calls.
@@ -427,7 +430,15 @@ func (m *Manager) Create(id string, l config.Limits) (*Group, error) {
 		}
 		return nil, fmt.Errorf("cgroup create %q: %w", id, err)
 	}
+	taken := m.take(id)
 	for _, d := range g.Paths() {
+		if taken {
+			// Made ahead by Reserve: ours. (Removed by someone else since,
+			// the limits cannot be written or the start cannot open it,
+			// and the start fails.)
+			made = append(made, d)
+			continue
+		}
 		err := m.mkdirAll(filepath.Dir(d))
 		if err == nil {
 			err = m.fs.Mkdir(d)
@@ -452,6 +463,47 @@ func (m *Manager) Create(id string, l config.Limits) (*Group, error) {
 	}
 	m.log.Debug("cgroup created", "worker_id", id, "paths", g.Paths(), "limits", l)
 	return g, nil
+}
+
+// Reserve makes the directories of worker id's cgroup ahead of its Create,
+// without limits, so that Create(id) then only writes the limits: the
+// hive makes the next worker's cgroup while nothing waits for it (mkdir of
+// a cgroup costs a few hundred microseconds, the memory controller's
+// most). Until Create takes it, the group holds no process and is only a
+// directory per hierarchy; Unreserve removes it. A hive that dies with one
+// reserved leaves it to the next hive's orphan cleanup (List shows it). It
+// fails as Create does.
+func (m *Manager) Reserve(id string) error {
+	if _, err := m.Create(id, config.Limits{}); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.reserved == nil {
+		m.reserved = map[string]bool{}
+	}
+	m.reserved[id] = true
+	m.mu.Unlock()
+	return nil
+}
+
+// Unreserve removes worker id's reserved cgroup unless Create has taken
+// it (then it is the worker's, and nothing happens).
+func (m *Manager) Unreserve(id string) error {
+	if !m.take(id) {
+		return nil
+	}
+	return m.group(id).Remove()
+}
+
+// take reports whether id was reserved, and makes it no longer so.
+func (m *Manager) take(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.reserved[id] {
+		return false
+	}
+	delete(m.reserved, id)
+	return true
 }
 
 // mkdirAll creates dir and its missing parents with the seam's Mkdir.

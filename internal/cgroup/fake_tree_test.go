@@ -392,3 +392,63 @@ func TestInvalidIDsAndScopes(t *testing.T) {
 		}
 	}
 }
+
+// A reserved group is taken by its Create, which writes the limits into
+// the directories made ahead; an id that was not reserved still fails on
+// an existing directory; Unreserve removes only a group not taken.
+func TestFakeHybridReservedGroupIsTakenByCreate(t *testing.T) {
+	opts := fakeHybrid(t)
+	m, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := func(parts ...string) string {
+		return filepath.Join(append([]string{opts.Root}, parts...)...)
+	}
+	if err := m.Reserve("w1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"memory", "cpu", "cpuacct", "pids", "unified"} {
+		if _, err := os.Stat(p(h, "rbee-hive/test/w1")); err != nil {
+			t.Fatalf("reserved %s directory: %v", h, err)
+		}
+	}
+	if ids, _ := m.List(); strings.Join(ids, ",") != "w1" {
+		t.Errorf("List = %v: a reserved group must be found by an orphan cleanup", ids)
+	}
+	g, err := m.Create("w1", allLimits)
+	if err != nil {
+		t.Fatalf("Create of the reserved id: %v", err)
+	}
+	if got := read(t, p("memory", "rbee-hive/test/w1", "memory.limit_in_bytes")); got != "67108864" {
+		t.Errorf("memory.limit_in_bytes = %q, want the limit written at Create", got)
+	}
+	if got := read(t, p("pids", "rbee-hive/test/w1", "pids.max")); got != "20" {
+		t.Errorf("pids.max = %q", got)
+	}
+	if err := m.Unreserve("w1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p("memory", "rbee-hive/test/w1")); err != nil {
+		t.Fatalf("Unreserve removed a group Create had taken: %v", err)
+	}
+	if _, err := m.Create("w1", config.Limits{}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Create = %v, want ErrExists (taken once only)", err)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := m.Reserve("w2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Unreserve("w2"); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := m.List(); len(ids) != 0 {
+		t.Fatalf("left after Unreserve: %v", ids)
+	}
+	if err := m.RemoveScope(); err != nil {
+		t.Fatal(err)
+	}
+}

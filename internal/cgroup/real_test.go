@@ -447,3 +447,42 @@ func procStat(pid int) (comm string, sid int) {
 	sid, _ = strconv.Atoi(f[3])
 	return s[i+1 : j], sid
 }
+
+// A process started in a group taken from a reservation is in every
+// hierarchy's directory of it, under the limits Create wrote.
+func TestRealReservedGroupHoldsTheProcessUnderItsLimits(t *testing.T) {
+	m := realManager(t, "")
+	if err := m.Reserve("w-spare"); err != nil {
+		t.Fatal(err)
+	}
+	g := create(t, m, "w-spare", allLimits)
+	p := start(t, g, nil, "/bin/sh", "-c", "read x; exec sleep 1000")
+	pid := p.cmd.Process.Pid
+	eventually(t, 5*time.Second, "the sleep to exec", func() bool {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		return strings.TrimSpace(string(b)) == "sleep"
+	})
+	cg, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := "/" + m.scope + "/w-spare"
+	for _, d := range g.Paths() {
+		if !strings.Contains(string(cg), ":"+rel+"\n") {
+			t.Errorf("process not in %s:\n%s", d, cg)
+		}
+	}
+	limits := map[string]string{}
+	if m.Mode() == ModeHybrid {
+		limits[filepath.Join(g.v1["memory"], "memory.limit_in_bytes")] = "67108864"
+		limits[filepath.Join(g.v1["pids"], "pids.max")] = "20"
+	} else {
+		limits[filepath.Join(g.unified, "memory.max")] = "67108864"
+		limits[filepath.Join(g.unified, "pids.max")] = "20"
+	}
+	for file, want := range limits {
+		if got := read(t, file); got != want {
+			t.Errorf("%s = %q, want %q", file, got, want)
+		}
+	}
+}

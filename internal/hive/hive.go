@@ -87,6 +87,14 @@ type Hive struct {
 
 	stopPrune chan struct{}
 	pruneDone chan struct{}
+
+	// order keeps each worker's record writes in order (id →
+	// *recordOrder; recover.go); writes counts the background ones, which
+	// close waits for.
+	order  sync.Map
+	writes sync.WaitGroup
+
+	spare spare // the next worker's id and cgroup, made ahead (spare.go)
 }
 
 // New prepares the state directory and the shared services. It starts no
@@ -109,6 +117,7 @@ func New(cfg config.Config, opts Options) (*Hive, error) {
 	if err := os.Chmod(logDir, 0o700); err != nil {
 		return nil, fmt.Errorf("hive: %w", err)
 	}
+	removeSpareLogs(logDir)
 	roots := cfg.ModelRoots
 	if len(roots) == 0 {
 		def := filepath.Join(cfg.StateDir, "models")
@@ -200,7 +209,13 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	// as asked), and a slow fsync must not delay the news of a crash or of
 	// a stop.
 	failed := ev != nil && (ev.To == state.Failed || ev.To == state.Terminated)
-	if durable && !failed {
+	// The first ready state of a start is written after the news, off the
+	// owner (persistLater): requests waiting for the worker go to it
+	// without waiting on the disk. So is the spawning state, while the
+	// owner prepares the process (cgroup, token), which waits for it
+	// before the process starts (WaitWritten).
+	later := durable && ev != nil && (firstReady(ev) || ev.To == state.Spawning)
+	if durable && !failed && !later {
 		h.persist(w, ev)
 	}
 	if ev != nil {
@@ -219,8 +234,16 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 	if durable && failed {
 		h.persist(w, ev)
 	}
-	if durable && ev != nil {
+	switch {
+	case later:
+		h.persistLater(w, ev.To != state.Spawning)
+	case durable && ev != nil:
 		h.syncSoon(w, ev)
+	}
+	if ev != nil && ev.From == state.Busy && ev.To == state.Idle {
+		// A request has been served: a good moment to make the next
+		// worker's spare if there is none (spare.go).
+		h.refillSpare()
 	}
 }
 

@@ -87,8 +87,10 @@ wait:
 			h.log.Error("Ended worker's owner did not finish", "worker_id", w.ID())
 		}
 	}
-	// Every worker's cgroup is gone with it; the hive's (now empty) scope
-	// goes too, so a clean exit leaves nothing under the cgroup roots.
+	// Every worker's cgroup is gone with it, and the spare goes; the
+	// hive's (now empty) scope goes too, so a clean exit leaves nothing
+	// under the cgroup roots.
+	h.closeSpare()
 	if h.cgroups != nil {
 		if err := h.cgroups.RemoveScope(); err != nil {
 			h.log.Warn("Removing the hive's cgroup scope failed", "scope", h.cgroups.Scope(), "error", err)
@@ -138,10 +140,12 @@ func (h *Hive) Detach(ctx context.Context) {
 		go func() { defer wg.Done(); _ = w.Detach(ctx) }()
 	}
 	wg.Wait()
+	h.closeSpare()
 	h.close()
 }
 
 func (h *Hive) close() {
+	h.writes.Wait() // records still being written in the background
 	close(h.stopPrune)
 	<-h.pruneDone
 	h.lstats.close()

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/google/uuid"
-
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/cgroup"
 	"github.com/rbee/rbee-hive/internal/config"
@@ -97,7 +95,8 @@ func (h *Hive) spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 	}
 	onGPU := wantsGPU(req.Backend, prof)
 	est, ramBasis := estimate(&h.gpu.estimates, path, size, prof, settings, onGPU)
-	id := "worker-" + uuid.NewString()
+	id, spared := h.workerID()
+	defer h.spawned(id, spared)
 	device, gpuUUID := req.Device, ""
 	if onGPU {
 		dev, release, err := h.placeGPU(ctx, id, req, est.VRAMBytes)
@@ -146,6 +145,9 @@ func (h *Hive) spawn(ctx context.Context, req *apiv1.SpawnRequest) (*supervisor.
 		Device: device, ProfileName: name, Profile: prof, Settings: settings, Argv: cmd,
 		Env: env, Labels: req.Labels, HiveURL: h.hiveURL, Marker: h.marker, Credential: wu.Credential,
 		GPUUUID: gpuUUID, Estimate: &est,
+	}
+	if spared {
+		h.useSpareLog(id)
 	}
 	w, err := supervisor.Start(h.deps(), spec, port, func(w *supervisor.Worker) {
 		registered = true

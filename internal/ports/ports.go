@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrExhausted is returned when every port in the range is held or busy.
@@ -113,12 +114,23 @@ func (a *Allocator) InUse() int {
 	return len(a.held)
 }
 
-// Bindable reports whether 127.0.0.1:port can be bound right now.
+// Bindable reports whether 127.0.0.1:port can be bound right now: a TCP
+// socket with SO_REUSEADDR, as a listener of the worker's would have (so a
+// connection of an earlier worker in TIME_WAIT does not count), bound and
+// closed at once. Four system calls: it is on the path of every spawn,
+// where net.Listen added a listen(2), the poller's registration and
+// getsockname for nothing.
 func Bindable(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if port <= 0 || port > 65535 {
+		return false
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
-	l.Close()
-	return true
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return false
+	}
+	return unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}) == nil
 }

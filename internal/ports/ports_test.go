@@ -181,3 +181,47 @@ func TestAcquireGivesBackABusyCandidate(t *testing.T) {
 		t.Fatalf("Acquire after the port was freed = %d, %v; want %d", p, err, base)
 	}
 }
+
+// Bindable (four raw system calls since it is on every spawn's path) still
+// says no for a port a listener holds, on 127.0.0.1 or on every address,
+// and yes once it is closed, even with a connection of it in TIME_WAIT (as
+// a worker's own SO_REUSEADDR listener could bind it).
+func TestBindableSeesListenersNotTimeWait(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "0.0.0.0"} {
+		l, err := net.Listen("tcp", host+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if Bindable(port) {
+			t.Fatalf("port %d held by a listener on %s: Bindable said yes", port, host)
+		}
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, err := l.Accept()
+			if err == nil {
+				accepted <- c
+			}
+			close(accepted)
+		}()
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, ok := <-accepted; ok {
+			s.Close() // the server side closes first: its end goes to TIME_WAIT
+		}
+		c.Close()
+		l.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for !Bindable(port) {
+			if time.Now().After(deadline) {
+				t.Fatalf("port %d not bindable after its listener closed", port)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if Bindable(0) || Bindable(70000) {
+		t.Fatal("Bindable of a port out of range said yes")
+	}
+}

@@ -11,13 +11,16 @@
 // with a text editor by an operator.
 //
 // Atomicity: Put writes a temporary file in the same directory, fsyncs it,
-// renames it over the target and fsyncs the directory, so after a crash at
-// any instant the file is either the old record or the new one, never a mix.
-// A Put with sync=false skips both fsyncs: the rename is still atomic (a
-// crash of the hive leaves the old or the new file), only a crash of the
-// whole machine may lose the update — used for the steps of a start, on the
-// path of a cold start's first byte (Sync makes the last of them durable
-// afterwards).
+// exchanges it with the target and fsyncs the directory
+// (atomicfile.Replace), so after a crash at any instant the file is either
+// the old record or the new one, never a mix. The temporary file, holding
+// the old record after the exchange, is kept for the worker's next Put
+// (no file is created or deleted per change; Load removes kept files, and
+// Delete the worker's). A Put with sync=false skips both fsyncs: the
+// exchange is still atomic (a crash of the hive leaves the old or the new
+// file), only a crash of the whole machine may lose the update — used for
+// the steps of a start, on the path of a cold start's first byte (Sync
+// makes them durable afterwards).
 //
 // Privacy: the directory is 0700 and the files 0600 (records carry the
 // worker's environment and its token's hash).
@@ -97,7 +100,7 @@ func (s *Store) Put(rec *record.Record, sync bool) error {
 	if err != nil {
 		return fmt.Errorf("store: put %s: %w", id, err)
 	}
-	if err := atomicfile.Write(s.Path(id), b, 0o600, sync); err != nil {
+	if err := atomicfile.Replace(s.Path(id), b, 0o600, sync); err != nil {
 		return fmt.Errorf("store: put %s: %w", id, err)
 	}
 	return nil
@@ -130,13 +133,26 @@ func (s *Store) Sync(id string) error {
 	return nil
 }
 
+// Prepare makes, ahead of need, the temporary files that the first Puts of
+// worker id's record would create (atomicfile.Prepare), so that they
+// create none: for the id of a worker about to be spawned. Load drops them
+// like any temporary file; Delete removes them.
+func (s *Store) Prepare(id string) error {
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	if err := atomicfile.Prepare(s.Path(id)); err != nil {
+		return fmt.Errorf("store: prepare %s: %w", id, err)
+	}
+	return nil
+}
+
 // Delete removes worker id's record. A missing record is not an error.
 func (s *Store) Delete(id string) error {
 	if !idRe.MatchString(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidID, id)
 	}
-	err := os.Remove(s.Path(id))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := atomicfile.RemoveWithKept(s.Path(id)); err != nil {
 		return fmt.Errorf("store: delete %s: %w", id, err)
 	}
 	return nil

@@ -221,3 +221,42 @@ func TestRecordFileFormatIsUnchanged(t *testing.T) {
 		t.Fatalf("load: %+v %v %v", recs, bad, err)
 	}
 }
+
+// A record Put again keeps its old version in a temporary file for the
+// next Put (atomicfile.Replace): Load neither reads nor keeps it, and
+// Delete removes it with the record.
+func TestKeptTemporaryIsNotARecordAndGoesWithDelete(t *testing.T) {
+	s, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := rec("worker-a", state.Spawning)
+	for _, st := range []state.State{state.Spawning, state.Loading, state.Idle} {
+		a.Info.State = st
+		if err := s.Put(a, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(s.Dir()); len(ents) != 2 {
+		t.Fatalf("after three Puts: %v, want the record and its kept temporary", ents)
+	}
+	if err := s.Delete("worker-a"); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(s.Dir()); len(ents) != 0 {
+		t.Fatalf("after Delete: %v", ents)
+	}
+	b := rec("worker-b", state.Loading)
+	for range 2 {
+		if err := s.Put(b, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, bad, err := s.Load()
+	if err != nil || len(bad) != 0 || len(got) != 1 || got[0].Info.ID != "worker-b" {
+		t.Fatalf("Load = %v, %v, %v", got, bad, err)
+	}
+	if ents, _ := os.ReadDir(s.Dir()); len(ents) != 1 {
+		t.Fatalf("after Load: %v, want the record only", ents)
+	}
+}

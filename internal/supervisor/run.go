@@ -249,8 +249,10 @@ func (o *owner) startIncarnation() {
 func (o *owner) startProcess() error {
 	spec := o.w.spec
 	port := o.cur.Port
-	// A restart keeps its port when it is still ours and free; else a new one.
-	if !o.d.Ports.Holds(port, spec.ID) || !ports.Bindable(port) {
+	// A restart keeps its port when it is still ours and free; else a new
+	// one. The first start's port was checked by its Acquire just before.
+	first := o.firstStart != nil
+	if !o.d.Ports.Holds(port, spec.ID) || (!first && !ports.Bindable(port)) {
 		o.d.Ports.Release(port, spec.ID)
 		p, err := o.d.Ports.Acquire(spec.ID)
 		if err != nil {
@@ -325,6 +327,9 @@ func (o *owner) startProcess() error {
 		return fmt.Errorf("open worker log: %w", err) // finish removes the cgroup
 	}
 	defer out.Close()
+	if ww, ok := o.d.Observer.(WrittenWaiter); ok {
+		ww.WaitWritten(o.w) // the spawning record, written meanwhile
+	}
 	p, err := o.d.startProc(process.Spec{
 		Path: args[0], Args: args, Env: env, Stdout: out, Stderr: out,
 		CgroupFD: cgFD, JoinProcs: join, JoinAfter: joinAfter, Nofile: o.s.Limits.Nofile, Credential: spec.Credential,

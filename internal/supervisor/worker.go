@@ -101,6 +101,15 @@ type Observer interface {
 	Changed(w *Worker, info *apiv1.WorkerInfo, ev *apiv1.Event, durable bool)
 }
 
+// WrittenWaiter is an Observer that writes some durable changes in the
+// background: WaitWritten returns once the writes of w's changes made so
+// far are done. The owner calls it before a process starts, so that no
+// process exists before the record of its start (the spawning record,
+// written while the start is prepared).
+type WrittenWaiter interface {
+	WaitWritten(w *Worker)
+}
+
 // Deps are the hive's shared services a worker uses.
 type Deps struct {
 	Logger   *slog.Logger

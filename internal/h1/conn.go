@@ -269,11 +269,12 @@ func (s *Server) parse(head []byte) *http.Request {
 		switch k {
 		case "Content-Length":
 			lengths++
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 0 || v[0] == '+' {
+			// Digits only, as net/http (which refuses "-0" and "+1").
+			n, err := strconv.ParseUint(v, 10, 63)
+			if err != nil || v == "" || v[0] < '0' || v[0] > '9' {
 				return nil
 			}
-			length = n
+			length = int64(n)
 		case "Host":
 			hosts++
 			host = v

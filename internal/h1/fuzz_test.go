@@ -55,3 +55,46 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseHeaderLine is FuzzParse with the head's skeleton fixed and the
+// fuzzer's bytes in one header line, a Host and a Content-Length value,
+// where a random head rarely reaches.
+func FuzzParseHeaderLine(f *testing.F) {
+	for _, seed := range [][3]string{
+		{"X-A: 1", "h", "2"},
+		{"x-a:\t 1 \t", "localhost:8080", "0"},
+		{"Transfer-Encoding: chunked", "h", "2"},
+		{"Content-Length: 3", "h", "2"},
+		{"Host: other", "h", "2"},
+		{"Connection: keep-alive,close", "[::1]:9", "010"},
+		{"X-\xc3\xa9: v", "h", "2"},
+		{"X: a\xffb", "h", "2"},
+	} {
+		f.Add(seed[0], seed[1], seed[2])
+	}
+	s := &Server{}
+	s.routes = map[string]bool{"/v1/chat/completions": true}
+	f.Fuzz(func(t *testing.T, line, host, length string) {
+		head := []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: " + host + "\r\n" + line + "\r\nContent-Length: " + length + "\r\n\r\n")
+		if bytes.Count(head, []byte("\r\n\r\n")) != 1 || !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+			return
+		}
+		r := s.parse(head)
+		if r == nil {
+			return
+		}
+		want, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("read here, refused by net/http (%v): %q", err, head)
+		}
+		if r.Host != want.Host || r.ContentLength != want.ContentLength || r.Close != want.Close {
+			t.Fatalf("host %q length %d close %v, net/http: host %q length %d close %v: %q",
+				r.Host, r.ContentLength, r.Close, want.Host, want.ContentLength, want.Close, head)
+		}
+		got := r.Header.Clone()
+		delete(got, "Host")
+		if !reflect.DeepEqual(got, want.Header) {
+			t.Fatalf("header %v, net/http's %v: %q", got, want.Header, head)
+		}
+	})
+}

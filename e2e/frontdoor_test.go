@@ -393,7 +393,16 @@ func TestFrontDoorBusyIdleFromTrafficLlamaServerCase(t *testing.T) {
 	if !sawBusy {
 		t.Fatal("never saw the worker busy")
 	}
-	ws := h.workersOf("llama", false)
+	// The front door tells the worker's owner that the request ended
+	// after the answer's last byte went out (the client does not wait for
+	// the bookkeeping): wait for the idle state that records it. Read at
+	// once, one CI run saw the busy snapshot, with the previous request's
+	// last_activity.
+	var ws []*apiv1.WorkerInfo
+	hivetest.Eventually(t, 2*time.Second, func() bool {
+		ws = h.workersOf("llama", false)
+		return len(ws) == 1 && ws[0].State == "idle"
+	})
 	if ws[0].LastActivity == nil || ws[0].LastActivity.Before(lastEnd.Add(-time.Second)) {
 		t.Fatalf("last_activity %v, last request ended %v", ws[0].LastActivity, lastEnd)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,11 +11,12 @@ import (
 	"net/textproto"
 	"net/url"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // conn is one accepted connection while it is served here.
@@ -106,7 +106,7 @@ func (c *conn) serve(base context.Context) {
 				c.deadline(start, c.s.ReadHeaderTimeout)
 			}
 		}
-		n, err := c.readHead()
+		n, err := HeadLength(c.br)
 		if err != nil {
 			return
 		}
@@ -173,7 +173,7 @@ func (c *conn) handOff() bool {
 // headBuffered reports whether the end of a head is already buffered.
 func (c *conn) headBuffered() bool {
 	buf, _ := c.br.Peek(c.br.Buffered())
-	return bytes.Contains(buf, []byte("\n\r\n")) || bytes.Contains(buf, []byte("\n\n"))
+	return headEnd(buf) != 0
 }
 
 // setWriteDeadline sets the connection's write deadline unless it is set
@@ -184,36 +184,6 @@ func (c *conn) setWriteDeadline(t time.Time) error {
 	}
 	c.wdl = t
 	return c.rw.SetWriteDeadline(t)
-}
-
-// readHead waits until the head of a request is buffered and returns its
-// length with the blank line; 0 when it is not to be read here: larger
-// than the buffer, or its lines end in a bare LF.
-func (c *conn) readHead() (int, error) {
-	from := 0
-	for want := 1; ; want = c.br.Buffered() + 1 {
-		if buf, err := c.br.Peek(want); len(buf) < want {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return 0, nil
-			}
-			return 0, err
-		}
-		buf, _ := c.br.Peek(c.br.Buffered())
-		if i := bytes.Index(buf[max(from-1, 0):], []byte("\n\r\n")); i >= 0 {
-			end := max(from-1, 0) + i + 3
-			if bytes.Contains(buf[:end], []byte("\n\n")) {
-				return 0, nil
-			}
-			return end, nil
-		}
-		if bytes.Contains(buf, []byte("\n\n")) {
-			return 0, nil
-		}
-		from = len(buf) - 2
-		if len(buf) == c.br.Size() {
-			return 0, nil
-		}
-	}
 }
 
 // maxHeaderLines bounds the header lines of a request read here.
@@ -258,30 +228,29 @@ func (s *Server) parse(head []byte) *http.Request {
 			break
 		}
 		colon := strings.IndexByte(line, ':')
-		if colon <= 0 || !validName(line[:colon]) {
+		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
 			return nil
 		}
 		v := strings.Trim(line[colon+1:], " \t")
-		if !validValue(v) {
+		if !httpguts.ValidHeaderFieldValue(v) {
 			return nil
 		}
 		k := textproto.CanonicalMIMEHeaderKey(line[:colon])
 		switch k {
 		case "Content-Length":
 			lengths++
-			// Digits only, as net/http (which refuses "-0" and "+1").
-			n, err := strconv.ParseUint(v, 10, 63)
-			if err != nil || v == "" || v[0] < '0' || v[0] > '9' {
+			n, ok := ParseContentLength(v)
+			if !ok {
 				return nil
 			}
-			length = int64(n)
+			length = n
 		case "Host":
 			hosts++
 			host = v
 		case "Transfer-Encoding", "Expect", "Upgrade":
 			return nil
 		case "Connection":
-			closing = closing || hasToken(v, "close")
+			closing = closing || httpguts.HeaderValuesContainsToken([]string{v}, "close")
 		}
 		vals[i] = v
 		if old, ok := h[k]; ok {
@@ -290,7 +259,7 @@ func (s *Server) parse(head []byte) *http.Request {
 			h[k] = vals[i : i+1 : i+1]
 		}
 	}
-	if hosts != 1 || lengths != 1 || !validHost(host) {
+	if hosts != 1 || lengths != 1 || !httpguts.ValidHostHeader(host) {
 		return nil
 	}
 	path := string(target)
@@ -458,63 +427,3 @@ func (b *body) drain() bool {
 	b.n -= int64(n)
 	return err == nil && b.n == 0
 }
-
-// validName reports whether s is a header name (an RFC 9110 token).
-func validName(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !isToken[s[i]] {
-			return false
-		}
-	}
-	return len(s) > 0
-}
-
-// validValue reports whether s is a header value without control bytes
-// (horizontal tab and obs-text allowed, as net/http).
-func validValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// validHost reports whether s is a Host net/http would take: not empty
-// here (HTTP/1.1), and no byte that cannot be in an authority.
-func validHost(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !isToken[c] && !strings.ContainsRune("[]:@", rune(c)) {
-			return false
-		}
-	}
-	return true
-}
-
-// hasToken reports whether the comma-separated list v holds token
-// (ASCII case-insensitive).
-func hasToken(v, token string) bool {
-	for f := range strings.SplitSeq(v, ",") {
-		if strings.EqualFold(strings.TrimSpace(f), token) {
-			return true
-		}
-	}
-	return false
-}
-
-var isToken = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()

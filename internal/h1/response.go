@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // response is the http.ResponseWriter of a request served here. The head
@@ -162,7 +164,7 @@ func (w *response) sendHead(chunked bool) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		if !validName(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			continue
 		}
 		for _, v := range h[k] {

@@ -10,6 +10,9 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+
+	"github.com/rbee/rbee-hive/internal/h1"
+	"golang.org/x/net/http/httpguts"
 )
 
 // The relay's own HTTP/1.1 wire format for the common case: a request
@@ -51,7 +54,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, b []byte) {
 			}
 			vs = vs[:1]
 		}
-		if !validToken(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			continue
 		}
 		for _, v := range vs {
@@ -77,31 +80,10 @@ func writeRequest(bw *bufio.Writer, req *http.Request, b []byte) {
 }
 
 // validField reports whether line is "name: value" with a valid name and
-// no control byte in the value.
+// value (net/http's rules).
 func validField(line string) bool {
-	colon := strings.IndexByte(line, ':')
-	if colon <= 0 || !validToken(line[:colon]) {
-		return false
-	}
-	for i := colon + 1; i < len(line); i++ {
-		if c := line[i]; c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
+	name, value, ok := strings.Cut(line, ":")
+	return ok && httpguts.ValidHeaderFieldName(name) && httpguts.ValidHeaderFieldValue(value)
 }
 
 // errUnusual: the answer's head is not one readResponse reads; nothing was
@@ -114,7 +96,7 @@ var errUnusual = errors.New("relay: unusual response head")
 // Content-Length, and no Transfer-Encoding but "chunked". Otherwise it
 // consumes nothing and returns errUnusual.
 func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
-	n, err := headLength(br)
+	n, err := h1.HeadLength(br)
 	if err != nil {
 		return nil, err
 	}
@@ -145,33 +127,6 @@ func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 		resp.Body = io.NopCloser(br)
 	}
 	return resp, nil
-}
-
-// headLength waits until a head ending in a blank line is buffered and
-// returns its length; 0 when it does not fit the buffer or a line ends
-// in a bare LF.
-func headLength(br *bufio.Reader) (int, error) {
-	for want := 1; ; want = br.Buffered() + 1 {
-		if buf, err := br.Peek(want); len(buf) < want {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return 0, nil
-			}
-			if err == io.EOF && want > 1 {
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, err
-		}
-		buf, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(buf, []byte("\n\r\n")); i >= 0 {
-			if bytes.Contains(buf[:i+3], []byte("\n\n")) {
-				return 0, nil
-			}
-			return i + 3, nil
-		}
-		if bytes.Contains(buf, []byte("\n\n")) || len(buf) == br.Size() {
-			return 0, nil
-		}
-	}
 }
 
 // parseResponse reads a head (CRLF lines, the last blank) into a
@@ -224,25 +179,22 @@ func parseResponse(head []byte, req *http.Request) *http.Response {
 			break
 		}
 		colon := strings.IndexByte(line, ':')
-		if colon <= 0 || !validToken(line[:colon]) {
+		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
 			return nil
 		}
 		v := strings.Trim(line[colon+1:], " \t")
-		for j := 0; j < len(v); j++ {
-			if c := v[j]; c < ' ' && c != '\t' || c == 0x7f {
-				return nil
-			}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return nil
 		}
 		k := textproto.CanonicalMIMEHeaderKey(line[:colon])
 		switch k {
 		case "Content-Length":
 			lengths++
-			// Digits only, as net/http (which refuses "-0" and "+1").
-			n, err := strconv.ParseUint(v, 10, 63)
-			if err != nil || v == "" || v[0] < '0' || v[0] > '9' {
+			n, ok := h1.ParseContentLength(v)
+			if !ok {
 				return nil
 			}
-			length = int64(n)
+			length = n
 		case "Transfer-Encoding":
 			if !strings.EqualFold(v, "chunked") || chunked {
 				return nil
@@ -250,8 +202,8 @@ func parseResponse(head []byte, req *http.Request) *http.Response {
 			chunked = true
 			continue // not a header of the answer (as http.ReadResponse)
 		case "Connection":
-			closing = closing || hasToken(v, "close")
-			keepAlive = keepAlive || hasToken(v, "keep-alive")
+			closing = closing || httpguts.HeaderValuesContainsToken([]string{v}, "close")
+			keepAlive = keepAlive || httpguts.HeaderValuesContainsToken([]string{v}, "keep-alive")
 		}
 		vals[i] = v
 		if old, ok := h[k]; ok {
@@ -286,15 +238,6 @@ func parseResponse(head []byte, req *http.Request) *http.Response {
 		delete(h, "Content-Length") // as net/http: chunked wins
 	}
 	return resp
-}
-
-func hasToken(v, token string) bool {
-	for f := range strings.SplitSeq(v, ",") {
-		if strings.EqualFold(strings.TrimSpace(f), token) {
-			return true
-		}
-	}
-	return false
 }
 
 // lengthBody is a body of n bytes: it ends there, and an earlier end of

@@ -53,39 +53,12 @@ func FloorServer() error {
 // staggered as the hive's workers are, over window. It is what any HTTP
 // heartbeat costs on this machine before the hive does anything with it.
 func (b *Bench) heartbeatFloor(n int, interval, window time.Duration) (float64, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return 0, err
-	}
-	cmd := exec.Command(self, FloorServerArg)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return 0, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return 0, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	defer func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	addr, pid, stop, err := startSelf(FloorServerArg)
 	if err != nil {
 		return 0, fmt.Errorf("floor server: %w", err)
 	}
-	url := "http://" + strings.TrimSpace(line) + "/v1/heartbeat"
+	defer stop()
+	url := "http://" + addr + "/v1/heartbeat"
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -124,7 +97,7 @@ func (b *Bench) heartbeatFloor(n int, interval, window time.Duration) (float64, 
 	// One interval and a second for every connection to be open, then
 	// the window.
 	time.Sleep(interval + time.Second)
-	cpu, _, err := cpuPercent(cmd.Process.Pid, nil, window)
+	cpu, _, err := cpuPercent(pid, nil, window)
 	if err != nil {
 		return 0, err
 	}
@@ -134,4 +107,46 @@ func (b *Bench) heartbeatFloor(n int, interval, window time.Duration) (float64, 
 	default:
 	}
 	return cpu, nil
+}
+
+// startSelf runs hivebench itself with args as a helper process (the floor
+// server, the relay floor), which prints its address on its first line and
+// serves until its standard input closes. stop closes it and waits for the
+// helper's exit (killing it after 5 s).
+func startSelf(args ...string) (addr string, pid int, stop func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	cmd := exec.Command(self, args...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", 0, nil, err
+	}
+	stop = func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	addr = strings.TrimSpace(line)
+	if _, _, aerr := net.SplitHostPort(addr); err != nil || aerr != nil {
+		stop()
+		return "", 0, nil, fmt.Errorf("no address from %s (%v)", args[0], err)
+	}
+	return addr, cmd.Process.Pid, stop, nil
 }

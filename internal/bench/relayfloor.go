@@ -2,17 +2,13 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 )
 
 // RelayFloorArg, as hivebench's first argument with a worker's host:port
@@ -113,43 +109,9 @@ func floorMessage(br *bufio.Reader, buf []byte) ([]byte, error) {
 // relayFloor starts the relay floor in front of the worker at workerURL
 // (http://host:port) and returns its URL and the function that stops it.
 func relayFloor(workerURL string) (string, func(), error) {
-	self, err := os.Executable()
+	addr, _, stop, err := startSelf(RelayFloorArg, strings.TrimPrefix(workerURL, "http://"))
 	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(self, RelayFloorArg, strings.TrimPrefix(workerURL, "http://"))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, err
-	}
-	stop := func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		stop()
 		return "", nil, fmt.Errorf("relay floor: %w", err)
-	}
-	addr := strings.TrimSpace(line)
-	if _, _, err := net.SplitHostPort(addr); err != nil || bytes.ContainsAny([]byte(addr), " /") {
-		stop()
-		return "", nil, errors.New("relay floor: no address")
 	}
 	return "http://" + addr, stop, nil
 }

@@ -3,54 +3,29 @@ package hive_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/apiv1"
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 	"github.com/rbee/rbee-hive/internal/config"
-	"github.com/rbee/rbee-hive/internal/hive"
 	"github.com/rbee/rbee-hive/internal/state"
-	"github.com/rbee/rbee-hive/internal/testutil/buildbin"
 )
 
 // The book the front door's eviction by VRAM reads: the live workers on
 // each device with what they count for, a budget that makes eviction the
 // same sum as for RAM, and the estimate a spawn would book.
 func TestGPUAccountsForEviction(t *testing.T) {
-	worker := buildbin.Build(t, "cmd/llm-worker-rbee")
 	dir := t.TempDir()
 	inv := filepath.Join(dir, "gpus.json")
 	if err := os.WriteFile(inv, []byte(`{"gpus":[{"index":0,"uuid":"GPU-a","name":"A","memory_total_bytes":8589934592,"memory_used_bytes":1073741824,"utilization_percent":0}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.MemoryReserveBytes = -1
-	cfg.GPUInventory = inv
-	p := cfg.Profiles["rbee"]
-	p.Command = []string{worker}
-	cfg.Profiles["rbee"] = p
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: "http://" + ln.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: api.New(api.Options{Hive: h, Logger: log})}}
-	srv.Start()
-	defer srv.Close()
+	h := startHive(t, dir, func(c *config.Config) {
+		c.GPUInventory = inv
+	})
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()

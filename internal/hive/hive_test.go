@@ -28,33 +28,47 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// An in-process hive that spawns real workers and shuts down leaves no
-// goroutine behind and no worker process alive. Under -race it also pins the
-// bug where Start read the owner's firstStart field while the owner cleared
-// it.
-func TestShutdownLeavesNothingBehind(t *testing.T) {
+// startHive makes an in-process hive on the state directory dir whose rbee
+// profile runs the reference worker (built for the test), with edit applied
+// to its config, and serves its API on loopback for the workers' calls
+// until the test's end. Shutting the hive down is the caller's.
+func startHive(t *testing.T, dir string, edit func(*config.Config)) *hive.Hive {
+	t.Helper()
 	worker := buildbin.Build(t, "cmd/llm-worker-rbee")
-	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.MemoryReserveBytes = -1
-	cfg.ShutdownTimeout = config.Duration(10 * time.Second)
 	p := cfg.Profiles["rbee"]
 	p.Command = []string{worker}
 	cfg.Profiles["rbee"] = p
+	if edit != nil {
+		edit(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: "http://" + ln.Addr().String()})
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: api.New(api.Options{Hive: h, Logger: log})}}
 	srv.Start()
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return h
+}
+
+// An in-process hive that spawns real workers and shuts down leaves no
+// goroutine behind and no worker process alive. Under -race it also pins the
+// bug where Start read the owner's firstStart field while the owner cleared
+// it.
+func TestShutdownLeavesNothingBehind(t *testing.T) {
+	dir := t.TempDir()
+	h := startHive(t, dir, func(c *config.Config) {
+		c.ShutdownTimeout = config.Duration(10 * time.Second)
+	})
 
 	model, err := builtinmodel.WriteTo(filepath.Join(dir, "models"))
 	if err != nil {
@@ -88,33 +102,14 @@ func TestShutdownLeavesNothingBehind(t *testing.T) {
 			t.Errorf("worker %d still exists", pid)
 		}
 	}
-	srv.Close()
 }
 
 // The first ready record of a start is written in the background, after
 // its event (persistLater): it still reaches the store, and the hive's
 // shutdown waits for it.
 func TestFirstReadyRecordReachesTheStore(t *testing.T) {
-	worker := buildbin.Build(t, "cmd/llm-worker-rbee")
 	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.MemoryReserveBytes = -1
-	p := cfg.Profiles["rbee"]
-	p.Command = []string{worker}
-	cfg.Profiles["rbee"] = p
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: "http://" + ln.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: api.New(api.Options{Hive: h, Logger: log})}}
-	srv.Start()
-	defer srv.Close()
+	h := startHive(t, dir, nil)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -174,26 +169,8 @@ func spareFiles(dir string) []string {
 // that id and uses them, a new spare follows, and the hive's shutdown
 // removes the unused one.
 func TestSpareFilesAreTheNextWorkersAndGoAtShutdown(t *testing.T) {
-	worker := buildbin.Build(t, "cmd/llm-worker-rbee")
 	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.StateDir = dir
-	cfg.MemoryReserveBytes = -1
-	p := cfg.Profiles["rbee"]
-	p.Command = []string{worker}
-	cfg.Profiles["rbee"] = p
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := hive.New(cfg, hive.Options{Logger: log, HiveURL: "http://" + ln.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: api.New(api.Options{Hive: h, Logger: log})}}
-	srv.Start()
-	defer srv.Close()
+	h := startHive(t, dir, nil)
 	shut := false
 	defer func() {
 		if !shut {

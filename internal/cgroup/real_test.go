@@ -186,9 +186,11 @@ func TestRealLayoutIsReported(t *testing.T) {
 	}
 }
 
-func TestRealPlacementAndLimitFiles(t *testing.T) {
-	m := realManager(t, "")
-	g := create(t, m, "w-place", allLimits)
+// startSleep starts a sleep in g (through a shell that waits for its
+// stdin, so that it is placed before it execs) and returns its PID and its
+// /proc/PID/cgroup once it is the sleep.
+func startSleep(t *testing.T, g *Group) (int, []byte) {
+	t.Helper()
 	p := start(t, g, nil, "/bin/sh", "-c", "read x; exec sleep 1000")
 	pid := p.cmd.Process.Pid
 	eventually(t, 5*time.Second, "the sleep to exec", func() bool {
@@ -199,6 +201,13 @@ func TestRealPlacementAndLimitFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pid, cg
+}
+
+func TestRealPlacementAndLimitFiles(t *testing.T) {
+	m := realManager(t, "")
+	g := create(t, m, "w-place", allLimits)
+	pid, cg := startSleep(t, g)
 	t.Logf("/proc/%d/cgroup:\n%s", pid, cg)
 	for _, d := range g.Paths() {
 		// The hierarchy-relative path is the part after the mount.
@@ -456,16 +465,7 @@ func TestRealReservedGroupHoldsTheProcessUnderItsLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := create(t, m, "w-spare", allLimits)
-	p := start(t, g, nil, "/bin/sh", "-c", "read x; exec sleep 1000")
-	pid := p.cmd.Process.Pid
-	eventually(t, 5*time.Second, "the sleep to exec", func() bool {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-		return strings.TrimSpace(string(b)) == "sleep"
-	})
-	cg, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, cg := startSleep(t, g)
 	rel := "/" + m.scope + "/w-spare"
 	for _, d := range g.Paths() {
 		if !strings.Contains(string(cg), ":"+rel+"\n") {

@@ -247,17 +247,33 @@ func (b *Bench) queenOverhead(h *Hive, hivePprof, endpoint, prefix, dir string) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The floor: a bare relay in the queen's place (see RelayFloorArg),
+	// what one more process on the path costs this machine whatever it does.
+	floorURL, stopFloor, err := relayFloor(h.URL)
+	if err != nil {
+		return err
+	}
+	defer stopFloor()
 	perClient := max(b.o.Trials/2, 5)
 	for _, conc := range []int{1, 10} {
 		cl := fdClient(conc)
-		var direct, via []float64
-		for round := 0; round < 2; round++ {
+		// Short rounds, alternating, so that the three paths see the same
+		// (shared, noisy) machine.
+		const rounds = 6
+		n := max(2*perClient/rounds, 1)
+		var direct, via, floor []float64
+		for round := 0; round < rounds; round++ {
+			lat, err := fdLoad(cl, floorURL, "m", conc, n, false)
+			if err != nil {
+				return fmt.Errorf("relay floor: %w", err)
+			}
+			floor = append(floor, lat...)
 			for _, straight := range []bool{true, false} {
 				base := queenURL
 				if straight {
 					base = h.URL
 				}
-				lat, err := fdLoad(cl, base, "m", conc, perClient, false)
+				lat, err := fdLoad(cl, base, "m", conc, n, false)
 				if err != nil {
 					return fmt.Errorf("load through %s: %w", base, err)
 				}
@@ -285,6 +301,7 @@ func (b *Bench) queenOverhead(h *Hive, hivePprof, endpoint, prefix, dir string) 
 			r.Pass = &miss
 			r.Note += "; judged missed: the added median is over the limit"
 		}
+		b.addDiff(sec, "request: added by a bare relay in the queen's place (this machine's floor)", floor, direct, nil)
 	}
 	// The hive here registers in etcd (its in_flight changes are written
 	// there): its own figure straight, for comparison with the one through

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"runtime"
 	"strings"
@@ -217,25 +216,14 @@ func (s *Server) parse(head []byte) *http.Request {
 	length := int64(-1)
 	closing := false
 	for i := 0; ; i++ {
-		eol := strings.IndexByte(hs, '\n')
-		line := hs[:eol]
-		hs = hs[eol+1:]
-		if len(line) < 1 || line[len(line)-1] != '\r' {
+		k, v, rest, end, ok := HeaderLine(hs)
+		if !ok {
 			return nil
 		}
-		line = line[:len(line)-1]
-		if line == "" {
+		if end {
 			break
 		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return nil
-		}
-		v := strings.Trim(line[colon+1:], " \t")
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return nil
-		}
-		k := textproto.CanonicalMIMEHeaderKey(line[:colon])
+		hs = rest
 		switch k {
 		case "Content-Length":
 			lengths++

@@ -5,12 +5,16 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/textproto"
 	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 wire pieces the lean server and internal/relay (the client
-// side) share: finding a head's end in a reader's buffer and reading a
-// Content-Length as net/http does. Header names, values and tokens are
+// side) share: finding a head's end in a reader's buffer, taking its header
+// lines one by one, and reading a Content-Length as net/http does. Header names, values and tokens are
 // checked with golang.org/x/net/http/httpguts, net/http's own rules.
 
 // HeadLength waits until br holds a whole head (its last line blank) and
@@ -61,4 +65,29 @@ func ParseContentLength(v string) (int64, bool) {
 	}
 	n, err := strconv.ParseUint(v, 10, 63)
 	return int64(n), err == nil
+}
+
+// HeaderLine takes the first line of hs, a head's header lines (each ending
+// in CRLF, the last one blank, as HeadLength found them): the line's
+// canonical key, its value without the spaces and tabs around it, and the
+// lines after it. end is set for the blank line. ok is false for a line
+// net/http would refuse: no CR before its LF, no colon, a bad name or value.
+func HeaderLine(hs string) (k, v, rest string, end, ok bool) {
+	eol := strings.IndexByte(hs, '\n')
+	if eol < 1 || hs[eol-1] != '\r' {
+		return "", "", "", false, false
+	}
+	line, rest := hs[:eol-1], hs[eol+1:]
+	if line == "" {
+		return "", "", rest, true, true
+	}
+	colon := strings.IndexByte(line, ':')
+	if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
+		return "", "", "", false, false
+	}
+	v = strings.Trim(line[colon+1:], " \t")
+	if !httpguts.ValidHeaderFieldValue(v) {
+		return "", "", "", false, false
+	}
+	return textproto.CanonicalMIMEHeaderKey(line[:colon]), v, rest, false, true
 }

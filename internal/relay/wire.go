@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
-	"net/textproto"
 	"strconv"
 	"strings"
 
@@ -168,25 +167,14 @@ func parseResponse(head []byte, req *http.Request) *http.Response {
 	lengths := 0
 	chunked, closing, keepAlive := false, false, false
 	for i := 0; ; i++ {
-		eol := strings.IndexByte(hs, '\n')
-		line := hs[:eol]
-		hs = hs[eol+1:]
-		if line == "" || line[len(line)-1] != '\r' {
+		k, v, rest, end, ok := h1.HeaderLine(hs)
+		if !ok {
 			return nil
 		}
-		line = line[:len(line)-1]
-		if line == "" {
+		if end {
 			break
 		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 || !httpguts.ValidHeaderFieldName(line[:colon]) {
-			return nil
-		}
-		v := strings.Trim(line[colon+1:], " \t")
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return nil
-		}
-		k := textproto.CanonicalMIMEHeaderKey(line[:colon])
+		hs = rest
 		switch k {
 		case "Content-Length":
 			lengths++

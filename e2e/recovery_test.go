@@ -243,41 +243,11 @@ func TestWorkerKilledWhileHiveDownIsFailedAndRestarted(t *testing.T) {
 func TestRecordedPIDReusedByAnotherProcessIsNeverSignalled(t *testing.T) {
 	o := hivetest.Options{Settings: "  restart: {policy: never}\n"}
 	h := hivetest.Start(t, o)
-	r := h.MustSpawn(apiv1.SpawnRequest{})
-	h.WaitState(r.WorkerID, wait, "idle")
-	h.Kill9()
-	syscall.Kill(r.PID, syscall.SIGKILL)
-	hivetest.Eventually(t, wait, func() bool { return !hivetest.Alive(r.PID) })
-
-	// An unrelated process, in its own process group, ignoring nothing.
-	sleep := exec.Command("sleep", "300")
-	sleep.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := process.StartCmd(sleep); err != nil {
-		t.Fatal(err)
-	}
-	sleepDone := make(chan error, 1)
-	go func() { sleepDone <- process.WaitCmd(sleep) }()
-	t.Cleanup(func() { sleep.Process.Kill(); <-sleepDone })
-	realStart, err := process.ReadStartTime(sleep.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Patch the record: the worker "is" the sleep process, with a start
-	// time that is not the sleep's.
-	path := filepath.Join(h.Dir, "workers", r.WorkerID+".json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec record.Record
-	if err := json.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	rec.Info.PID, rec.PGID, rec.StartTime = sleep.Process.Pid, sleep.Process.Pid, realStart+1
-	b, _ = json.Marshal(rec)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// The worker "is" an unrelated process, with a start time that is not
+	// that process's.
+	r, sleep, sleepDone := recordAStranger(t, h, func(rec *record.Record, pid int, start uint64) {
+		rec.Info.PID, rec.PGID, rec.StartTime = pid, pid, start+1
+	})
 	waitBindable(t, h.Addr)
 	h.Restart(o)
 	info := h.WaitState(r.WorkerID, wait, "failed")
@@ -301,6 +271,48 @@ func TestRecordedPIDReusedByAnotherProcessIsNeverSignalled(t *testing.T) {
 	if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); f[0] != "S" {
 		t.Fatalf("unrelated process state %s", f[0])
 	}
+}
+
+// recordAStranger spawns a worker on h, SIGKILLs the hive and then the
+// worker, and starts an unrelated process (sleep 300, in its own process
+// group, ignoring nothing; killed at the test's end). patch rewrites the
+// dead worker's record with the stranger's PID and start time. The hive is
+// left down for the caller to restart; done has the stranger's end.
+func recordAStranger(t *testing.T, h *hivetest.Hive, patch func(rec *record.Record, pid int, start uint64)) (r *apiv1.SpawnResponse, stranger *exec.Cmd, done chan error) {
+	t.Helper()
+	r = h.MustSpawn(apiv1.SpawnRequest{})
+	h.WaitState(r.WorkerID, wait, "idle")
+	h.Kill9()
+	syscall.Kill(r.PID, syscall.SIGKILL)
+	hivetest.Eventually(t, wait, func() bool { return !hivetest.Alive(r.PID) })
+
+	stranger = exec.Command("sleep", "300")
+	stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := process.StartCmd(stranger); err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- process.WaitCmd(stranger) }()
+	t.Cleanup(func() { stranger.Process.Kill(); <-done })
+	start, err := process.ReadStartTime(stranger.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(h.Dir, "workers", r.WorkerID+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec record.Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	patch(&rec, stranger.Process.Pid, start)
+	b, _ = json.Marshal(rec)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return r, stranger, done
 }
 
 // TestCorruptStateFileIsMovedAsideAndHiveStarts: an unreadable record is

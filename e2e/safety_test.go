@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -323,37 +322,9 @@ func TestSpawnCannotLoosenLimitsOrIntervalsAndMaxWorkers(t *testing.T) {
 func TestAdoptionNeedsTheMarkerNotJustTheStartTime(t *testing.T) {
 	o := hivetest.Options{Settings: "  restart: {policy: never}\n"}
 	h := hivetest.Start(t, o)
-	r := h.MustSpawn(apiv1.SpawnRequest{})
-	h.WaitState(r.WorkerID, wait, "idle")
-	h.Kill9()
-	syscall.Kill(r.PID, syscall.SIGKILL)
-	hivetest.Eventually(t, wait, func() bool { return !hivetest.Alive(r.PID) })
-	sleep := exec.Command("sleep", "300")
-	sleep.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := process.StartCmd(sleep); err != nil {
-		t.Fatal(err)
-	}
-	sleepDone := make(chan error, 1)
-	go func() { sleepDone <- process.WaitCmd(sleep) }()
-	t.Cleanup(func() { sleep.Process.Kill(); <-sleepDone })
-	start, err := process.ReadStartTime(sleep.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(h.Dir, "workers", r.WorkerID+".json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec record.Record
-	if err := json.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	rec.Info.PID, rec.PGID, rec.StartTime, rec.Cgroup = sleep.Process.Pid, sleep.Process.Pid, start, false
-	b, _ = json.Marshal(rec)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	r, _, sleepDone := recordAStranger(t, h, func(rec *record.Record, pid int, start uint64) {
+		rec.Info.PID, rec.PGID, rec.StartTime, rec.Cgroup = pid, pid, start, false
+	})
 	waitBindable(t, h.Addr)
 	h.Restart(o)
 	info := h.WaitState(r.WorkerID, wait, "failed")

@@ -241,17 +241,24 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 	if err == nil {
 		return res, nil
 	}
-	// The worker's answer broke off after its head was relayed, or the
-	// client went away.
-	if r.Context().Err() != nil {
+	// The worker's answer broke off after its head was relayed, the
+	// client went away, or the hive is shutting down (its server ends the
+	// requests' contexts; the client is still there).
+	status, code, msg := http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name)
+	switch {
+	case r.Context().Err() != nil && fd.ctx.Err() == nil:
 		return res, r.Context().Err()
+	case r.Context().Err() != nil:
+		status, code = http.StatusServiceUnavailable, apiv1.CodeShuttingDown
+		msg = fmt.Sprintf("the hive is shutting down: the answer of worker %s of %s was cut", s.id, s.m.name)
+	default:
+		fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name, "error", err)
 	}
-	fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name, "error", err)
 	if a.sse {
-		// Cut the stream with an error event the client can read.
-		b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeWorkerCrashed,
-			Message: fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name),
-			Type:    apiv1.ErrorType(http.StatusBadGateway, apiv1.CodeWorkerCrashed)}})
+		// Cut the stream with an error event the client can read (a
+		// handler that returns without one ends it as if complete).
+		b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: code, Message: msg,
+			Type: apiv1.ErrorType(status, code)}})
 		_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
 		return res, nil
 	}

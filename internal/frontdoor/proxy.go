@@ -113,6 +113,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			fd.metrics.queueWait(m.name, waited)
 		}
 		if err != nil {
+			err = fd.notCancelled(err, r)
 			code = statusOf(err, r)
 			return err
 		}
@@ -152,10 +153,22 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			return errorf(http.StatusBadGateway, apiv1.CodeWorkerCrashed, "worker %s of %s failed before answering: %v",
 				s.id, m.name, a.err)
 		default:
+			err = fd.notCancelled(err, r)
 			code = statusOf(err, r)
 		}
 		return err
 	}
+}
+
+// notCancelled is err, unless it is the end of r's context while the hive
+// shuts down: its server ends the requests' contexts, and the client, still
+// there, is told (the context's error is taken for the client going away:
+// nothing would be written, and the server would answer an empty 200).
+func (fd *FrontDoor) notCancelled(err error, r *http.Request) error {
+	if ce := r.Context().Err(); ce != nil && errors.Is(err, ce) && fd.ctx.Err() != nil {
+		return errorf(http.StatusServiceUnavailable, apiv1.CodeShuttingDown, "the hive is shutting down")
+	}
+	return err
 }
 
 // readBody reads r's body, at most limit bytes (*http.MaxBytesError past

@@ -113,6 +113,7 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			fd.metrics.queueWait(m.name, waited)
 		}
 		if err != nil {
+			err = fd.notCancelled(err, r)
 			code = statusOf(err, r)
 			return err
 		}
@@ -152,10 +153,22 @@ func (fd *FrontDoor) ServeInference(w http.ResponseWriter, r *http.Request) erro
 			return errorf(http.StatusBadGateway, apiv1.CodeWorkerCrashed, "worker %s of %s failed before answering: %v",
 				s.id, m.name, a.err)
 		default:
+			err = fd.notCancelled(err, r)
 			code = statusOf(err, r)
 		}
 		return err
 	}
+}
+
+// notCancelled is err, unless it is the end of r's context while the hive
+// shuts down: its server ends the requests' contexts, and the client, still
+// there, is told (the context's error is taken for the client going away:
+// nothing would be written, and the server would answer an empty 200).
+func (fd *FrontDoor) notCancelled(err error, r *http.Request) error {
+	if ce := r.Context().Err(); ce != nil && errors.Is(err, ce) && fd.ctx.Err() != nil {
+		return errorf(http.StatusServiceUnavailable, apiv1.CodeShuttingDown, "the hive is shutting down")
+	}
+	return err
 }
 
 // readBody reads r's body, at most limit bytes (*http.MaxBytesError past
@@ -241,17 +254,24 @@ func (fd *FrontDoor) relay(w http.ResponseWriter, r *http.Request, body []byte, 
 	if err == nil {
 		return res, nil
 	}
-	// The worker's answer broke off after its head was relayed, or the
-	// client went away.
-	if r.Context().Err() != nil {
+	// The worker's answer broke off after its head was relayed, the
+	// client went away, or the hive is shutting down (its server ends the
+	// requests' contexts; the client is still there).
+	status, code, msg := http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name)
+	switch {
+	case r.Context().Err() != nil && fd.ctx.Err() == nil:
 		return res, r.Context().Err()
+	case r.Context().Err() != nil:
+		status, code = http.StatusServiceUnavailable, apiv1.CodeShuttingDown
+		msg = fmt.Sprintf("the hive is shutting down: the answer of worker %s of %s was cut", s.id, s.m.name)
+	default:
+		fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name, "error", err)
 	}
-	fd.log.Warn("Worker's answer broke off mid-stream", "worker_id", s.id, "model", s.m.name, "error", err)
 	if a.sse {
-		// Cut the stream with an error event the client can read.
-		b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeWorkerCrashed,
-			Message: fmt.Sprintf("worker %s of %s ended mid-stream", s.id, s.m.name),
-			Type:    apiv1.ErrorType(http.StatusBadGateway, apiv1.CodeWorkerCrashed)}})
+		// Cut the stream with an error event the client can read (a
+		// handler that returns without one ends it as if complete).
+		b, _ := json.Marshal(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: code, Message: msg,
+			Type: apiv1.ErrorType(status, code)}})
 		_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
 		return res, nil
 	}

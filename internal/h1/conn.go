@@ -269,10 +269,12 @@ func (s *Server) parse(head []byte) *http.Request {
 // the end of its answer; false when the connection is to be closed.
 func (c *conn) serveRequest(r *http.Request, start time.Time) (keep bool) {
 	// The body's reads are timed only if it has not all come with the
-	// head; the write deadline is set when the head goes out (see
+	// head: by ReadTimeout from the head's start, or not at all (the
+	// head's or the idle wait's deadline is not the body's, as in
+	// net/http); the write deadline is set when the head goes out (see
 	// response.wdl).
-	if d := c.s.ReadTimeout; d > 0 && int64(c.br.Buffered()) < r.ContentLength {
-		_ = c.rw.SetReadDeadline(start.Add(d))
+	if int64(c.br.Buffered()) < r.ContentLength {
+		c.deadline(start, c.s.ReadTimeout)
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.wmu.Lock()

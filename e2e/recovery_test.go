@@ -588,3 +588,58 @@ func TestFaultInjectionKill9DuringSpawnStopRestart(t *testing.T) {
 	}
 	h.AssertNoLeftovers()
 }
+
+// A worker that kept serving requests past its idle_timeout since it
+// became ready was stopped as idle the moment a SIGKILLed hive's
+// successor adopted it: idle ⇄ busy flips are not written, so its record's
+// last_activity was still its ready time, and the adopted idle timer
+// counts from that. Its last activity now reaches the record (at most a
+// second stale), and the adopted worker idles out an idle_timeout after
+// its last request.
+func TestAdoptedWorkerIsNotIdledOutFromAStaleLastActivity(t *testing.T) {
+	gw := hivetest.GenericWorker(t)
+	o := hivetest.Options{Settings: "  idle_timeout: 4s\n", Config: fmt.Sprintf(`profiles:
+  gen:
+    command: [%s, --port, "{port}", --model, "{model}"]
+models:
+  m1:
+    model_ref: file:stories260K.gguf
+    profile: gen
+`, gw)}
+	h := startFD(t, o)
+	if code, body, _ := h.chat("m1"); code != 200 {
+		t.Fatalf("cold request: %d %s", code, body)
+	}
+	ws := h.workersOf("m1", false)
+	if len(ws) != 1 || ws[0].ReadyAt == nil {
+		t.Fatalf("workers %s", dump(ws))
+	}
+	id, ready := ws[0].ID, *ws[0].ReadyAt
+	// Requests for longer than the idle timeout since the worker was ready.
+	for time.Since(ready) < 6*time.Second {
+		if code, body, _ := h.chat("m1"); code != 200 {
+			t.Fatalf("request: %d %s", code, body)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	last := time.Now()
+	h.Kill9()
+	waitBindable(t, h.Addr)
+	h.Restart(o)
+	info := h.WaitState(id, wait, "idle", "stopping", "terminated")
+	if info.State != "idle" {
+		t.Fatalf("adopted worker %s/%s %s after its last request, want idle", info.State, info.Reason, time.Since(last))
+	}
+	// Not before its idle timeout, counted from its last request (less the
+	// second the record may lag); an idle timeout later it ends.
+	for time.Since(last) < 2500*time.Millisecond {
+		if i := h.Get(id); i.State != "idle" {
+			t.Fatalf("adopted worker %s/%s %s after its last request (idle_timeout 4s)", i.State, i.Reason, time.Since(last))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	info = h.WaitState(id, 10*time.Second, "terminated")
+	if info.Reason != "idle_timeout" {
+		t.Fatalf("ended %s", info.Reason)
+	}
+}

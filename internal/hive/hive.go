@@ -241,6 +241,7 @@ func (h *Hive) Changed(w *supervisor.Worker, info *apiv1.WorkerInfo, ev *apiv1.E
 		h.syncSoon(w, ev)
 	}
 	if ev != nil && ev.From == state.Busy && ev.To == state.Idle {
+		h.persistActivity(w)
 		// A request has been served: a good moment to make the next
 		// worker's spare if there is none (spare.go).
 		h.refillSpare()

@@ -51,7 +51,8 @@ type Recovery struct {
 // change is acknowledged (Changed runs synchronously in the worker's owner).
 // Changes without an event (heartbeat details, health-check counts) are not
 // written: a later hive re-learns them from the next heartbeat or probe.
-// Idle ⇄ busy flips are not written. The steps of a start (spawning,
+// Idle ⇄ busy flips are not written (but a worker's last activity is, at
+// most once a second: persistActivity). The steps of a start (spawning,
 // loading, and the first ready state) are written without fsync: they lie
 // on the path of a cold start's first byte (SPEC §10), where each fsync
 // costs milliseconds on a busy disk. A crash of the hive alone keeps them
@@ -95,7 +96,7 @@ func (h *Hive) persist(w *supervisor.Worker, ev *apiv1.Event) {
 	if rec == nil {
 		return
 	}
-	// An idle ⇄ busy flip is not written at all: it happens twice per
+	// An idle ⇄ busy flip is not written here: it happens twice per
 	// front-door request, and a restarted hive has no request running
 	// through it (a worker is adopted idle; an rbee worker's next heartbeat
 	// says busy if it is).
@@ -139,6 +140,32 @@ func (h *Hive) persistLater(w *supervisor.Worker, fsync bool) {
 	}()
 }
 
+// activityEvery is how often, at most, a worker's record is written for
+// its last activity alone (persistActivity).
+const activityEvery = time.Second
+
+// persistActivity writes, in the background and without fsync, the record
+// of a worker that has just gone from busy to idle — its last_activity,
+// from which an adopted idle worker's idle timer counts — at most once per
+// activityEvery. Without it the record kept the last_activity of its last
+// state change (its ready time, for a worker that only ever served
+// requests), and a hive restarted after a SIGKILL stopped such a worker as
+// idle at once however recently it had served. The record may lag by up
+// to activityEvery, by which an adopted worker may idle out early. Runs in
+// the worker's owner (Changed).
+func (h *Hive) persistActivity(w *supervisor.Worker) {
+	if h.store == nil {
+		return
+	}
+	o := h.recordOrder(w.ID())
+	now := time.Now()
+	if now.Sub(o.activityAt) < activityEvery {
+		return
+	}
+	o.activityAt = now
+	h.persistLater(w, false)
+}
+
 // recordOrder returns worker id's write order.
 func (h *Hive) recordOrder(id string) *recordOrder {
 	if o, ok := h.order.Load(id); ok {
@@ -165,6 +192,9 @@ type recordOrder struct {
 	mu      sync.Mutex
 	turn    uint64         // the last turn given
 	pending sync.WaitGroup // background writes not yet done (or dropped)
+	// activityAt is when persistActivity last wrote the record; only the
+	// worker's owner reads and writes it.
+	activityAt time.Time
 }
 
 // now writes at once (put, under the lock), in its turn.

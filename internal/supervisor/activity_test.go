@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -64,5 +65,43 @@ func TestRequestsKeepAWorkerBusyAndTheIdleTimeoutCountsFromTheLastEnd(t *testing
 	}
 	if _, err := w.BeginRequest(ctx); !errors.Is(err, ErrInvalidState) {
 		t.Fatalf("BeginRequest on an ended worker: %v", err)
+	}
+}
+
+// A request whose client went away while BeginRequest was on its way to
+// the owner (its context cancelled) got an error back although the owner
+// had opened a span for it: nobody ended that span, and the worker stayed
+// busy for good, never idled out.
+func TestBeginRequestWithACancelledContextLeavesNoSpanOpen(t *testing.T) {
+	p := startSleeper(t)
+	rec := recordOf(p, state.Idle)
+	rec.Spec.Settings.IdleTimeout = config.Duration(300 * time.Millisecond)
+	rec.Spec.Settings.Heartbeat.Timeout = 0
+	a := adopt(t, testDeps(t), rec)
+	if !a.Alive() {
+		t.Fatalf("not adopted: %s", a.Why())
+	}
+	a.Start()
+	w := a.Worker()
+	// The owner is in its loop.
+	end, err := w.BeginRequest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	end()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// Each try races the send to the owner and its answer against the
+	// done context; any that opened a span and lost the answer leaks it.
+	for i := 0; i < 50; i++ {
+		if end, err := w.BeginRequest(ctx); err == nil {
+			end()
+		}
+		runtime.Gosched()
+	}
+	info := waitState(t, w, 5*time.Second, state.Idle, state.Terminated)
+	info = waitState(t, w, 5*time.Second, state.Terminated)
+	if info.Reason != state.IdleTimeout {
+		t.Fatalf("ended %s, want idle_timeout", info.Reason)
 	}
 }

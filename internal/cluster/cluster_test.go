@@ -229,3 +229,64 @@ func TestViewListsAgainAfterCompaction(t *testing.T) {
 	}
 	waitView(t, v, 10*time.Second, "b only", func(hs []Hive) bool { return len(hs) == 1 && hs[0].Node == "b" })
 }
+
+// etcd sends a watch that is behind by more than 1000 revisions its events
+// in batches of 1000 revisions, each with the header revision of the whole
+// store: the view took that header for what it had seen, so a watch
+// restarted after such a batch (a leader change, any watch error) resumed
+// past the events of the batches not yet read, and never saw them.
+func TestViewWatchRestartedAfterACatchUpBatchMissesNoEvent(t *testing.T) {
+	e := etcdtest.StartEmbedded(t) // counts revisions
+	cli := client(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp, err := cli.Put(ctx, HiveKey("/t/", "a"), `{"node":"a","url":"http://x"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := resp.Header.Revision
+	// 1200 revisions under the prefix, one worker key each.
+	const n = 1200
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 16 {
+				if _, err := cli.Put(ctx, WorkerKey("/t/", "a", fmt.Sprintf("w%04d", i)), `{"model":"m","state":"idle"}`); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	// A view listed at `listed` whose watch got the first catch-up batch.
+	v := &View{cli: cli, prefix: "/t/", log: discard(nil), hives: map[string]HiveRecord{"a": {Node: "a", URL: "http://x"}},
+		workers: map[string]map[string]WorkerRecord{}, rev: listed, synced: true, changed: make(chan struct{})}
+	wctx, wcancel := context.WithCancel(ctx)
+	first, ok := <-cli.Watch(wctx, "/t/", clientv3.WithPrefix(), clientv3.WithRev(listed+1))
+	wcancel()
+	if !ok || first.Err() != nil || len(first.Events) == 0 {
+		t.Fatalf("first watch response: %v %v", ok, first.Err())
+	}
+	if len(first.Events) == n {
+		t.Fatalf("etcd sent all %d events in one response: the test no longer sees a catch-up batch", n)
+	}
+	v.apply(first)
+	if last := first.Events[len(first.Events)-1].Kv.ModRevision; v.Revision() != last {
+		t.Errorf("view revision %d after a batch ending at revision %d (header %d)", v.Revision(), last, first.Header.Revision)
+	}
+	// The watch restarts (as after a watch error): every worker arrives.
+	done := make(chan struct{})
+	go func() { defer close(done); v.watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitView(t, v, 10*time.Second, fmt.Sprintf("all %d workers after the restart", n), func(hs []Hive) bool {
+		return len(hs) == 1 && len(hs[0].Workers) == n
+	})
+}

@@ -290,3 +290,56 @@ func TestViewWatchRestartedAfterACatchUpBatchMissesNoEvent(t *testing.T) {
 		return len(hs) == 1 && len(hs[0].Workers) == n
 	})
 }
+
+// stopOnTxn stops etcd when the registrar's first transaction is about to
+// go out: etcd goes away between a registration's lease grant and its
+// commit.
+type stopOnTxn struct {
+	clientv3.KV
+	once    sync.Once
+	e       *etcdtest.Etcd
+	stopped chan struct{}
+}
+
+func (s *stopOnTxn) Txn(ctx context.Context) clientv3.Txn {
+	s.once.Do(func() {
+		s.e.Stop()
+		close(s.stopped)
+	})
+	return s.KV.Txn(ctx)
+}
+
+// A registration whose commit failed revoked its fresh lease with no
+// deadline: with etcd gone, the registrar's loop waited for etcd to come
+// back, and Close (the hive's shutdown) with it.
+func TestRegistrarCloseDoesNotHangWhenEtcdWentAwayDuringARegistration(t *testing.T) {
+	e := etcdtest.StartEmbedded(t) // stopped
+	cli := client(t, e)
+	kv := &stopOnTxn{KV: cli.KV, e: e, stopped: make(chan struct{})}
+	cli.KV = kv
+	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
+	r := NewRegistrar(RegistrarOptions{Client: cli, Prefix: "/t/", Node: "a", LeaseTTL: 2 * time.Second,
+		Hive: f.hive, Workers: f.list})
+	r.Start()
+	select {
+	case <-kv.stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the registrar sent no transaction")
+	}
+	closed := make(chan struct{})
+	began := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r.Close(ctx)
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Logf("Close took %s with etcd gone", time.Since(began).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Error("Close still waiting 10 s after etcd went away during a registration")
+		e.Restart() // lets it end
+		<-closed
+	}
+}

@@ -293,7 +293,11 @@ func (r *Registrar) registerNow() error {
 	}
 	if err := r.commit(ctx, ops); err != nil {
 		kstop()
-		_, _ = r.o.Client.Revoke(context.Background(), g.ID)
+		// Bounded: with etcd gone the loop (and Close) must not wait
+		// for it; an unrevoked lease expires on its own.
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = r.o.Client.Revoke(rctx, g.ID)
+		rcancel()
 		return err
 	}
 	r.register.Add(1)

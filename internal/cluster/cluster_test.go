@@ -343,3 +343,60 @@ func TestRegistrarCloseDoesNotHangWhenEtcdWentAwayDuringARegistration(t *testing
 		<-closed
 	}
 }
+
+// failTxn fails the registrar's transactions from the nth on, while etcd
+// is up (a commit that timed out under load), and says when it first did.
+type failTxn struct {
+	clientv3.KV
+	mu     sync.Mutex
+	n      int
+	failed chan struct{}
+}
+
+func (f *failTxn) Txn(ctx context.Context) clientv3.Txn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n--; f.n > 0 {
+		return f.KV.Txn(ctx)
+	}
+	if f.n == 0 {
+		close(f.failed)
+	}
+	return f.KV.Txn(canceled)
+}
+
+var canceled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// A write that failed dropped the lease without a word to etcd: a hive
+// shut down before it registered again left its keys behind until the
+// lease expired, and queens routed to it meanwhile.
+func TestRegistrarCloseRevokesALeaseDroppedAfterAFailedWrite(t *testing.T) {
+	e := etcdtest.Start(t)
+	prefix := e.Prefix("t")
+	cli := client(t, e)
+	kv := &failTxn{KV: cli.KV, n: 2, failed: make(chan struct{})} // the registration's commit goes through
+	cli.KV = kv
+	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
+	f.set(WorkerRecord{ID: "w1", Model: "m", State: "idle", MaxConcurrency: 1})
+	r := NewRegistrar(RegistrarOptions{Client: cli, Prefix: prefix, Node: "a", LeaseTTL: 30 * time.Second,
+		Hive: f.hive, Workers: f.list})
+	r.Start()
+	v := NewView(client(t, e), prefix, nil)
+	defer v.Close()
+	waitView(t, v, 5*time.Second, "w1 idle", func(hs []Hive) bool { return workerState(hs, "a", "w1") == "idle" })
+	f.set(WorkerRecord{ID: "w1", Model: "m", State: "busy", MaxConcurrency: 1})
+	r.Trigger()
+	select {
+	case <-kv.failed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the registrar wrote nothing after a change")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r.Close(ctx)
+	waitView(t, v, 3*time.Second, "hive a gone after Close", func(hs []Hive) bool { return len(hs) == 0 })
+}

@@ -54,6 +54,10 @@ type Registrar struct {
 	hive    HiveRecord        // last built, UpdatedAt zero
 	lost    <-chan struct{}   // closed when the lease's keepalive ends
 	kaStop  context.CancelFunc
+	// dropped is the lease given up after a failed write or a lost
+	// keepalive, until a registration moves its keys: it may still hold
+	// them in etcd, so Close revokes it.
+	dropped clientv3.LeaseID
 
 	writes   atomic.Int64 // transactions committed
 	register atomic.Int64 // registrations (leases granted)
@@ -110,7 +114,10 @@ func (r *Registrar) Close(ctx context.Context) {
 	<-r.done
 	r.mu.Lock()
 	lease := r.lease
-	r.lease = 0
+	if lease == 0 {
+		lease = r.dropped
+	}
+	r.lease, r.dropped = 0, 0
 	if r.kaStop != nil {
 		r.kaStop()
 	}
@@ -247,6 +254,9 @@ func (r *Registrar) dropLease() {
 		r.kaStop()
 		r.kaStop = nil
 	}
+	if r.lease != 0 {
+		r.dropped = r.lease
+	}
 	r.lease = 0
 	r.lost = nil
 	r.written = nil
@@ -302,7 +312,8 @@ func (r *Registrar) registerNow() error {
 	}
 	r.register.Add(1)
 	r.mu.Lock()
-	r.lease, r.lost, r.kaStop, r.written = g.ID, lost, kstop, want
+	// The dropped lease's keys are this one's now: it holds nothing.
+	r.lease, r.lost, r.kaStop, r.written, r.dropped = g.ID, lost, kstop, want, 0
 	r.mu.Unlock()
 	return nil
 }

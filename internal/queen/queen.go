@@ -264,10 +264,8 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	var last error
-	for i, c := range cands {
-		if i == 2 {
-			break // one retry
-		}
+	c := cands[0]
+	for try := 0; ; try++ {
 		err := q.relay(w, r, body, c)
 		if err == nil {
 			return
@@ -276,7 +274,25 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		last = err
-		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", model, "error", err)
+		if try == 1 {
+			break // one retry
+		}
+		// The retry goes to the best hive of the view as it is now, not
+		// of the ranking made before the first try: that try may have
+		// taken minutes (a cold start), and a hive whose key went
+		// meanwhile gets nothing.
+		failed := c.node
+		found := false
+		for _, n := range q.Route(model) {
+			if n.node != failed {
+				c, found = n, true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+		q.log.Info("Hive failed before answering; trying another", "node", failed, "next", c.node, "model", model, "error", err)
 	}
 	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", model, last))
 }

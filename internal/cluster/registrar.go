@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"maps"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -123,7 +125,11 @@ func (r *Registrar) Close(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	if lease != 0 {
-		if _, err := r.o.Client.Revoke(ctx, lease); err != nil {
+		_, err := r.o.Client.Revoke(ctx, lease)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			err = nil // expired already (a dropped lease): its keys are gone
+		}
+		if err != nil {
 			r.log.Warn("Revoking the cluster lease failed; the keys vanish when it expires", "error", err)
 		} else {
 			r.log.Info("Left the cluster", "node", r.o.Node)

@@ -199,8 +199,14 @@ func (q *Queen) Route(model string) []candidate {
 				c.vram = max(c.vram, gpu.MemoryFree)
 			}
 		}
+		// A worker's record names the model, the request may name an
+		// alias of it.
+		name := model
+		if m, ok := h.Aliases[model]; ok {
+			name = m
+		}
 		for _, w := range h.Workers {
-			if w.Model == model && w.Free() && (c.load < 0 || w.InFlight < c.load) {
+			if w.Model == name && w.Free() && (c.load < 0 || w.InFlight < c.load) {
 				c.warm, c.load = true, w.InFlight
 			}
 		}

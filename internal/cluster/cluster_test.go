@@ -229,3 +229,174 @@ func TestViewListsAgainAfterCompaction(t *testing.T) {
 	}
 	waitView(t, v, 10*time.Second, "b only", func(hs []Hive) bool { return len(hs) == 1 && hs[0].Node == "b" })
 }
+
+// etcd sends a watch that is behind by more than 1000 revisions its events
+// in batches of 1000 revisions, each with the header revision of the whole
+// store: the view took that header for what it had seen, so a watch
+// restarted after such a batch (a leader change, any watch error) resumed
+// past the events of the batches not yet read, and never saw them.
+func TestViewWatchRestartedAfterACatchUpBatchMissesNoEvent(t *testing.T) {
+	e := etcdtest.StartEmbedded(t) // counts revisions
+	cli := client(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp, err := cli.Put(ctx, HiveKey("/t/", "a"), `{"node":"a","url":"http://x"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := resp.Header.Revision
+	// 1200 revisions under the prefix, one worker key each.
+	const n = 1200
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 16 {
+				if _, err := cli.Put(ctx, WorkerKey("/t/", "a", fmt.Sprintf("w%04d", i)), `{"model":"m","state":"idle"}`); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	// A view listed at `listed` whose watch got the first catch-up batch.
+	v := &View{cli: cli, prefix: "/t/", log: discard(nil), hives: map[string]HiveRecord{"a": {Node: "a", URL: "http://x"}},
+		workers: map[string]map[string]WorkerRecord{}, rev: listed, synced: true, changed: make(chan struct{})}
+	wctx, wcancel := context.WithCancel(ctx)
+	first, ok := <-cli.Watch(wctx, "/t/", clientv3.WithPrefix(), clientv3.WithRev(listed+1))
+	wcancel()
+	if !ok || first.Err() != nil || len(first.Events) == 0 {
+		t.Fatalf("first watch response: %v %v", ok, first.Err())
+	}
+	if len(first.Events) == n {
+		t.Fatalf("etcd sent all %d events in one response: the test no longer sees a catch-up batch", n)
+	}
+	v.apply(first)
+	if last := first.Events[len(first.Events)-1].Kv.ModRevision; v.Revision() != last {
+		t.Errorf("view revision %d after a batch ending at revision %d (header %d)", v.Revision(), last, first.Header.Revision)
+	}
+	// The watch restarts (as after a watch error): every worker arrives.
+	done := make(chan struct{})
+	go func() { defer close(done); v.watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitView(t, v, 10*time.Second, fmt.Sprintf("all %d workers after the restart", n), func(hs []Hive) bool {
+		return len(hs) == 1 && len(hs[0].Workers) == n
+	})
+}
+
+// stopOnTxn stops etcd when the registrar's first transaction is about to
+// go out: etcd goes away between a registration's lease grant and its
+// commit.
+type stopOnTxn struct {
+	clientv3.KV
+	once    sync.Once
+	e       *etcdtest.Etcd
+	stopped chan struct{}
+}
+
+func (s *stopOnTxn) Txn(ctx context.Context) clientv3.Txn {
+	s.once.Do(func() {
+		s.e.Stop()
+		close(s.stopped)
+	})
+	return s.KV.Txn(ctx)
+}
+
+// A registration whose commit failed revoked its fresh lease with no
+// deadline: with etcd gone, the registrar's loop waited for etcd to come
+// back, and Close (the hive's shutdown) with it.
+func TestRegistrarCloseDoesNotHangWhenEtcdWentAwayDuringARegistration(t *testing.T) {
+	e := etcdtest.StartEmbedded(t) // stopped
+	cli := client(t, e)
+	kv := &stopOnTxn{KV: cli.KV, e: e, stopped: make(chan struct{})}
+	cli.KV = kv
+	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
+	r := NewRegistrar(RegistrarOptions{Client: cli, Prefix: "/t/", Node: "a", LeaseTTL: 2 * time.Second,
+		Hive: f.hive, Workers: f.list})
+	r.Start()
+	select {
+	case <-kv.stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the registrar sent no transaction")
+	}
+	closed := make(chan struct{})
+	began := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r.Close(ctx)
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Logf("Close took %s with etcd gone", time.Since(began).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Error("Close still waiting 10 s after etcd went away during a registration")
+		e.Restart() // lets it end
+		<-closed
+	}
+}
+
+// failTxn fails the registrar's transactions from the nth on, while etcd
+// is up (a commit that timed out under load), and says when it first did.
+type failTxn struct {
+	clientv3.KV
+	mu     sync.Mutex
+	n      int
+	failed chan struct{}
+}
+
+func (f *failTxn) Txn(ctx context.Context) clientv3.Txn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n--; f.n > 0 {
+		return f.KV.Txn(ctx)
+	}
+	if f.n == 0 {
+		close(f.failed)
+	}
+	return f.KV.Txn(canceled)
+}
+
+var canceled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// A write that failed dropped the lease without a word to etcd: a hive
+// shut down before it registered again left its keys behind until the
+// lease expired, and queens routed to it meanwhile.
+func TestRegistrarCloseRevokesALeaseDroppedAfterAFailedWrite(t *testing.T) {
+	e := etcdtest.Start(t)
+	prefix := e.Prefix("t")
+	cli := client(t, e)
+	kv := &failTxn{KV: cli.KV, n: 2, failed: make(chan struct{})} // the registration's commit goes through
+	cli.KV = kv
+	f := &fakeHive{free: 512 << 20, workers: map[string]WorkerRecord{}}
+	f.set(WorkerRecord{ID: "w1", Model: "m", State: "idle", MaxConcurrency: 1})
+	r := NewRegistrar(RegistrarOptions{Client: cli, Prefix: prefix, Node: "a", LeaseTTL: 30 * time.Second,
+		Hive: f.hive, Workers: f.list})
+	r.Start()
+	v := NewView(client(t, e), prefix, nil)
+	defer v.Close()
+	waitView(t, v, 5*time.Second, "w1 idle", func(hs []Hive) bool { return workerState(hs, "a", "w1") == "idle" })
+	f.set(WorkerRecord{ID: "w1", Model: "m", State: "busy", MaxConcurrency: 1})
+	r.Trigger()
+	select {
+	case <-kv.failed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the registrar wrote nothing after a change")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r.Close(ctx)
+	waitView(t, v, 3*time.Second, "hive a gone after Close", func(hs []Hive) bool { return len(hs) == 0 })
+}

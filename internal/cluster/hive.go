@@ -35,30 +35,13 @@ func Join(cfg config.Config, h *hive.Hive, fd *frontdoor.FrontDoor, log *slog.Lo
 		return nil, err
 	}
 	started := time.Now().UTC()
-	names := map[string]bool{}
-	for name, m := range cfg.Models {
-		names[name] = true
-		for _, a := range m.Aliases {
-			names[a] = true
-		}
-	}
-	models := make([]string, 0, len(names))
-	for n := range names {
-		models = append(models, n)
-	}
-	gpuModels := []string{}
-	for name, m := range cfg.Models {
-		if p, ok := cfg.Profiles[m.Profile]; ok && p.GPU {
-			gpuModels = append(gpuModels, name)
-			gpuModels = append(gpuModels, m.Aliases...)
-		}
-	}
+	models, gpuModels, aliases := servedModels(cfg)
 	reg := NewRegistrar(RegistrarOptions{
 		Client: cli, Prefix: cc.Prefix, Node: cc.Node, LeaseTTL: cc.LeaseTTL.D(), Logger: log,
 		Hive: func() HiveRecord {
 			return HiveRecord{URL: cc.Advertise, Version: version.Version, StartedAt: started,
 				Capacity: localCapacity(h), Models: append([]string(nil), models...),
-				GPUModels: append([]string(nil), gpuModels...)}
+				GPUModels: append([]string(nil), gpuModels...), Aliases: aliases}
 		},
 		Workers: func() []WorkerRecord { return workersOf(h, fd) },
 	})
@@ -68,6 +51,34 @@ func Join(cfg config.Config, h *hive.Hive, fd *frontdoor.FrontDoor, log *slog.Lo
 	log.Info("Joining the cluster", "node", cc.Node, "advertise", cc.Advertise, "etcd", strings.Join(cc.Etcd, ","),
 		"prefix", cc.Prefix, "lease_ttl", cc.LeaseTTL.String())
 	return m, nil
+}
+
+// servedModels are the models of cfg with their aliases, those (and their
+// aliases) whose profile runs GPU workers, and the model each alias names.
+func servedModels(cfg config.Config) (models, gpuModels []string, aliases map[string]string) {
+	names := map[string]bool{}
+	for name, m := range cfg.Models {
+		names[name] = true
+		for _, a := range m.Aliases {
+			names[a] = true
+			if aliases == nil {
+				aliases = map[string]string{}
+			}
+			aliases[a] = name
+		}
+	}
+	models = make([]string, 0, len(names))
+	for n := range names {
+		models = append(models, n)
+	}
+	gpuModels = []string{}
+	for name, m := range cfg.Models {
+		if p, ok := cfg.Profiles[m.Profile]; ok && p.GPU {
+			gpuModels = append(gpuModels, name)
+			gpuModels = append(gpuModels, m.Aliases...)
+		}
+	}
+	return models, gpuModels, aliases
 }
 
 // Registrar is the member's registrar.

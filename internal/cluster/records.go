@@ -24,8 +24,11 @@ type HiveRecord struct {
 	Models    []string  `json:"models"`
 	// GPUModels are the models (of Models) whose profile runs GPU workers
 	// (gpu: true): a queen ranks hives for them by VRAM first.
-	GPUModels []string  `json:"gpu_models,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
+	GPUModels []string `json:"gpu_models,omitempty"`
+	// Aliases maps each alias in Models to the model it names: a worker's
+	// record names the model, a request may name an alias.
+	Aliases   map[string]string `json:"aliases,omitempty"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 // Capacity is what a hive has room for.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"maps"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -54,6 +56,10 @@ type Registrar struct {
 	hive    HiveRecord        // last built, UpdatedAt zero
 	lost    <-chan struct{}   // closed when the lease's keepalive ends
 	kaStop  context.CancelFunc
+	// dropped is the lease given up after a failed write or a lost
+	// keepalive, until a registration moves its keys: it may still hold
+	// them in etcd, so Close revokes it.
+	dropped clientv3.LeaseID
 
 	writes   atomic.Int64 // transactions committed
 	register atomic.Int64 // registrations (leases granted)
@@ -110,13 +116,20 @@ func (r *Registrar) Close(ctx context.Context) {
 	<-r.done
 	r.mu.Lock()
 	lease := r.lease
-	r.lease = 0
+	if lease == 0 {
+		lease = r.dropped
+	}
+	r.lease, r.dropped = 0, 0
 	if r.kaStop != nil {
 		r.kaStop()
 	}
 	r.mu.Unlock()
 	if lease != 0 {
-		if _, err := r.o.Client.Revoke(ctx, lease); err != nil {
+		_, err := r.o.Client.Revoke(ctx, lease)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			err = nil // expired already (a dropped lease): its keys are gone
+		}
+		if err != nil {
 			r.log.Warn("Revoking the cluster lease failed; the keys vanish when it expires", "error", err)
 		} else {
 			r.log.Info("Left the cluster", "node", r.o.Node)
@@ -247,6 +260,9 @@ func (r *Registrar) dropLease() {
 		r.kaStop()
 		r.kaStop = nil
 	}
+	if r.lease != 0 {
+		r.dropped = r.lease
+	}
 	r.lease = 0
 	r.lost = nil
 	r.written = nil
@@ -293,12 +309,17 @@ func (r *Registrar) registerNow() error {
 	}
 	if err := r.commit(ctx, ops); err != nil {
 		kstop()
-		_, _ = r.o.Client.Revoke(context.Background(), g.ID)
+		// Bounded: with etcd gone the loop (and Close) must not wait
+		// for it; an unrevoked lease expires on its own.
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = r.o.Client.Revoke(rctx, g.ID)
+		rcancel()
 		return err
 	}
 	r.register.Add(1)
 	r.mu.Lock()
-	r.lease, r.lost, r.kaStop, r.written = g.ID, lost, kstop, want
+	// The dropped lease's keys are this one's now: it holds nothing.
+	r.lease, r.lost, r.kaStop, r.written, r.dropped = g.ID, lost, kstop, want, 0
 	r.mu.Unlock()
 	return nil
 }

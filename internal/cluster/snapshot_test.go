@@ -3,11 +3,15 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strings"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/rbee/rbee-hive/internal/config"
 )
 
 // viewOf is a View fed by hand (no etcd): apply is what its watch calls.
@@ -62,5 +66,26 @@ func BenchmarkViewSnapshot100x10(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = v.Snapshot()
+	}
+}
+
+// A hive's record says which model each alias names, so that a queen
+// takes a ready worker of the model for a request naming an alias.
+func TestHiveRecordNamesTheModelOfEachAlias(t *testing.T) {
+	cfg := config.Config{Models: map[string]config.Model{
+		"llama": {Aliases: []string{"l", "ll"}},
+		"qwen":  {},
+	}}
+	models, _, aliases := servedModels(cfg)
+	sort.Strings(models)
+	if got := fmt.Sprint(models); got != "[l ll llama qwen]" {
+		t.Errorf("models %s", got)
+	}
+	if got := fmt.Sprint(aliases); got != "map[l:llama ll:llama]" {
+		t.Errorf("aliases %s", got)
+	}
+	b, _ := json.Marshal(HiveRecord{Aliases: aliases})
+	if !strings.Contains(string(b), `"aliases":{"l":"llama","ll":"llama"}`) {
+		t.Errorf("record %s", b)
 	}
 }

@@ -192,8 +192,14 @@ func (v *View) apply(resp clientv3.WatchResponse) {
 			}
 		}
 	}
-	if resp.Header.Revision > v.rev {
-		v.rev = resp.Header.Revision
+	// The view has seen up to its last event's revision, not the header's:
+	// etcd catches a watch that is behind by more than 1000 revisions up in
+	// batches, each with the header revision of the whole store, and a
+	// watch restarted from that header would skip the batches not yet read.
+	// A batch holds whole revisions, so a restart from the last event's
+	// revision + 1 neither misses nor repeats one.
+	if n := len(resp.Events); n > 0 && resp.Events[n-1].Kv.ModRevision > v.rev {
+		v.rev = resp.Events[n-1].Kv.ModRevision
 	}
 	v.notifyLocked()
 }

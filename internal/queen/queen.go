@@ -199,8 +199,14 @@ func (q *Queen) Route(model string) []candidate {
 				c.vram = max(c.vram, gpu.MemoryFree)
 			}
 		}
+		// A worker's record names the model, the request may name an
+		// alias of it.
+		name := model
+		if m, ok := h.Aliases[model]; ok {
+			name = m
+		}
 		for _, w := range h.Workers {
-			if w.Model == model && w.Free() && (c.load < 0 || w.InFlight < c.load) {
+			if w.Model == name && w.Free() && (c.load < 0 || w.InFlight < c.load) {
 				c.warm, c.load = true, w.InFlight
 			}
 		}
@@ -264,10 +270,8 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	var last error
-	for i, c := range cands {
-		if i == 2 {
-			break // one retry
-		}
+	c := cands[0]
+	for try := 0; ; try++ {
 		err := q.relay(w, r, body, c)
 		if err == nil {
 			return
@@ -276,7 +280,25 @@ func (q *Queen) infer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		last = err
-		q.log.Info("Hive failed before answering; trying another", "node", c.node, "model", model, "error", err)
+		if try == 1 {
+			break // one retry
+		}
+		// The retry goes to the best hive of the view as it is now, not
+		// of the ranking made before the first try: that try may have
+		// taken minutes (a cold start), and a hive whose key went
+		// meanwhile gets nothing.
+		failed := c.node
+		found := false
+		for _, n := range q.Route(model) {
+			if n.node != failed {
+				c, found = n, true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+		q.log.Info("Hive failed before answering; trying another", "node", failed, "next", c.node, "model", model, "error", err)
 	}
 	writeError(w, http.StatusBadGateway, apiv1.CodeWorkerCrashed, fmt.Sprintf("no hive answered for %s: %v", model, last))
 }

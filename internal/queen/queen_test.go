@@ -288,3 +288,47 @@ func TestQueenBrowserGuardRefusesOtherOriginsOnEveryRoute(t *testing.T) {
 		t.Errorf("with tokens, Host queen.example: %d %s", w.Code, w.Body)
 	}
 }
+
+// A worker's record names its model, a request may name one of the
+// model's aliases: the queen took a hive with a ready worker for a cold
+// one when the request named an alias, and sent it to the hive with the
+// most free memory, which started a second worker.
+func TestRouteARequestNamingAnAliasToTheHiveWithAReadyWorker(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	p := e.Prefix("alias")
+	must := func(k, v string) {
+		t.Helper()
+		if _, err := cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What hives write: models with their aliases, and which model each
+	// alias names.
+	must(p+"hives/a", `{"node":"a","url":"http://a","models":["l","llama"],"aliases":{"l":"llama"},"capacity":{"memory_free":1073741824}}`)
+	must(p+"hives/b", `{"node":"b","url":"http://b","models":["l","llama"],"aliases":{"l":"llama"},"capacity":{"memory_free":8589934592}}`)
+	must(p+"workers/a/w1", `{"id":"w1","model":"llama","state":"idle","in_flight":0,"max_concurrency":1}`)
+	v := cluster.NewView(cli, p, nil)
+	defer v.Close()
+	q := New(Config{}, v, nil, true)
+	order := func(model string) func() string {
+		return func() string {
+			var n []string
+			for _, c := range q.Route(model) {
+				n = append(n, c.node)
+			}
+			return strings.Join(n, ",")
+		}
+	}
+	if got := waitOrder(v, order("llama"), "a,b"); got != "a,b" {
+		t.Fatalf("route order for llama %q, want a (a ready worker), b", got)
+	}
+	if got := order("l")(); got != "a,b" {
+		t.Errorf("route order for its alias l %q, want a (a ready worker of llama), b", got)
+	}
+}

@@ -152,3 +152,121 @@ func TestQueenCutsTheClientWhenTheHiveAnswerBreaksOff(t *testing.T) {
 		t.Fatalf("the client read the broken answer to a clean end (%q, err %v): want it cut", b, err)
 	}
 }
+
+// The retry after a hive failed before answering went to the second hive
+// of the ranking made before the first try, however long that try took (a
+// cold start, minutes): a hive whose key went meanwhile (it left the
+// cluster) still got the request.
+func TestQueenRetryGoesToNoHiveWhoseKeyWentDuringTheFirstTry(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hiveA := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(arrived) })
+		<-release
+		panic(http.ErrAbortHandler) // fails before any byte of an answer
+	}))
+	defer hiveA.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	var mu sync.Mutex
+	hits := map[string]int{}
+	answer := func(node string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			hits[node]++
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"hive":"`+node+`"}`)
+		}))
+	}
+	hiveB, hiveC := answer("b"), answer("c")
+	defer hiveB.Close()
+	defer hiveC.Close()
+
+	e := etcdtest.Start(t)
+	cli, err := cluster.NewClient(e.Endpoints, config.ClusterTLS{}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	p := e.Prefix("retry")
+	put := func(k string, v any) {
+		t.Helper()
+		b, _ := json.Marshal(v)
+		if _, err := cli.Put(ctx, k, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a and b have a free worker (a fewer in flight), c would cold-start.
+	put(p+"hives/a", cluster.HiveRecord{Node: "a", URL: hiveA.URL, Models: []string{"m"}})
+	put(p+"hives/b", cluster.HiveRecord{Node: "b", URL: hiveB.URL, Models: []string{"m"}})
+	put(p+"hives/c", cluster.HiveRecord{Node: "c", URL: hiveC.URL, Models: []string{"m"}})
+	put(p+"workers/a/w1", cluster.WorkerRecord{Model: "m", State: "idle", MaxConcurrency: 4})
+	put(p+"workers/b/w2", cluster.WorkerRecord{Model: "m", State: "busy", InFlight: 1, MaxConcurrency: 4})
+	v := cluster.NewView(cli, p, nil)
+	defer v.Close()
+	q := New(Config{MaxBodyBytes: 1 << 20}, v, nil, true)
+	defer q.Close()
+	order := func() string {
+		var n []string
+		for _, c := range q.Route("m") {
+			n = append(n, c.node)
+		}
+		return strings.Join(n, ",")
+	}
+	if got := waitOrder(v, order, "a,b,c"); got != "a,b,c" {
+		t.Fatalf("route order %q, want a,b,c", got)
+	}
+	qs := httptest.NewServer(q.Handler())
+	defer qs.Close()
+
+	type result struct {
+		code int
+		node string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.Post(qs.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m"}`))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- result{code: resp.StatusCode, node: resp.Header.Get(HiveHeader)}
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach hive a")
+	}
+	// b leaves the cluster while a holds the request.
+	if _, err := cli.Delete(ctx, p+"hives/b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitOrder(v, order, "a,c"); got != "a,c" {
+		t.Fatalf("route order %q after b's key went, want a,c", got)
+	}
+	close(release)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer after hive a failed")
+	}
+	if r.err != nil || r.code != 200 || r.node != "c" {
+		t.Errorf("answer %d from %q (%v), want 200 from c", r.code, r.node, r.err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if hits["b"] != 0 {
+		t.Errorf("hive b got %d request(s) after its key went", hits["b"])
+	}
+}

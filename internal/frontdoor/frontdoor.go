@@ -327,6 +327,10 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	s := fd.byID[ev.WorkerID]
 	if s == nil {
 		if ev.To.Ended() {
+			// A worker the front door does not serve through (started
+			// by hand, or of a model not in models:) ended: the memory
+			// it held (fitLocked) is free for a cold start that waits.
+			fd.kickLocked()
 			return
 		}
 		w, err := fd.src.Worker(ev.WorkerID)

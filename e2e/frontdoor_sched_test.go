@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/builtinmodel"
+	"github.com/rbee/rbee-hive/internal/frontdoor"
+	"github.com/rbee/rbee-hive/internal/testutil/hivetest"
+)
+
+// handStartedEstimate is what the front door counts a hand-started worker
+// of the built-in model for (its estimate at ctx 0).
+func handStartedEstimate(t *testing.T) int64 {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), builtinmodel.FileName)
+	if err := os.WriteFile(p, builtinmodel.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	est, err := frontdoor.EstimateFromFile(p, 0)
+	if err != nil || est <= 100 {
+		t.Fatalf("estimate %d, %v", est, err)
+	}
+	return est
+}
+
+// A cold start that waits because a worker started by hand (no model
+// label) holds the memory it needs starts the moment that worker ends, not
+// at the queue timeout: the end of a worker the front door does not serve
+// through frees memory too.
+func TestColdStartWaitingOnAHandStartedWorkerStartsWhenItEnds(t *testing.T) {
+	est := handStartedEstimate(t)
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", nil) + fmt.Sprintf(`models:
+  m: {model_ref: file:stories260K.gguf, profile: gen, memory_bytes: 100}
+memory_budget_bytes: %d
+queue: {timeout: 8s}
+`, est+50)})
+	hand := h.MustSpawn(apiv1.SpawnRequest{ModelRef: h.Ref, Profile: "gen"})
+	h.WaitState(hand.WorkerID, wait, "idle")
+	code := make(chan int, 1)
+	go func() { c, _, _ := h.chat("m"); code <- c }()
+	hivetest.Eventually(t, wait, func() bool { return h.models().Data[0].Rbee.Queued == 1 })
+	select {
+	case c := <-code:
+		t.Fatalf("m answered %d while the hand-started worker held the memory", c)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if ws := h.workersOf("m", true); len(ws) != 0 {
+		t.Fatalf("m started over the budget: %s", dump(ws))
+	}
+	start := time.Now()
+	if _, err := h.Client.Stop(context.Background(), hand.WorkerID); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitState(hand.WorkerID, wait, "terminated")
+	if c := <-code; c != 200 {
+		t.Fatalf("m: %d %s after the hand-started worker ended\n%s", c, time.Since(start), h.Log())
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("m answered %s after the hand-started worker ended", took)
+	}
+}

@@ -566,14 +566,17 @@ func (fd *FrontDoor) kickLocked() {
 	}
 }
 
-// startingLocked counts m's workers that are on their way to ready.
+// startingLocked counts m's workers that are on their way to ready: those
+// spawning or loading, and those the hive has seen become ready whose ready
+// event is not applied yet (planning again in that moment must not start
+// another worker for the requests this one is about to take).
 func (fd *FrontDoor) startingLocked(m *model) int {
 	n := len(m.pending)
 	for _, s := range m.slots {
-		if s.ready || s.evicting {
+		if s.ready || s.evicting || s.ended {
 			continue
 		}
-		if info := s.w.Info(); info != nil && (info.State == state.Spawning || info.State == state.Loading) {
+		if info := s.w.Info(); info != nil && (info.State == state.Spawning || info.State == state.Loading || info.State.Ready()) {
 			n++
 		}
 	}

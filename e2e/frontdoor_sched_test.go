@@ -65,3 +65,29 @@ queue: {timeout: 8s}
 		t.Fatalf("m answered %s after the hand-started worker ended", took)
 	}
 }
+
+// A worker an operator adds to a model's pool by its alias (label
+// rbee.model: the alias) is one of the model's workers: it serves the
+// model's requests and holds its memory, so no second worker is started
+// beside it over the memory budget.
+func TestWorkerLabelledWithAnAliasJoinsItsModelsPool(t *testing.T) {
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", nil) + `models:
+  m: {model_ref: file:stories260K.gguf, profile: gen, memory_bytes: 100, max_workers: 2, aliases: [tiny]}
+memory_budget_bytes: 150
+`})
+	hand := h.MustSpawn(apiv1.SpawnRequest{ModelRef: h.Ref, Profile: "gen", Labels: map[string]string{"rbee.model": "tiny"}})
+	h.WaitState(hand.WorkerID, wait, "idle")
+	if code, b, _ := h.chat("m"); code != 200 {
+		t.Fatalf("m: %d %s", code, b)
+	}
+	ws, err := h.Client.List(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ws) != 1 || ws[0].ID != hand.WorkerID {
+		t.Fatalf("want only the alias-labelled worker %s live (budget 150, 100 each): %s", hand.WorkerID, dump(ws))
+	}
+	if l := h.models(); l.Data[0].Rbee.Workers["idle"] != 1 {
+		t.Fatalf("models %s", dump(l))
+	}
+}

@@ -379,8 +379,9 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	}
 }
 
-// attachLocked adds w to its model's pool if it carries a model label and
-// is not known yet; it returns the slot (nil for a worker of no model).
+// attachLocked adds w to its model's pool if it carries a model label (the
+// model's name or an alias) and is not known yet; it returns the slot (nil
+// for a worker of no model).
 func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	if s := fd.byID[w.ID()]; s != nil {
 		return s
@@ -389,8 +390,11 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	if info == nil || info.State.Ended() {
 		return nil
 	}
+	// By the model's name or one of its aliases: a worker labelled with an
+	// alias is the model's too (fitLocked leaves every labelled worker to
+	// its model's slots).
 	m := fd.names[info.Labels[ModelLabel]]
-	if m == nil || m.name != info.Labels[ModelLabel] {
+	if m == nil {
 		return nil
 	}
 	mem, _ := fd.memory(m)

@@ -91,3 +91,32 @@ memory_budget_bytes: 150
 		t.Fatalf("models %s", dump(l))
 	}
 }
+
+// A min_workers model whose workers keep failing while they load is left
+// alone after three of them failed: the front door does not respawn it
+// for ever (each failed worker used to count as a success because its
+// spawn call had returned).
+func TestMinWorkersOfABrokenModelAreNotRespawnedForEver(t *testing.T) {
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" +
+		genericProfile(t, "gen", map[string]string{"GENERIC_LOAD_MS": "5000", "GENERIC_EXIT_AFTER_MS": "300"}) + `models:
+  m: {model_ref: file:stories260K.gguf, profile: gen, min_workers: 1, restart: {policy: never}}
+`})
+	failed := func() int {
+		n := 0
+		for _, w := range h.workersOf("m", true) {
+			if w.State == "failed" {
+				n++
+			}
+		}
+		return n
+	}
+	if !hivetest.Eventually(t, wait, func() bool { return failed() >= 3 }) {
+		t.Fatalf("workers %s", dump(h.workersOf("m", true)))
+	}
+	// Three failed starts in a row: no more (a fourth would have failed
+	// within about 0.4 s).
+	time.Sleep(2 * time.Second)
+	if ws := h.workersOf("m", true); len(ws) != 3 {
+		t.Fatalf("%d workers of the broken model, want 3: %s", len(ws), dump(ws))
+	}
+}

@@ -140,11 +140,12 @@ type model struct {
 	vram             int64
 	onGPU, vramKnown bool
 
-	slots    []*slot
-	pending  map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
-	queue    []*waiter
-	inflight int
-	minTries int // consecutive min_workers spawns that failed
+	slots     []*slot
+	pending   map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
+	queue     []*waiter
+	inflight  int
+	minTries  int             // consecutive min_workers starts that failed (spawn error, or the worker ended failed before it was ready)
+	minFailed map[string]bool // the spawn labels of those starts
 }
 
 // slot is one worker of a model.
@@ -157,10 +158,14 @@ type slot struct {
 	evicting bool
 	ended    bool // terminated: not live, its cleanup under way (watchEnd removes it)
 	pinned   bool // started for min_workers
-	mem      int64
-	cold     time.Time // when the front door decided to start it; zero once ready
-	lastUsed time.Time
-	target   atomic.Pointer[target] // the worker's parsed URL (proxy.go)
+	// everReady: the worker has been ready since the front door knew it
+	// (a min_workers worker that ends failed without ever being ready is
+	// a failed start).
+	everReady bool
+	mem       int64
+	cold      time.Time // when the front door decided to start it; zero once ready
+	lastUsed  time.Time
+	target    atomic.Pointer[target] // the worker's parsed URL (proxy.go)
 }
 
 type waiter struct {
@@ -346,10 +351,14 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	case state.Idle, state.Busy:
 		if !s.ready {
 			s.ready = true
+			s.everReady = true
 			if s.lastUsed.IsZero() {
 				s.lastUsed = ev.At
 			}
 			fd.readyLocked(s)
+		}
+		if s.pinned {
+			minReadyLocked(m)
 		}
 		fd.dispatchLocked(m)
 		if ev.To == state.Idle {
@@ -412,7 +421,11 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	}
 	if s.ready {
 		fd.readyLocked(s)
+		if s.pinned {
+			minReadyLocked(m)
+		}
 	}
+	s.everReady = s.ready
 	fd.wg.Add(1)
 	go fd.watchEnd(s)
 	if s.ready {
@@ -455,8 +468,15 @@ func (fd *FrontDoor) watchEnd(s *slot) {
 	if t := s.target.Load(); t != nil {
 		fd.tr.CloseIdle(t.u.Host)
 	}
-	if info := s.w.Info(); info != nil && info.Reason == state.Evicted && fd.metrics != nil {
+	info := s.w.Info()
+	if info != nil && info.Reason == state.Evicted && fd.metrics != nil {
 		fd.metrics.evicted(m.name)
+	}
+	if s.pinned && !s.everReady && info != nil && info.State == state.Failed {
+		// A min_workers start that failed: ensureMinLocked gives up
+		// after three in a row rather than respawning a broken model
+		// for ever.
+		minFailedLocked(m, info.Labels[spawnLabel])
 	}
 	if !fd.hasCapacityLocked(m) && len(m.queue) > 0 {
 		fd.planLocked(m)
@@ -741,16 +761,33 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device 
 		if err != nil {
 			fd.log.Warn("Cold start failed", "model", m.name, "error", err)
 			if pinned {
-				m.minTries++
+				minFailedLocked(m, tok)
 			}
 			fd.coldFailedLocked(m, fmt.Sprintf("starting a worker of %s failed: %v", m.name, err))
 			return
 		}
-		if pinned {
-			m.minTries = 0
-		}
 		fd.attachLocked(w, pinned)
 	}()
+}
+
+// minFailedLocked counts the failed min_workers start of the spawn
+// labelled tok, once (its spawn call and its worker's end may both report
+// it).
+func minFailedLocked(m *model, tok string) {
+	if m.minFailed == nil {
+		m.minFailed = map[string]bool{}
+	}
+	if !m.minFailed[tok] {
+		m.minFailed[tok] = true
+		m.minTries++
+	}
+}
+
+// minReadyLocked notes a min_workers worker of m ready: the failed starts
+// are no longer consecutive.
+func minReadyLocked(m *model) {
+	m.minTries = 0
+	clear(m.minFailed)
 }
 
 // spawn asks the hive for a worker. The hive's Spawn returns only once the
@@ -800,7 +837,8 @@ func (fd *FrontDoor) failAllLocked(m *model, err error) {
 }
 
 // ensureMinLocked starts workers until m has min_workers live. A model
-// whose min_workers spawns keep failing is left alone after three tries.
+// whose min_workers starts keep failing (the spawn, or the worker before it
+// is ready) is left alone after three in a row.
 func (fd *FrontDoor) ensureMinLocked(m *model) {
 	if fd.ctx.Err() != nil || m.minTries >= 3 {
 		return

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,5 +120,51 @@ func TestMinWorkersOfABrokenModelAreNotRespawnedForEver(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if ws := h.workersOf("m", true); len(ws) != 3 {
 		t.Fatalf("%d workers of the broken model, want 3: %s", len(ws), dump(ws))
+	}
+}
+
+// A reference worker busy with a request sent to its own port (the hive
+// knows from its heartbeats: state busy) is not evicted for another
+// model's cold start: that waits until the worker is idle again.
+func TestWorkerBusyByItsHeartbeatsIsNotEvicted(t *testing.T) {
+	h := startFD(t, hivetest.Options{Config: `models:
+  a: {model_ref: file:stories260K.gguf, ctx: 128, memory_bytes: 100}
+  b: {model_ref: file:stories260K.gguf, ctx: 128, memory_bytes: 100}
+memory_budget_bytes: 150
+`})
+	if code, b, _ := h.chat("a"); code != 200 {
+		t.Fatalf("a: %d %s", code, b)
+	}
+	a := h.workersOf("a", false)[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", a.URL+"/v1/inference",
+		strings.NewReader(`{"prompt":"Once upon a time","max_tokens":100,"token_delay_ms":100}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := resp.Body.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitState(a.ID, wait, "busy")
+	bCode := make(chan int, 1)
+	go func() { code, _, _ := h.chat("b"); bCode <- code }()
+	hivetest.Eventually(t, wait, func() bool { return h.models().Data[1].Rbee.Queued == 1 })
+	select {
+	case c := <-bCode:
+		t.Fatalf("b answered %d while a was busy", c)
+	case <-time.After(time.Second):
+	}
+	if info := h.Get(a.ID); info.State != "busy" {
+		t.Fatalf("a, busy with a request to its own port, is %s/%s", info.State, info.Reason)
+	}
+	cancel()
+	if c := <-bCode; c != 200 {
+		t.Fatalf("b: %d", c)
+	}
+	if end := h.WaitState(a.ID, wait, "terminated"); end.Reason != "evicted" {
+		t.Fatalf("a ended %s/%s", end.State, end.Reason)
 	}
 }

@@ -304,7 +304,14 @@ func (fd *FrontDoor) follow(events <-chan apiv1.Event, cancel func()) {
 			if ev.From.Ready() && ev.To.Ready() {
 				// idle ⇄ busy: the front door's own requests (it
 				// already knows) or an rbee worker's report of its
-				// own; neither changes routing.
+				// own; neither changes routing. A worker idle again
+				// may be evicted now (evictableLocked): a cold start
+				// waiting for memory plans again.
+				if ev.To == state.Idle {
+					fd.mu.Lock()
+					fd.kickLocked()
+					fd.mu.Unlock()
+				}
 				continue
 			}
 			fd.mu.Lock()
@@ -561,6 +568,18 @@ func (fd *FrontDoor) pickLocked(m *model, exclude string) *slot {
 
 func (fd *FrontDoor) hasCapacityLocked(m *model) bool { return fd.pickLocked(m, "") != nil }
 
+// evictableLocked reports whether s is idle enough to be evicted: ready,
+// with no front-door request in flight, and not busy in the hive's eyes
+// either (an rbee worker reports requests sent to its own port in its
+// heartbeats).
+func evictableLocked(s *slot) bool {
+	if !s.ready || s.inflight > 0 {
+		return false
+	}
+	info := s.w.Info()
+	return info == nil || info.State != state.Busy
+}
+
 // dispatchLocked hands queued requests of m, in order, to free workers.
 func (fd *FrontDoor) dispatchLocked(m *model) {
 	for len(m.queue) > 0 {
@@ -686,7 +705,7 @@ func (fd *FrontDoor) fitLocked(m *model, gone []string) (Verdict, []string, erro
 				continue
 			}
 			live = append(live, Snapshot{ID: s.id, Model: o.name, Memory: s.mem,
-				Idle: s.ready && s.inflight == 0, Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
+				Idle: evictableLocked(s), Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
 		}
 	}
 	// Workers started by hand (no model label) hold memory too; the

@@ -168,3 +168,23 @@ memory_budget_bytes: 150
 		t.Fatalf("a ended %s/%s", end.State, end.Reason)
 	}
 }
+
+// A min_workers spawn the hive refuses outright (here: the model file is
+// not there yet when the hive starts) is tried again, up to three times in
+// a row: the model gets its worker once the file is there. It was tried
+// once and never again.
+func TestMinWorkersSpawnRefusedAtStartIsTriedAgain(t *testing.T) {
+	h := startFD(t, hivetest.Options{Config: "profiles:\n" + genericProfile(t, "gen", nil) + `models:
+  m: {model_ref: file:late.gguf, profile: gen, min_workers: 1}
+`})
+	hivetest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(h.Log(), "Cold start failed") })
+	if err := os.WriteFile(filepath.Join(h.Models, "late.gguf"), builtinmodel.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !hivetest.Eventually(t, wait, func() bool {
+		ws := h.workersOf("m", false)
+		return len(ws) == 1 && ws[0].State == "idle"
+	}) {
+		t.Fatalf("no min_workers worker once the model file was there: %s\n%s", dump(h.workersOf("m", true)), h.Log())
+	}
+}

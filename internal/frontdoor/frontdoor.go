@@ -781,6 +781,7 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device 
 			fd.log.Warn("Cold start failed", "model", m.name, "error", err)
 			if pinned {
 				minFailedLocked(m, tok)
+				fd.retryMinLocked(m)
 			}
 			fd.coldFailedLocked(m, fmt.Sprintf("starting a worker of %s failed: %v", m.name, err))
 			return
@@ -800,6 +801,30 @@ func minFailedLocked(m *model, tok string) {
 		m.minFailed[tok] = true
 		m.minTries++
 	}
+}
+
+// retryMinLocked tries m's min_workers again after a spawn the hive
+// refused (no worker of it ends to call ensureMinLocked): after 1 s, then
+// 2 s, until three starts in a row have failed.
+func (fd *FrontDoor) retryMinLocked(m *model) {
+	if m.minTries >= 3 {
+		return
+	}
+	d := time.Second << max(m.minTries-1, 0)
+	fd.wg.Add(1)
+	go func() {
+		defer fd.wg.Done()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-fd.ctx.Done():
+			return
+		}
+		fd.mu.Lock()
+		defer fd.mu.Unlock()
+		fd.ensureMinLocked(m)
+	}()
 }
 
 // minReadyLocked notes a min_workers worker of m ready: the failed starts

@@ -140,11 +140,12 @@ type model struct {
 	vram             int64
 	onGPU, vramKnown bool
 
-	slots    []*slot
-	pending  map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
-	queue    []*waiter
-	inflight int
-	minTries int // consecutive min_workers spawns that failed
+	slots     []*slot
+	pending   map[string]time.Time // spawns under way that have no slot yet, by their spawn label: when they were decided
+	queue     []*waiter
+	inflight  int
+	minTries  int             // consecutive min_workers starts that failed (spawn error, or the worker ended failed before it was ready)
+	minFailed map[string]bool // the spawn labels of those starts
 }
 
 // slot is one worker of a model.
@@ -157,10 +158,14 @@ type slot struct {
 	evicting bool
 	ended    bool // terminated: not live, its cleanup under way (watchEnd removes it)
 	pinned   bool // started for min_workers
-	mem      int64
-	cold     time.Time // when the front door decided to start it; zero once ready
-	lastUsed time.Time
-	target   atomic.Pointer[target] // the worker's parsed URL (proxy.go)
+	// everReady: the worker has been ready since the front door knew it
+	// (a min_workers worker that ends failed without ever being ready is
+	// a failed start).
+	everReady bool
+	mem       int64
+	cold      time.Time // when the front door decided to start it; zero once ready
+	lastUsed  time.Time
+	target    atomic.Pointer[target] // the worker's parsed URL (proxy.go)
 }
 
 type waiter struct {
@@ -299,7 +304,14 @@ func (fd *FrontDoor) follow(events <-chan apiv1.Event, cancel func()) {
 			if ev.From.Ready() && ev.To.Ready() {
 				// idle ⇄ busy: the front door's own requests (it
 				// already knows) or an rbee worker's report of its
-				// own; neither changes routing.
+				// own; neither changes routing. A worker idle again
+				// may be evicted now (evictableLocked): a cold start
+				// waiting for memory plans again.
+				if ev.To == state.Idle {
+					fd.mu.Lock()
+					fd.kickLocked()
+					fd.mu.Unlock()
+				}
 				continue
 			}
 			fd.mu.Lock()
@@ -327,6 +339,10 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	s := fd.byID[ev.WorkerID]
 	if s == nil {
 		if ev.To.Ended() {
+			// A worker the front door does not serve through (started
+			// by hand, or of a model not in models:) ended: the memory
+			// it held (fitLocked) is free for a cold start that waits.
+			fd.kickLocked()
 			return
 		}
 		w, err := fd.src.Worker(ev.WorkerID)
@@ -342,10 +358,14 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	case state.Idle, state.Busy:
 		if !s.ready {
 			s.ready = true
+			s.everReady = true
 			if s.lastUsed.IsZero() {
 				s.lastUsed = ev.At
 			}
 			fd.readyLocked(s)
+		}
+		if s.pinned {
+			minReadyLocked(m)
 		}
 		fd.dispatchLocked(m)
 		if ev.To == state.Idle {
@@ -375,8 +395,9 @@ func (fd *FrontDoor) onEventLocked(ev apiv1.Event) {
 	}
 }
 
-// attachLocked adds w to its model's pool if it carries a model label and
-// is not known yet; it returns the slot (nil for a worker of no model).
+// attachLocked adds w to its model's pool if it carries a model label (the
+// model's name or an alias) and is not known yet; it returns the slot (nil
+// for a worker of no model).
 func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	if s := fd.byID[w.ID()]; s != nil {
 		return s
@@ -385,8 +406,11 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	if info == nil || info.State.Ended() {
 		return nil
 	}
+	// By the model's name or one of its aliases: a worker labelled with an
+	// alias is the model's too (fitLocked leaves every labelled worker to
+	// its model's slots).
 	m := fd.names[info.Labels[ModelLabel]]
-	if m == nil || m.name != info.Labels[ModelLabel] {
+	if m == nil {
 		return nil
 	}
 	mem, _ := fd.memory(m)
@@ -404,7 +428,11 @@ func (fd *FrontDoor) attachLocked(w Worker, pinned bool) *slot {
 	}
 	if s.ready {
 		fd.readyLocked(s)
+		if s.pinned {
+			minReadyLocked(m)
+		}
 	}
+	s.everReady = s.ready
 	fd.wg.Add(1)
 	go fd.watchEnd(s)
 	if s.ready {
@@ -447,8 +475,15 @@ func (fd *FrontDoor) watchEnd(s *slot) {
 	if t := s.target.Load(); t != nil {
 		fd.tr.CloseIdle(t.u.Host)
 	}
-	if info := s.w.Info(); info != nil && info.Reason == state.Evicted && fd.metrics != nil {
+	info := s.w.Info()
+	if info != nil && info.Reason == state.Evicted && fd.metrics != nil {
 		fd.metrics.evicted(m.name)
+	}
+	if s.pinned && !s.everReady && info != nil && info.State == state.Failed {
+		// A min_workers start that failed: ensureMinLocked gives up
+		// after three in a row rather than respawning a broken model
+		// for ever.
+		minFailedLocked(m, info.Labels[spawnLabel])
 	}
 	if !fd.hasCapacityLocked(m) && len(m.queue) > 0 {
 		fd.planLocked(m)
@@ -533,6 +568,18 @@ func (fd *FrontDoor) pickLocked(m *model, exclude string) *slot {
 
 func (fd *FrontDoor) hasCapacityLocked(m *model) bool { return fd.pickLocked(m, "") != nil }
 
+// evictableLocked reports whether s is idle enough to be evicted: ready,
+// with no front-door request in flight, and not busy in the hive's eyes
+// either (an rbee worker reports requests sent to its own port in its
+// heartbeats).
+func evictableLocked(s *slot) bool {
+	if !s.ready || s.inflight > 0 {
+		return false
+	}
+	info := s.w.Info()
+	return info == nil || info.State != state.Busy
+}
+
 // dispatchLocked hands queued requests of m, in order, to free workers.
 func (fd *FrontDoor) dispatchLocked(m *model) {
 	for len(m.queue) > 0 {
@@ -562,14 +609,17 @@ func (fd *FrontDoor) kickLocked() {
 	}
 }
 
-// startingLocked counts m's workers that are on their way to ready.
+// startingLocked counts m's workers that are on their way to ready: those
+// spawning or loading, and those the hive has seen become ready whose ready
+// event is not applied yet (planning again in that moment must not start
+// another worker for the requests this one is about to take).
 func (fd *FrontDoor) startingLocked(m *model) int {
 	n := len(m.pending)
 	for _, s := range m.slots {
-		if s.ready || s.evicting {
+		if s.ready || s.evicting || s.ended {
 			continue
 		}
-		if info := s.w.Info(); info != nil && (info.State == state.Spawning || info.State == state.Loading) {
+		if info := s.w.Info(); info != nil && (info.State == state.Spawning || info.State == state.Loading || info.State.Ready()) {
 			n++
 		}
 	}
@@ -655,7 +705,7 @@ func (fd *FrontDoor) fitLocked(m *model, gone []string) (Verdict, []string, erro
 				continue
 			}
 			live = append(live, Snapshot{ID: s.id, Model: o.name, Memory: s.mem,
-				Idle: s.ready && s.inflight == 0, Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
+				Idle: evictableLocked(s), Pinned: s.pinned || s.evicting, LastUsed: s.lastUsed})
 		}
 	}
 	// Workers started by hand (no model label) hold memory too; the
@@ -730,16 +780,58 @@ func (fd *FrontDoor) spawnLocked(m *model, victims []*slot, pinned bool, device 
 		if err != nil {
 			fd.log.Warn("Cold start failed", "model", m.name, "error", err)
 			if pinned {
-				m.minTries++
+				minFailedLocked(m, tok)
+				fd.retryMinLocked(m)
 			}
 			fd.coldFailedLocked(m, fmt.Sprintf("starting a worker of %s failed: %v", m.name, err))
 			return
 		}
-		if pinned {
-			m.minTries = 0
-		}
 		fd.attachLocked(w, pinned)
 	}()
+}
+
+// minFailedLocked counts the failed min_workers start of the spawn
+// labelled tok, once (its spawn call and its worker's end may both report
+// it).
+func minFailedLocked(m *model, tok string) {
+	if m.minFailed == nil {
+		m.minFailed = map[string]bool{}
+	}
+	if !m.minFailed[tok] {
+		m.minFailed[tok] = true
+		m.minTries++
+	}
+}
+
+// retryMinLocked tries m's min_workers again after a spawn the hive
+// refused (no worker of it ends to call ensureMinLocked): after 1 s, then
+// 2 s, until three starts in a row have failed.
+func (fd *FrontDoor) retryMinLocked(m *model) {
+	if m.minTries >= 3 {
+		return
+	}
+	d := time.Second << max(m.minTries-1, 0)
+	fd.wg.Add(1)
+	go func() {
+		defer fd.wg.Done()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-fd.ctx.Done():
+			return
+		}
+		fd.mu.Lock()
+		defer fd.mu.Unlock()
+		fd.ensureMinLocked(m)
+	}()
+}
+
+// minReadyLocked notes a min_workers worker of m ready: the failed starts
+// are no longer consecutive.
+func minReadyLocked(m *model) {
+	m.minTries = 0
+	clear(m.minFailed)
 }
 
 // spawn asks the hive for a worker. The hive's Spawn returns only once the
@@ -789,7 +881,8 @@ func (fd *FrontDoor) failAllLocked(m *model, err error) {
 }
 
 // ensureMinLocked starts workers until m has min_workers live. A model
-// whose min_workers spawns keep failing is left alone after three tries.
+// whose min_workers starts keep failing (the spawn, or the worker before it
+// is ready) is left alone after three in a row.
 func (fd *FrontDoor) ensureMinLocked(m *model) {
 	if fd.ctx.Err() != nil || m.minTries >= 3 {
 		return

@@ -155,7 +155,7 @@ func (fd *FrontDoor) planGPULocked(m *model) (GPUChoice, *Error, error) {
 			if h.WorkerID == "" {
 				sn.ID = "reserved:" + g.UUID
 			} else if s := fd.byID[h.WorkerID]; s != nil {
-				sn.Model, sn.Idle, sn.Pinned, sn.LastUsed = s.m.name, s.ready && s.inflight == 0, s.pinned || s.evicting, s.lastUsed
+				sn.Model, sn.Idle, sn.Pinned, sn.LastUsed = s.m.name, evictableLocked(s), s.pinned || s.evicting, s.lastUsed
 			}
 			d.Holders = append(d.Holders, sn)
 		}

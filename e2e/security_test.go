@@ -615,3 +615,21 @@ func TestLimitsAndSlowClients(t *testing.T) {
 		}
 	})
 }
+
+// The rejected-inference-token log line was written once per request, not
+// rate-limited as the operator's and the workers' are (SPEC §14): a client
+// with a wrong inference key could flood the hive's log.
+func TestRejectedInferenceTokensAreRateLimitedInTheLog(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken},
+		Config: "inference_tokens: [inference-secret-1]\n"})
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+	for i := 0; i < 200; i++ {
+		a := send(t, http.MethodPost, h.URL+"/v1/chat/completions", bearerHdr("not-an-inference-token"), body)
+		if a.status != http.StatusUnauthorized {
+			t.Fatalf("bad inference token: %d %s, want 401", a.status, a.body)
+		}
+	}
+	if n := strings.Count(h.Log(), "Rejected inference token"); n == 0 || n > 10 {
+		t.Fatalf("%d rejected-inference-token lines for 200 bad requests, want 1..10\n%s", n, h.Log())
+	}
+}

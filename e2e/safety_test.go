@@ -537,3 +537,27 @@ func TestSilentConnectionsCannotLockOutTheOperator(t *testing.T) {
 		}
 	}
 }
+
+// A run_as that names only a group ({group: nogroup}) was ignored: with no
+// user to switch to (a root hive without a user "rbee"), workers ran with
+// the hive's group, root, instead of the group the config names.
+func TestRunAsGroupWithoutUserIsApplied(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to change a worker's group")
+	}
+	g, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skip("no group nogroup")
+	}
+	h := hivetest.Start(t, hivetest.Options{Config: "run_as: {group: nogroup}\n"})
+	r := h.MustSpawn(apiv1.SpawnRequest{})
+	h.WaitState(r.WorkerID, wait, "idle")
+	if gid := strings.Fields(procStatus(t, r.PID, "Gid")); gid[0] != g.Gid || gid[1] != g.Gid {
+		t.Fatalf("worker gid %v, want %s (run_as.group nogroup)", gid, g.Gid)
+	}
+	if gs := procStatus(t, r.PID, "Groups"); gs != "" {
+		t.Fatalf("worker supplementary groups %q, want none", gs)
+	}
+	h.Client.Stop(context.Background(), r.WorkerID)
+	h.WaitState(r.WorkerID, wait, "terminated")
+}

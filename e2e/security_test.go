@@ -633,3 +633,57 @@ func TestRejectedInferenceTokensAreRateLimitedInTheLog(t *testing.T) {
 		t.Fatalf("%d rejected-inference-token lines for 200 bad requests, want 1..10\n%s", n, h.Log())
 	}
 }
+
+// A connection that presented a valid inference token was not marked
+// authenticated (only operator and worker tokens were): with the
+// connection table nearly full, an inference client's connection was
+// closed after its first request, as an anonymous one is, and any of its
+// connections after 10 s idle.
+func TestInferenceTokenAuthenticatesItsConnection(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken},
+		Config: "max_connections: 16\ninference_tokens: [inference-secret-1]\n"})
+	// 10 anonymous connections, each with half a request head: fewer than
+	// the reserve (8) of 16 are left, so new connections are on probation.
+	var anon []net.Conn
+	defer func() {
+		for _, a := range anon {
+			a.Close()
+		}
+	}()
+	for i := 0; i < 10; i++ {
+		a, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		anon = append(anon, a)
+		io.WriteString(a, "GET /health HTTP/1.1\r\n")
+	}
+	c, err := net.Dial("tcp", h.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	// A POST read by the lean server (internal/h1), then one read by
+	// net/http.
+	body := `{"model":"not-served","prompt":"hi"}`
+	for i, req := range []string{
+		"POST /v1/completions HTTP/1.1\r\nHost: " + h.Addr + "\r\nAuthorization: Bearer inference-secret-1\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body,
+		"GET /v1/models HTTP/1.1\r\nHost: " + h.Addr + "\r\nAuthorization: Bearer inference-secret-1\r\n\r\n",
+	} {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.WriteString(c, req)
+		var resp *http.Response
+		if err == nil {
+			resp, err = http.ReadResponse(br, nil)
+		}
+		if err != nil {
+			t.Fatalf("inference request %d on one connection: %v (the connection was closed as unauthenticated)", i+1, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if want := []int{http.StatusNotFound, http.StatusOK}[i]; resp.StatusCode != want {
+			t.Fatalf("inference request %d: %s, want %d", i+1, resp.Status, want)
+		}
+	}
+}

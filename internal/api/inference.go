@@ -48,6 +48,7 @@ func (s *Server) checkInference(r *http.Request) error {
 		s.rejects.warn(s.log, "Rejected inference token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
+	markAuthenticated(r)
 	return nil
 }
 

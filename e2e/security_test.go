@@ -687,3 +687,34 @@ func TestInferenceTokenAuthenticatesItsConnection(t *testing.T) {
 		}
 	}
 }
+
+// A path under a model root through a symlink that leads out of it was
+// 404 MODEL_NOT_FOUND when the file it named was missing and 400
+// MODEL_PATH_NOT_ALLOWED when it existed: the API told the caller which
+// files exist outside the roots, in directories the caller cannot read.
+func TestSymlinkOutOfTheModelRootIsNoOracleForMissingFiles(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(h.Models, "out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "gone"), filepath.Join(h.Models, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{
+		filepath.Join(h.Models, "out", "secret"),
+		filepath.Join(h.Models, "out", "missing"),
+		filepath.Join(h.Models, "out", "missing", "deeper"),
+		filepath.Join(h.Models, "dangling"),
+	} {
+		for _, req := range []apiv1.SpawnRequest{{ModelRef: "file:" + p}, {ModelRef: "file:" + h.Model, ModelPath: p}} {
+			_, err := h.Spawn(req)
+			if ae := apiErr(t, err); ae.Status != http.StatusBadRequest || ae.Code != "MODEL_PATH_NOT_ALLOWED" {
+				t.Errorf("%+v: %d %s %s, want 400 MODEL_PATH_NOT_ALLOWED whether or not the file exists", req, ae.Status, ae.Code, ae.Message)
+			}
+		}
+	}
+}

@@ -718,3 +718,22 @@ func TestSymlinkOutOfTheModelRootIsNoOracleForMissingFiles(t *testing.T) {
 		}
 	}
 }
+
+// A console path that names no asset was answered by net/http's file
+// server in plain text ("404 page not found"), not in the API's error shape
+// (SPEC §4: every error is {"error":{"code","message"}}).
+func TestConsoleMissingAssetIsNotFoundInTheErrorShape(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	for _, p := range []string{"/ui/missing.js", "/ui/no/such/dir/"} {
+		a := send(t, http.MethodGet, h.URL+p, nil, "")
+		if a.status != http.StatusNotFound || a.code != apiv1.CodeNotFound {
+			t.Fatalf("GET %s: %d %q, want 404 NOT_FOUND in the error shape", p, a.status, a.body)
+		}
+		if csp := a.header.Get("Content-Security-Policy"); csp == "" {
+			t.Fatalf("GET %s: no Content-Security-Policy", p)
+		}
+	}
+	if a := send(t, http.MethodGet, h.URL+"/ui/", nil, ""); a.status != http.StatusOK || !strings.Contains(a.body, "<html") {
+		t.Fatalf("GET /ui/: %d %.200s", a.status, a.body)
+	}
+}

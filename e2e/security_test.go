@@ -737,3 +737,23 @@ func TestConsoleMissingAssetIsNotFoundInTheErrorShape(t *testing.T) {
 		t.Fatalf("GET /ui/: %d %.200s", a.status, a.body)
 	}
 }
+
+// /metrics is public on a loopback-bound hive because only local processes
+// can reach it; but with a token the browser guard does not check Host, so a
+// web page whose DNS name was rebound to 127.0.0.1 read /metrics (worker
+// ids, model refs, GPUs) without a token.
+func TestLoopbackMetricsAreNotPublicToARebindingPage(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken}})
+	_, port, _ := net.SplitHostPort(h.Addr)
+	if a := send(t, http.MethodGet, h.URL+"/metrics", nil, ""); a.status != http.StatusOK {
+		t.Fatalf("GET /metrics on loopback: %d, want 200 without a token", a.status)
+	}
+	rebound := map[string]string{"Host": "rebind.example:" + port}
+	if a := send(t, http.MethodGet, h.URL+"/metrics", rebound, ""); a.status != http.StatusUnauthorized || a.code != apiv1.CodeMissingAPIKey {
+		t.Fatalf("GET /metrics with Host rebind.example: %d %.200s, want 401 MISSING_API_KEY", a.status, a.body)
+	}
+	rebound["Authorization"] = "Bearer " + opToken
+	if a := send(t, http.MethodGet, h.URL+"/metrics", rebound, ""); a.status != http.StatusOK {
+		t.Fatalf("GET /metrics with Host rebind.example and the token: %d", a.status)
+	}
+}

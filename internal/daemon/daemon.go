@@ -330,8 +330,8 @@ func Run(ctx context.Context, o Options) error {
 		ConnState:   conns.ConnState,
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
-			MetricsPublic: cfg.MetricsPublic || loopback,
-			Metrics:       mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
+			MetricsPublic: cfg.MetricsPublic, MetricsLoopback: loopback,
+			Metrics: mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
 			FrontDoor: fd, InferenceTokens: cfg.InferenceTokens,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -537,3 +537,69 @@ func TestSilentConnectionsCannotLockOutTheOperator(t *testing.T) {
 		}
 	}
 }
+
+// A run_as that names only a group ({group: nogroup}) was ignored: with no
+// user to switch to (a root hive without a user "rbee"), workers ran with
+// the hive's group, root, instead of the group the config names.
+func TestRunAsGroupWithoutUserIsApplied(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to change a worker's group")
+	}
+	g, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skip("no group nogroup")
+	}
+	h := hivetest.Start(t, hivetest.Options{Config: "run_as: {group: nogroup}\n"})
+	r := h.MustSpawn(apiv1.SpawnRequest{})
+	h.WaitState(r.WorkerID, wait, "idle")
+	if gid := strings.Fields(procStatus(t, r.PID, "Gid")); gid[0] != g.Gid || gid[1] != g.Gid {
+		t.Fatalf("worker gid %v, want %s (run_as.group nogroup)", gid, g.Gid)
+	}
+	if gs := procStatus(t, r.PID, "Groups"); gs != "" {
+		t.Fatalf("worker supplementary groups %q, want none", gs)
+	}
+	h.Client.Stop(context.Background(), r.WorkerID)
+	h.WaitState(r.WorkerID, wait, "terminated")
+}
+
+// The --pprof listener checked only Host: a page of another site in the
+// operator's browser could start a CPU profile or an execution trace of
+// the hive (<img src="http://127.0.0.1:P/debug/pprof/trace?seconds=60">);
+// the hive API's browser guard refuses such requests.
+func TestPprofRefusesCrossSiteRequests(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	h := hivetest.Start(t, hivetest.Options{Args: []string{"--pprof", addr}})
+	get := func(hdr map[string]string) int {
+		var code int
+		hivetest.Eventually(t, wait, func() bool {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/debug/pprof/cmdline", nil)
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			code = resp.StatusCode
+			return true
+		})
+		return code
+	}
+	for _, hdr := range []map[string]string{
+		{"Origin": "http://attacker.example"},
+		{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
+	} {
+		if c := get(hdr); c != http.StatusForbidden {
+			t.Fatalf("cross-site request %v answered %d", hdr, c)
+		}
+	}
+	if c := get(nil); c != http.StatusOK {
+		t.Fatalf("plain request answered %d\n%s", c, h.Log())
+	}
+}

@@ -615,3 +615,145 @@ func TestLimitsAndSlowClients(t *testing.T) {
 		}
 	})
 }
+
+// The rejected-inference-token log line was written once per request, not
+// rate-limited as the operator's and the workers' are (SPEC §14): a client
+// with a wrong inference key could flood the hive's log.
+func TestRejectedInferenceTokensAreRateLimitedInTheLog(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken},
+		Config: "inference_tokens: [inference-secret-1]\n"})
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+	for i := 0; i < 200; i++ {
+		a := send(t, http.MethodPost, h.URL+"/v1/chat/completions", bearerHdr("not-an-inference-token"), body)
+		if a.status != http.StatusUnauthorized {
+			t.Fatalf("bad inference token: %d %s, want 401", a.status, a.body)
+		}
+	}
+	if n := strings.Count(h.Log(), "Rejected inference token"); n == 0 || n > 10 {
+		t.Fatalf("%d rejected-inference-token lines for 200 bad requests, want 1..10\n%s", n, h.Log())
+	}
+}
+
+// A connection that presented a valid inference token was not marked
+// authenticated (only operator and worker tokens were): with the
+// connection table nearly full, an inference client's connection was
+// closed after its first request, as an anonymous one is, and any of its
+// connections after 10 s idle.
+func TestInferenceTokenAuthenticatesItsConnection(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken},
+		Config: "max_connections: 16\ninference_tokens: [inference-secret-1]\n"})
+	// 10 anonymous connections, each with half a request head: fewer than
+	// the reserve (8) of 16 are left, so new connections are on probation.
+	var anon []net.Conn
+	defer func() {
+		for _, a := range anon {
+			a.Close()
+		}
+	}()
+	for i := 0; i < 10; i++ {
+		a, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		anon = append(anon, a)
+		io.WriteString(a, "GET /health HTTP/1.1\r\n")
+	}
+	c, err := net.Dial("tcp", h.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	// A POST read by the lean server (internal/h1), then one read by
+	// net/http.
+	body := `{"model":"not-served","prompt":"hi"}`
+	for i, req := range []string{
+		"POST /v1/completions HTTP/1.1\r\nHost: " + h.Addr + "\r\nAuthorization: Bearer inference-secret-1\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body,
+		"GET /v1/models HTTP/1.1\r\nHost: " + h.Addr + "\r\nAuthorization: Bearer inference-secret-1\r\n\r\n",
+	} {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.WriteString(c, req)
+		var resp *http.Response
+		if err == nil {
+			resp, err = http.ReadResponse(br, nil)
+		}
+		if err != nil {
+			t.Fatalf("inference request %d on one connection: %v (the connection was closed as unauthenticated)", i+1, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if want := []int{http.StatusNotFound, http.StatusOK}[i]; resp.StatusCode != want {
+			t.Fatalf("inference request %d: %s, want %d", i+1, resp.Status, want)
+		}
+	}
+}
+
+// A path under a model root through a symlink that leads out of it was
+// 404 MODEL_NOT_FOUND when the file it named was missing and 400
+// MODEL_PATH_NOT_ALLOWED when it existed: the API told the caller which
+// files exist outside the roots, in directories the caller cannot read.
+func TestSymlinkOutOfTheModelRootIsNoOracleForMissingFiles(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(h.Models, "out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "gone"), filepath.Join(h.Models, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{
+		filepath.Join(h.Models, "out", "secret"),
+		filepath.Join(h.Models, "out", "missing"),
+		filepath.Join(h.Models, "out", "missing", "deeper"),
+		filepath.Join(h.Models, "dangling"),
+	} {
+		for _, req := range []apiv1.SpawnRequest{{ModelRef: "file:" + p}, {ModelRef: "file:" + h.Model, ModelPath: p}} {
+			_, err := h.Spawn(req)
+			if ae := apiErr(t, err); ae.Status != http.StatusBadRequest || ae.Code != "MODEL_PATH_NOT_ALLOWED" {
+				t.Errorf("%+v: %d %s %s, want 400 MODEL_PATH_NOT_ALLOWED whether or not the file exists", req, ae.Status, ae.Code, ae.Message)
+			}
+		}
+	}
+}
+
+// A console path that names no asset was answered by net/http's file
+// server in plain text ("404 page not found"), not in the API's error shape
+// (SPEC §4: every error is {"error":{"code","message"}}).
+func TestConsoleMissingAssetIsNotFoundInTheErrorShape(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{})
+	for _, p := range []string{"/ui/missing.js", "/ui/no/such/dir/"} {
+		a := send(t, http.MethodGet, h.URL+p, nil, "")
+		if a.status != http.StatusNotFound || a.code != apiv1.CodeNotFound {
+			t.Fatalf("GET %s: %d %q, want 404 NOT_FOUND in the error shape", p, a.status, a.body)
+		}
+		if csp := a.header.Get("Content-Security-Policy"); csp == "" {
+			t.Fatalf("GET %s: no Content-Security-Policy", p)
+		}
+	}
+	if a := send(t, http.MethodGet, h.URL+"/ui/", nil, ""); a.status != http.StatusOK || !strings.Contains(a.body, "<html") {
+		t.Fatalf("GET /ui/: %d %.200s", a.status, a.body)
+	}
+}
+
+// /metrics is public on a loopback-bound hive because only local processes
+// can reach it; but with a token the browser guard does not check Host, so a
+// web page whose DNS name was rebound to 127.0.0.1 read /metrics (worker
+// ids, model refs, GPUs) without a token.
+func TestLoopbackMetricsAreNotPublicToARebindingPage(t *testing.T) {
+	h := hivetest.Start(t, hivetest.Options{Env: []string{"RBEE_API_TOKEN=" + opToken}})
+	_, port, _ := net.SplitHostPort(h.Addr)
+	if a := send(t, http.MethodGet, h.URL+"/metrics", nil, ""); a.status != http.StatusOK {
+		t.Fatalf("GET /metrics on loopback: %d, want 200 without a token", a.status)
+	}
+	rebound := map[string]string{"Host": "rebind.example:" + port}
+	if a := send(t, http.MethodGet, h.URL+"/metrics", rebound, ""); a.status != http.StatusUnauthorized || a.code != apiv1.CodeMissingAPIKey {
+		t.Fatalf("GET /metrics with Host rebind.example: %d %.200s, want 401 MISSING_API_KEY", a.status, a.body)
+	}
+	rebound["Authorization"] = "Bearer " + opToken
+	if a := send(t, http.MethodGet, h.URL+"/metrics", rebound, ""); a.status != http.StatusOK {
+		t.Fatalf("GET /metrics with Host rebind.example and the token: %d", a.status)
+	}
+}

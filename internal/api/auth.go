@@ -55,7 +55,7 @@ func (s *Server) worker(h handlerFunc) http.HandlerFunc { return s.run(h) }
 
 func (s *Server) metricsAuth(h handlerFunc) http.HandlerFunc {
 	return s.run(func(w http.ResponseWriter, r *http.Request) error {
-		if !s.o.MetricsPublic {
+		if !s.o.MetricsPublic && !(s.o.MetricsLoopback && console.LoopbackHost(r.Host)) {
 			if err := s.checkOperator(r); err != nil {
 				return err
 			}

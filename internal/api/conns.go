@@ -17,7 +17,7 @@ const IdleUnauthenticated = 10 * time.Second
 // Conns bounds the API's connections (SPEC §14): at most max open; once
 // fewer than a reserve (max/8, at least 8) are left, a new connection is on
 // probation — it is closed after its first request unless that request
-// authenticated (an operator or worker token), so unauthenticated clients
+// authenticated (an operator, inference or worker token), so unauthenticated clients
 // cannot take the last slots; when none is left, the oldest connection that
 // has not authenticated is closed to admit the new one; an idle connection
 // that has not authenticated is closed after IdleUnauthenticated. Wire it with

@@ -45,9 +45,10 @@ func (s *Server) checkInference(r *http.Request) error {
 		}
 	}
 	if !ok {
-		s.log.Warn("Rejected inference token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
+		s.rejects.warn(s.log, "Rejected inference token", "fingerprint", Fingerprint(tok), "remote", r.RemoteAddr)
 		return unauthorized(apiv1.CodeInvalidAPIKey, "invalid API token")
 	}
+	markAuthenticated(r)
 	return nil
 }
 

@@ -52,6 +52,10 @@ type Options struct {
 	Token string
 	// MetricsPublic serves /metrics without a token.
 	MetricsPublic bool
+	// MetricsLoopback serves /metrics without a token to requests
+	// addressed to a loopback host (the hive is bound to loopback): not to
+	// a page whose DNS name was rebound to 127.0.0.1.
+	MetricsLoopback bool
 	// Metrics serves /metrics; nil answers 404.
 	Metrics http.Handler
 	// Observe, when set, is called after each request with its route

@@ -15,9 +15,14 @@ package console
 
 import (
 	"embed"
+	"encoding/json"
 	"io/fs"
 	"net/http"
+	"path"
 	"strings"
+
+	"github.com/rbee/rbee-hive/internal/apiv1"
+	"github.com/rbee/rbee-hive/internal/clip"
 )
 
 //go:embed assets
@@ -54,6 +59,17 @@ func Handler() http.Handler {
 		if r.URL.Path == strings.TrimSuffix(Prefix, "/") {
 			http.Redirect(w, r, Prefix, http.StatusMovedPermanently)
 			return
+		}
+		// A path that names no asset is 404 in the API's error shape, not
+		// the file server's plain text.
+		if name := strings.Trim(path.Clean(strings.TrimPrefix(r.URL.Path, Prefix)), "/"); name != "." && name != "" {
+			if _, err := fs.Stat(sub, name); err != nil {
+				h.Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				_ = json.NewEncoder(w).Encode(apiv1.ErrorBody{Error: apiv1.ErrorDetail{Code: apiv1.CodeNotFound,
+					Message: "no console page " + clip.String(path.Clean(r.URL.Path), 200)}})
+				return
+			}
 		}
 		files.ServeHTTP(w, r)
 	})

@@ -330,8 +330,8 @@ func Run(ctx context.Context, o Options) error {
 		ConnState:   conns.ConnState,
 		Handler: api.New(api.Options{
 			Hive: h, Logger: log, Token: cfg.APIToken,
-			MetricsPublic: cfg.MetricsPublic || loopback,
-			Metrics:       mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
+			MetricsPublic: cfg.MetricsPublic, MetricsLoopback: loopback,
+			Metrics: mx.Handler(), Observe: mx.Observe, OpenAPI: api.OpenAPIDocument(),
 			FrontDoor: fd, InferenceTokens: cfg.InferenceTokens,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -467,8 +467,10 @@ func ServePprof(addr string, log *slog.Logger) (func(), error) {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !console.LoopbackHost(r.Host) {
-			http.Error(w, "forbidden host", http.StatusForbidden)
+		// The API's browser guard, as in dev mode: a loopback Host only
+		// (DNS rebinding), and nothing a page of another site sends.
+		if why := console.CrossSite(r, true, "pprof listener"); why != "" {
+			http.Error(w, why, http.StatusForbidden)
 			return
 		}
 		mux.ServeHTTP(w, r)

@@ -86,7 +86,18 @@ func resolveRunAs(r config.RunAs) (WorkerUser, bool, error) {
 		if u, err := user.Current(); err == nil {
 			home = u.HomeDir
 		}
-		return WorkerUser{Name: "", Home: home}, rootDefault, nil
+		wu := WorkerUser{Name: "", Home: home}
+		if r.Group != "" {
+			// The hive's own user, in the group the config names.
+			gid, err := lookupGID(r.Group)
+			if err != nil {
+				return WorkerUser{}, false, err
+			}
+			if int(gid) != os.Getegid() {
+				wu.Credential = &syscall.Credential{Uid: uint32(os.Geteuid()), Gid: gid, Groups: []uint32{}}
+			}
+		}
+		return wu, rootDefault, nil
 	}
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -101,17 +112,28 @@ func resolveRunAs(r config.RunAs) (WorkerUser, bool, error) {
 		return WorkerUser{}, false, fmt.Errorf("run_as: user %q: gid %q", name, u.Gid)
 	}
 	if r.Group != "" {
-		g, err := user.LookupGroup(r.Group)
+		g, err := lookupGID(r.Group)
 		if err != nil {
-			return WorkerUser{}, false, fmt.Errorf("run_as: group %q: %w", r.Group, err)
+			return WorkerUser{}, false, err
 		}
-		if gid, err = strconv.ParseUint(g.Gid, 10, 32); err != nil {
-			return WorkerUser{}, false, fmt.Errorf("run_as: group %q: gid %q", r.Group, g.Gid)
-		}
+		gid = uint64(g)
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	if int(uid) == os.Geteuid() && int(gid) == os.Getegid() {
 		cred = nil // already that user; nothing to change
 	}
 	return WorkerUser{Name: u.Username, Home: u.HomeDir, Credential: cred}, false, nil
+}
+
+// lookupGID returns the id of the group run_as names.
+func lookupGID(name string) (uint32, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("run_as: group %q: %w", name, err)
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("run_as: group %q: gid %q", name, g.Gid)
+	}
+	return uint32(gid), nil
 }

@@ -132,7 +132,9 @@ func (r *Resolver) check(p, field, prefix string) (string, int64, error) {
 	if err != nil {
 		// Say "not found" only for paths that name a place under a root,
 		// so the API is no oracle for which files exist elsewhere.
-		if !r.lexicallyInside(clean) {
+		// Nor through a symlink under a root that leads out of it: the
+		// part that exists is resolved, and must lie inside a root too.
+		if !r.lexicallyInside(clean) || !r.inside(resolveExisting(clean)) {
 			return fail(ErrNotAllowed, "%s is %s", p, r.notInside())
 		}
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, notDir) {
@@ -217,4 +219,39 @@ func unwrapPath(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// resolveExisting resolves the symlinks of the part of the absolute, clean
+// path p that exists and appends the rest as written: where p leads when
+// EvalSymlinks fails (a missing file, a dangling link, a loop: past 255
+// links, the link where that happened).
+func resolveExisting(p string) string {
+	done := "/"
+	rest := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for hops := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		if c == "" || c == "." {
+			continue
+		}
+		next := filepath.Join(done, c) // done has no symlinks: ".." is lexical
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return filepath.Join(append([]string{next}, rest...)...)
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			done = next
+			continue
+		}
+		target, err := os.Readlink(next)
+		if hops++; hops > 255 || err != nil {
+			// A loop: where it was met.
+			return filepath.Join(append([]string{next}, rest...)...)
+		}
+		if filepath.IsAbs(target) {
+			done = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return done
 }

@@ -571,7 +571,7 @@ func (c *Config) Validate() error {
 		bad("inference_tokens and inference_tokens_file are both set; use one")
 	}
 	for i, t := range c.InferenceTokens {
-		if t == "" || strings.IndexFunc(t, func(r rune) bool { return r < 0x21 || r == 0x7f }) >= 0 {
+		if !ValidToken(t) {
 			bad("inference_tokens[%d] is empty or contains spaces or control characters", i)
 		}
 	}
@@ -848,4 +848,12 @@ func DefaultStateDir() string {
 		return filepath.Join(h, ".local", "state", "rbee-hive")
 	}
 	return filepath.Join(os.TempDir(), "rbee-hive")
+}
+
+// ValidToken reports whether t may be a bearer token in a config (the
+// hive's inference_tokens, rbee-queen's): not empty, and no spaces or
+// control characters. An empty one would let "Bearer " followed by
+// anything a trim removes through.
+func ValidToken(t string) bool {
+	return t != "" && strings.IndexFunc(t, func(r rune) bool { return r < 0x21 || r == 0x7f }) < 0
 }

@@ -80,6 +80,11 @@ func ParseConfig(data []byte) (Config, error) {
 			}
 		}
 	}
+	for i, t := range c.InferenceTokens {
+		if !config.ValidToken(t) {
+			return Config{}, fmt.Errorf("queen config: inference token %d is empty or contains spaces or control characters", i+1)
+		}
+	}
 	if len(c.Etcd.Endpoints) == 0 {
 		return Config{}, errors.New("queen config: etcd.endpoints is required")
 	}

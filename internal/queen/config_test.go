@@ -1,0 +1,38 @@
+package queen
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// An empty inference token in the queen's config was accepted, and the
+// queen's auth trims what follows "Bearer ": a client sending "Bearer "
+// and a non-breaking space matched it. The queen now refuses such a
+// config, as the hive does.
+func TestQueenConfigRefusesAnEmptyInferenceToken(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		tokens string
+		ok     bool
+	}{
+		{`["good-token"]`, true},
+		{`[""]`, false},
+		{`["good", "has space"]`, false},
+		{"[\"tab\\tbed\"]", false},
+	} {
+		path := filepath.Join(dir, "queen.yaml")
+		y := "etcd: {endpoints: [http://127.0.0.1:2379]}\ninference_tokens: " + tc.tokens + "\n"
+		if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(path)
+		if tc.ok && err != nil {
+			t.Errorf("tokens %s: %v", tc.tokens, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "inference token")) {
+			t.Errorf("tokens %s: want a clear error, got %v", tc.tokens, err)
+		}
+	}
+}

@@ -128,20 +128,44 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	w.WriteHeader(http.StatusOK)
+	// The follow ends when the worker's log closes, which its owner does
+	// before the worker counts as ended, once every line the worker wrote
+	// has been read: the follow sends them all, then ends. Cutting it off
+	// when the worker ended lost the lines still on their way (a worker's
+	// last words, usually the ones that say why it ended). The worker's
+	// end stops it only as a fallback, should its log stay open.
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	go func() {
 		select {
 		case <-ref.w.Done():
 		case <-ctx.Done():
+			return
+		}
+		t := time.NewTimer(logFollowDrain)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
 		}
 		cancel()
 	}()
-	_ = lg.TailFollow(ctx, n, func(line string) error {
+	send := func(line string) error {
 		if _, err := io.WriteString(w, line+"\n"); err != nil {
 			return err
 		}
 		return rc.Flush()
-	})
+	}
+	if n == 0 {
+		// tail=0: no history, as without follow (TailFollow reads 0 as
+		// every line it holds).
+		_ = lg.Follow(ctx, send)
+	} else {
+		_ = lg.TailFollow(ctx, n, send)
+	}
 	return nil
 }
+
+// logFollowDrain is how long a log follow may go on sending lines after
+// its worker has ended, should the worker's log not close.
+const logFollowDrain = 30 * time.Second

@@ -182,9 +182,15 @@ func (c *Client) Logs(ctx context.Context, id string, tail int, follow bool, w i
 	return err
 }
 
+// ErrLagged is the end of an event stream the hive dropped because its
+// reader fell behind (`event: lagged`): events were missed.
+var ErrLagged = errors.New("the hive ended the event stream: this reader fell behind and missed events; " +
+	"`rbee-hive worker list --all` shows every worker's state now")
+
 // Events streams state-change events to fn until ctx is done, fn errs, or
 // the stream ends. onOpen, when not nil, is called once the hive has
-// accepted the stream (events from then on are delivered).
+// accepted the stream (events from then on are delivered). A stream the
+// hive dropped for lagging ends with ErrLagged.
 func (c *Client) Events(ctx context.Context, onOpen func(), fn func(apiv1.Event) error) error {
 	resp, err := c.request(ctx, http.MethodGet, "/v1/events", nil)
 	if err != nil {
@@ -195,8 +201,8 @@ func (c *Client) Events(ctx context.Context, onOpen func(), fn func(apiv1.Event)
 		onOpen()
 	}
 	err = sse.Read(resp.Body, 1<<20, func(e sse.Event) error {
-		if e.Data == "{}" { // lagged: the hive dropped events for this stream
-			return nil
+		if e.Name == "lagged" || e.Data == "{}" { // the hive dropped events for this stream, and ends it
+			return ErrLagged
 		}
 		var ev apiv1.Event
 		if err := json.Unmarshal([]byte(e.Data), &ev); err != nil {

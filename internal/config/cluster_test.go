@@ -41,3 +41,30 @@ func TestClusterBlockRejectsBadValues(t *testing.T) {
 		}
 	}
 }
+
+// Regression: a hive listening on every address (addr 0.0.0.0:9200) with
+// a cluster block and no advertise registered http://0.0.0.0:9200 in
+// etcd, a URL on which every queen dials its own machine; the config was
+// accepted. It is refused, naming cluster.advertise.
+func TestClusterAdvertiseOfAnUnspecifiedAddrWasAccepted(t *testing.T) {
+	for _, c := range []string{
+		"addr: 0.0.0.0:9200\ncluster: {etcd: [http://10.0.0.10:2379]}\n",
+		"addr: '[::]:9200'\ncluster: {etcd: [http://10.0.0.10:2379]}\n",
+		"addr: ':9200'\ncluster: {etcd: [http://10.0.0.10:2379]}\n",
+		"cluster: {etcd: [http://10.0.0.10:2379], advertise: 'http://0.0.0.0:9200'}\n",
+	} {
+		_, err := Parse([]byte(c))
+		if err == nil || !strings.Contains(err.Error(), "cluster.advertise") {
+			t.Errorf("%q: want an error naming cluster.advertise, got %v", c, err)
+		}
+	}
+	for _, c := range []string{
+		"addr: 0.0.0.0:9200\ncluster: {etcd: [http://10.0.0.10:2379], advertise: 'http://10.0.0.21:9200'}\n",
+		"addr: 127.0.0.1:9200\ncluster: {etcd: [http://127.0.0.1:2379]}\n",
+		"addr: 0.0.0.0:9200\n",
+	} {
+		if _, err := Parse([]byte(c)); err != nil {
+			t.Errorf("%q: %v", c, err)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -527,6 +529,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Cluster.Validate(); err != nil {
 		errs = append(errs, err)
+	} else if c.Cluster.Enabled() {
+		if adv := c.Cluster.WithDefaults(c.Addr).Advertise; unspecifiedHost(adv) {
+			bad("cluster.advertise: %s names no machine (other machines would dial themselves); "+
+				"set the URL queens use to reach this hive, e.g. http://10.0.0.21:9200", adv)
+		}
 	}
 	if c.Ports.Min < 1 || c.Ports.Max > 65535 || c.Ports.Min > c.Ports.Max {
 		bad("ports: want 1 <= min <= max <= 65535, got %d..%d", c.Ports.Min, c.Ports.Max)
@@ -688,6 +695,21 @@ func (c *Config) validateModel(name string, m Model, names map[string]string) er
 		bad("%v", err)
 	}
 	return errors.Join(errs...)
+}
+
+// unspecifiedHost reports whether the URL u has no host a machine can
+// dial: empty, 0.0.0.0 or [::] (a listener's "every address").
+func unspecifiedHost(u string) bool {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return false
+	}
+	h := pu.Hostname()
+	if h == "" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsUnspecified()
 }
 
 func validModelName(n string) bool {

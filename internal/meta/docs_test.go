@@ -11,6 +11,7 @@ import (
 
 	"github.com/rbee/rbee-hive/internal/api"
 	"github.com/rbee/rbee-hive/internal/config"
+	"github.com/rbee/rbee-hive/internal/queen"
 )
 
 func readDoc(t *testing.T, rel string) string {
@@ -112,5 +113,25 @@ func TestDocsLinksResolve(t *testing.T) {
 		if !strings.Contains(readDoc(t, "README.md"), "("+want) {
 			t.Errorf("README.md does not link %s", want)
 		}
+	}
+}
+
+// Regression: the hive.yaml that docs/cluster.md gives for each GPU box
+// named a profile (llama-server) it did not define, so a hive started with
+// it refused the file ("models.llama-8b: profile: no profile named
+// \"llama-server\""). Both of the page's files must load as written.
+func TestDocsClusterHiveExampleNamedAnUndefinedProfile(t *testing.T) {
+	text := readDoc(t, "docs/cluster.md")
+	blocks := strings.Split(text, "```yaml\n")
+	if len(blocks) != 3 {
+		t.Fatalf("docs/cluster.md: want 2 yaml blocks (hive.yaml, queen.yaml), got %d", len(blocks)-1)
+	}
+	hive, _, _ := strings.Cut(blocks[1], "```")
+	if _, err := config.Parse([]byte(hive)); err != nil {
+		t.Errorf("the hive.yaml in docs/cluster.md does not load: %v", err)
+	}
+	q, _, _ := strings.Cut(blocks[2], "```")
+	if _, err := queen.ParseConfig([]byte(q)); err != nil {
+		t.Errorf("the queen.yaml in docs/cluster.md does not load: %v", err)
 	}
 }

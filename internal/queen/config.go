@@ -69,6 +69,9 @@ func ParseConfig(data []byte) (Config, error) {
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 16 << 20
 	}
+	if len(c.InferenceTokens) > 0 && c.InferenceTokensFile != "" {
+		return Config{}, errors.New("queen config: inference_tokens and inference_tokens_file are both set; use one")
+	}
 	if c.InferenceTokensFile != "" {
 		b, err := os.ReadFile(c.InferenceTokensFile)
 		if err != nil {

@@ -124,6 +124,9 @@ func detail(path string, ctx, gpuLayers int) (b Breakdown, err error) {
 			b, err = Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, r)
 		}
 	}()
+	if err := checkSplitTensorsCount(path); err != nil {
+		return Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, err)
+	}
 	gf, err := ggufparser.ParseGGUFFile(path, ggufparser.SkipLargeMetadata())
 	if err != nil {
 		return Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, err)

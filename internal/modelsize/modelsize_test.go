@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -316,5 +317,22 @@ func TestEstimateRefusesWhatIsNotAModel(t *testing.T) {
 	}
 	if _, _, err := Estimate(filepath.Join(dir, "missing.gguf"), 512, 0); err == nil || errors.Is(err, ErrNotGGUF) {
 		t.Fatalf("missing: %v", err)
+	}
+}
+
+// TestEstimateOfAHugeSplitTensorsCountAllocatedGigabytes: the parser sized
+// its tensor table from the file's split.tensors.count before reading a
+// tensor, so a small file declaring 2^32-1 tensors made the hive ask for
+// hundreds of gigabytes (a fatal out-of-memory, not a panic recover catches).
+func TestEstimateOfAHugeSplitTensorsCountAllocatedGigabytes(t *testing.T) {
+	var w ggufWriter
+	w.kvString("general.architecture", "llama")
+	w.kvU32("llama.block_count", 1)
+	w.kvU32("split.tensors.count", math.MaxUint32)
+	w.add("token_embd.weight", 1, 8, 8)
+	path := filepath.Join(t.TempDir(), "split.gguf")
+	w.write(t, path)
+	if _, err := Detail(path, 512, 0); !errors.Is(err, ErrNotGGUF) {
+		t.Fatalf("want ErrNotGGUF, got %v", err)
 	}
 }

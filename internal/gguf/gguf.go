@@ -44,6 +44,12 @@ const (
 	// maxArrayDepth bounds arrays of arrays (the format allows them; no
 	// real file nests them, and unbounded nesting would recurse forever).
 	maxArrayDepth = 4
+	// maxArrayElements bounds the elements of all metadata arrays together
+	// (a large vocabulary's tokens, scores, types and merges are about a
+	// million). Each becomes a Value of some 80 bytes, so a check against
+	// the bytes left alone let a file of N bytes of one-byte elements cost
+	// 80·N; this caps it at about 320 MiB.
+	maxArrayElements = 1 << 22
 )
 
 // ValueType is the type tag of a metadata value.
@@ -235,8 +241,9 @@ func (f *File) Tensor(name string) *Tensor { return f.byName[name] }
 // reader decodes little-endian values from a byte slice, never reading past
 // its end.
 type reader struct {
-	b   []byte
-	off int64
+	b     []byte
+	off   int64
+	elems uint64 // array elements read so far, up to maxArrayElements
 }
 
 func (r *reader) need(n int64, what string) error {
@@ -352,6 +359,10 @@ func (r *reader) value(t ValueType, what string, depth int) (Value, error) {
 		if left := int64(len(r.b)) - r.off; n > uint64(left/minSize) {
 			return Value{}, fmt.Errorf("%w: %s: %d elements cannot fit in the %d bytes left", ErrFormat, what, n, left)
 		}
+		if n > maxArrayElements-r.elems {
+			return Value{}, fmt.Errorf("%w: %s: %d elements pass the limit of %d array elements in all", ErrFormat, what, n, maxArrayElements)
+		}
+		r.elems += n
 		arr := make([]Value, n)
 		for i := range arr {
 			if arr[i], err = r.value(elem, what, depth+1); err != nil {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -218,4 +219,28 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestAByteArrayAllocatedEightyTimesTheFileSize: an array of one-byte
+// elements was checked only against the bytes left, and each element became
+// an 80-byte Value, so a file of N bytes made the reader allocate 80·N (a
+// 4 GiB file, 320 GiB: a fatal out-of-memory, not an error).
+func TestAByteArrayAllocatedEightyTimesTheFileSize(t *testing.T) {
+	const n = 16 << 20
+	var b builder
+	b.WriteString("GGUF")
+	b.u32(3).u64(0).u64(1)
+	b.str("a.bytes").u32(uint32(TypeArray)).u32(uint32(TypeUint8)).u64(n)
+	b.Write(make([]byte, n))
+	data := b.Bytes()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := Parse(data)
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4*uint64(len(data)) {
+		t.Fatalf("parsing a %d-byte file allocated %d bytes (err %v)", len(data), got, err)
+	}
+	if !errors.Is(err, ErrFormat) {
+		t.Fatalf("want ErrFormat, got %v", err)
+	}
 }

@@ -48,6 +48,10 @@ type Breakdown struct {
 	ComputeRAM, ComputeVRAM int64
 }
 
+// maxBlocks bounds a model's block count, far above any real model's (a
+// few hundred).
+const maxBlocks = 1 << 16
+
 // ErrNotGGUF: the file is not a GGUF model the estimator understands.
 var ErrNotGGUF = errors.New("not a GGUF model")
 
@@ -124,12 +128,17 @@ func detail(path string, ctx, gpuLayers int) (b Breakdown, err error) {
 			b, err = Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, r)
 		}
 	}()
+	if err := checkSplitTensorsCount(path); err != nil {
+		return Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, err)
+	}
 	gf, err := ggufparser.ParseGGUFFile(path, ggufparser.SkipLargeMetadata())
 	if err != nil {
 		return Breakdown{}, fmt.Errorf("modelsize: %s: %w (%v)", path, ErrNotGGUF, err)
 	}
 	a := gf.Architecture()
-	if a.Type != "model" || a.BlockCount == 0 {
+	// The estimate walks the layers one by one: a block count no model has
+	// (2^40 kept a hive handler busy for hours) is refused.
+	if a.Type != "model" || a.BlockCount == 0 || a.BlockCount > maxBlocks {
 		return Breakdown{}, fmt.Errorf("modelsize: %s: %w (type %q, %d blocks)", path, ErrNotGGUF, a.Type, a.BlockCount)
 	}
 	if ctx == 0 {

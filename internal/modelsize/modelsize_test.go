@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/rbee/rbee-hive/internal/builtinmodel"
 )
@@ -316,5 +318,50 @@ func TestEstimateRefusesWhatIsNotAModel(t *testing.T) {
 	}
 	if _, _, err := Estimate(filepath.Join(dir, "missing.gguf"), 512, 0); err == nil || errors.Is(err, ErrNotGGUF) {
 		t.Fatalf("missing: %v", err)
+	}
+}
+
+// TestEstimateOfAHugeSplitTensorsCountAllocatedGigabytes: the parser sized
+// its tensor table from the file's split.tensors.count before reading a
+// tensor, so a small file declaring 2^32-1 tensors made the hive ask for
+// hundreds of gigabytes (a fatal out-of-memory, not a panic recover catches).
+func TestEstimateOfAHugeSplitTensorsCountAllocatedGigabytes(t *testing.T) {
+	var w ggufWriter
+	w.kvString("general.architecture", "llama")
+	w.kvU32("llama.block_count", 1)
+	w.kvU32("split.tensors.count", math.MaxUint32)
+	w.add("token_embd.weight", 1, 8, 8)
+	path := filepath.Join(t.TempDir(), "split.gguf")
+	w.write(t, path)
+	if _, err := Detail(path, 512, 0); !errors.Is(err, ErrNotGGUF) {
+		t.Fatalf("want ErrNotGGUF, got %v", err)
+	}
+}
+
+// TestEstimateOfAHugeBlockCountHungTheHive: the estimator walks the layers
+// one by one, so a header declaring 2^40 blocks kept a hive handler busy
+// for hours (a second per five million) instead of being refused.
+func TestEstimateOfAHugeBlockCountHungTheHive(t *testing.T) {
+	var w ggufWriter
+	w.kvString("general.architecture", "llama")
+	w.kvU32("llama.context_length", 256)
+	w.kvU32("llama.embedding_length", 64)
+	w.str(&w.kv, "llama.block_count")
+	_ = binary.Write(&w.kv, binary.LittleEndian, uint32(10)) // uint64
+	_ = binary.Write(&w.kv, binary.LittleEndian, uint64(1)<<40)
+	w.nkv++
+	w.kvU32("llama.attention.head_count", 8)
+	w.add("token_embd.weight", 1, 64, 64)
+	path := filepath.Join(t.TempDir(), "deep.gguf")
+	w.write(t, path)
+	done := make(chan error, 1)
+	go func() { _, err := Detail(path, 512, AllLayers); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNotGGUF) {
+			t.Fatalf("want ErrNotGGUF, got %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the estimate of a 2^40-block model did not end within 20s")
 	}
 }

@@ -83,6 +83,21 @@ func (j *job) collect(ctx context.Context) (text, finish string, err error) {
 	return b.String(), finish, err
 }
 
+// writeCutOff answers a non-streamed request whose generation stopped
+// before its end (the worker stopping, or failing): without it the client
+// got 200 with an empty body. A client that went away gets nothing.
+func (w *worker) writeCutOff(rw http.ResponseWriter, r *http.Request) {
+	if r.Context().Err() != nil {
+		return
+	}
+	e := errDraining
+	e.message = "the worker stopped before the answer was complete"
+	if w.ctx.Err() == nil {
+		e = apiError{http.StatusInternalServerError, "INTERNAL_ERROR", "generation failed"}
+	}
+	writeError(rw, e)
+}
+
 func newID(prefix string) string {
 	b := make([]byte, 12)
 	rand.Read(b)
@@ -206,6 +221,7 @@ func (w *worker) handleCompletions(rw http.ResponseWriter, r *http.Request) {
 	if !req.Stream {
 		text, finish, err := job.collect(r.Context())
 		if err != nil {
+			w.writeCutOff(rw, r)
 			return
 		}
 		writeJSON(rw, http.StatusOK, body{id, "text_completion", created, model,
@@ -269,6 +285,7 @@ func (w *worker) handleChatCompletions(rw http.ResponseWriter, r *http.Request) 
 	if !req.Stream {
 		text, finish, err := job.collect(r.Context())
 		if err != nil {
+			w.writeCutOff(rw, r)
 			return
 		}
 		writeJSON(rw, http.StatusOK, body{id, "chat.completion", created, model,

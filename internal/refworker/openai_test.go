@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,5 +241,42 @@ func TestChatWithoutMaxTokensRunsToTheEnd(t *testing.T) {
 	c, _ := w.openai("/v1/completions", `{"prompt":"Once upon a time","temperature":0}`)
 	if c.Usage.CompletionTokens != 16 || *c.Choices[0].FinishReason != "length" {
 		t.Fatalf("completion without max_tokens: %d tokens, %+v", c.Usage.CompletionTokens, c.Choices[0])
+	}
+}
+
+// TestNonStreamedCompletionCutOffByDrainAnswered200Empty: a non-streamed
+// completion cut off by the drain timeout returned without writing, so the
+// client got 200 with an empty body instead of an error in the API's shape.
+func TestNonStreamedCompletionCutOffByDrainAnswered200Empty(t *testing.T) {
+	t.Parallel()
+	w := startWorker(t, workerOpts{env: []string{"RBEE_DRAIN_TIMEOUT_MS=200", "LLMW_FAKE_TOKEN_DELAY_MS=1000"}})
+	w.waitReady()
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := w.post(context.Background(), "/v1/completions", `{"prompt":"Once","max_tokens":100}`)
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, string(b), err}
+	}()
+	eventually(t, 5*time.Second, "the request in flight", func() bool {
+		_, ready := w.getJSON("/v1/ready")
+		return ready["state"] == "busy"
+	})
+	syscall.Kill(w.pid, syscall.SIGINT)
+	if code, _ := w.waitExit(5 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	a := <-got
+	if a.err == nil && (a.code == http.StatusOK || !strings.Contains(a.body, `"code"`)) {
+		t.Fatalf("cut-off completion answered %d %q, want an error in the API's shape", a.code, a.body)
 	}
 }

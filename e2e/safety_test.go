@@ -223,6 +223,26 @@ func testUser(t *testing.T) *user.User {
 	return u
 }
 
+// testGroup adds a system group for the test (the suite runs as root, as
+// CI does) and removes it at the end.
+func testGroup(t *testing.T) *user.Group {
+	t.Helper()
+	name := fmt.Sprintf("rbeeg%d", rand.IntN(1e6))
+	if out, err := process.RunCmd(exec.Command("groupadd", "--system", name)); err != nil {
+		t.Fatalf("groupadd: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := process.RunCmd(exec.Command("groupdel", name)); err != nil {
+			t.Errorf("groupdel: %v\n%s", err, out)
+		}
+	})
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 // Item 5: workers ran as root and could gain privileges; run_as runs them
 // as an unprivileged user, supplementary groups cleared, no_new_privs set.
 func TestWorkersRunAsUnprivilegedUserWithNoNewPrivs(t *testing.T) {
@@ -538,22 +558,16 @@ func TestSilentConnectionsCannotLockOutTheOperator(t *testing.T) {
 	}
 }
 
-// A run_as that names only a group ({group: nogroup}) was ignored: with no
+// A run_as that names only a group ({group: G}) was ignored: with no
 // user to switch to (a root hive without a user "rbee"), workers ran with
 // the hive's group, root, instead of the group the config names.
 func TestRunAsGroupWithoutUserIsApplied(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to change a worker's group")
-	}
-	g, err := user.LookupGroup("nogroup")
-	if err != nil {
-		t.Skip("no group nogroup")
-	}
-	h := hivetest.Start(t, hivetest.Options{Config: "run_as: {group: nogroup}\n"})
+	g := testGroup(t)
+	h := hivetest.Start(t, hivetest.Options{Config: "run_as: {group: " + g.Name + "}\n"})
 	r := h.MustSpawn(apiv1.SpawnRequest{})
 	h.WaitState(r.WorkerID, wait, "idle")
 	if gid := strings.Fields(procStatus(t, r.PID, "Gid")); gid[0] != g.Gid || gid[1] != g.Gid {
-		t.Fatalf("worker gid %v, want %s (run_as.group nogroup)", gid, g.Gid)
+		t.Fatalf("worker gid %v, want %s (run_as.group %s)", gid, g.Gid, g.Name)
 	}
 	if gs := procStatus(t, r.PID, "Groups"); gs != "" {
 		t.Fatalf("worker supplementary groups %q, want none", gs)

@@ -42,30 +42,13 @@ func (w *Worker) BeginRequest(ctx context.Context) (end func(), err error) {
 		}
 	}
 	var sp *span
-	if err := w.callBegin(ctx, request{kind: reqActivity, begin: true, got: &sp}); err != nil {
+	if err := w.call(ctx, request{kind: reqActivity, begin: true, got: &sp}); err != nil {
 		if errors.Is(err, ErrEnded) {
 			return nil, fmt.Errorf("%w: worker has ended", ErrInvalidState)
 		}
 		return nil, err
 	}
 	return func() { w.endRequest(sp) }, nil
-}
-
-// callBegin is call for a begin, except that once the owner has the
-// request its answer is awaited whatever ctx says: the owner may open a
-// span for it, and only a caller that got it back ends it (a caller whose
-// client went away meanwhile otherwise left the worker busy for good).
-// The owner answers an activity request at once.
-func (w *Worker) callBegin(ctx context.Context, r request) error {
-	r.reply = make(chan error, 1)
-	select {
-	case w.reqs <- r:
-	case <-w.done:
-		return ErrEnded
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return <-r.reply
 }
 
 // endRequest leaves sp; the last request out goes through the owner.

@@ -197,6 +197,11 @@ func (w *Worker) Record() *record.Record { return w.rec.Load() }
 // (or was detached) and its process tree is gone (unless detached).
 func (w *Worker) Done() <-chan struct{} { return w.done }
 
+// call sends r to the worker's owner and waits for its answer. An activity
+// request, once the owner has it, is waited for whatever ctx says: a begin
+// may open a span that only a caller that got it back ends (one whose
+// client went away meanwhile left the worker busy for good), and the owner
+// answers activity requests at once.
 func (w *Worker) call(ctx context.Context, r request) error {
 	r.reply = make(chan error, 1)
 	select {
@@ -205,6 +210,9 @@ func (w *Worker) call(ctx context.Context, r request) error {
 		return ErrEnded
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if r.kind == reqActivity {
+		return <-r.reply
 	}
 	select {
 	case err := <-r.reply:

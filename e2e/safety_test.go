@@ -207,15 +207,7 @@ func TestRequestEnvIsAllowListedAndWorkerEnvIsOneMap(t *testing.T) {
 // removes it afterwards.
 func testUser(t *testing.T) *user.User {
 	t.Helper()
-	name := fmt.Sprintf("rbeet%d", rand.IntN(1e6))
-	if out, err := process.RunCmd(exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)); err != nil {
-		t.Fatalf("useradd: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := process.RunCmd(exec.Command("userdel", name)); err != nil {
-			t.Errorf("userdel: %v\n%s", err, out)
-		}
-	})
+	name := testAccount(t, "rbeet", "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin")
 	u, err := user.Lookup(name)
 	if err != nil {
 		t.Fatal(err)
@@ -223,24 +215,33 @@ func testUser(t *testing.T) *user.User {
 	return u
 }
 
-// testGroup adds a system group for the test (the suite runs as root, as
-// CI does) and removes it at the end.
+// testGroup adds a system group for the test and removes it at the end.
 func testGroup(t *testing.T) *user.Group {
 	t.Helper()
-	name := fmt.Sprintf("rbeeg%d", rand.IntN(1e6))
-	if out, err := process.RunCmd(exec.Command("groupadd", "--system", name)); err != nil {
-		t.Fatalf("groupadd: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := process.RunCmd(exec.Command("groupdel", name)); err != nil {
-			t.Errorf("groupdel: %v\n%s", err, out)
-		}
-	})
-	g, err := user.LookupGroup(name)
+	g, err := user.LookupGroup(testAccount(t, "rbeeg", "groupadd", "--system"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// testAccount makes a system account (a user with useradd, a group with
+// groupadd; the suite runs as root, as CI does) named prefix and a random
+// number, deleted at the test's end (userdel, groupdel), and returns its
+// name.
+func testAccount(t *testing.T, prefix, add string, args ...string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s%d", prefix, rand.IntN(1e6))
+	if out, err := process.RunCmd(exec.Command(add, append(args, name)...)); err != nil {
+		t.Fatalf("%s: %v\n%s", add, err, out)
+	}
+	del := strings.Replace(add, "add", "del", 1)
+	t.Cleanup(func() {
+		if out, err := process.RunCmd(exec.Command(del, name)); err != nil {
+			t.Errorf("%s: %v\n%s", del, err, out)
+		}
+	})
+	return name
 }
 
 // Item 5: workers ran as root and could gain privileges; run_as runs them
